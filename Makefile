@@ -1,0 +1,62 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Everything else is a step of those.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+NPM_BIN := node_modules/.bin
+STAMP_PY := $(VENV)/.installed
+STAMP_NPM := node_modules/.installed
+
+.PHONY: venv npm gen gen-check lint-proto breaking lint typecheck pytest test demo bench chaos clean
+
+$(STAMP_PY): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(STAMP_NPM): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+venv: $(STAMP_PY)
+npm: $(STAMP_NPM)
+
+## Regenerate gen/python and gen/ts from proto/.
+gen: venv npm
+	PATH="$(CURDIR)/$(BIN):$(CURDIR)/$(NPM_BIN):$$PATH" scripts/gen.sh
+
+## Fail when gen/ is not what proto/ generates.
+gen-check: venv npm
+	PATH="$(CURDIR)/$(BIN):$(CURDIR)/$(NPM_BIN):$$PATH" scripts/gen.sh --check
+
+lint-proto: npm
+	$(NPM_BIN)/buf lint
+
+## Fail on a breaking change against the released schema (proto/baseline).
+breaking: npm
+	$(NPM_BIN)/buf breaking --against proto-baseline/choreo-v1.binpb
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy choreo services tests
+
+pytest: venv npm
+	PATH="$(CURDIR)/$(BIN):$(CURDIR)/$(NPM_BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
+
+test: venv npm lint-proto breaking gen-check lint typecheck pytest
+
+demo: venv
+	$(BIN)/choreo demo
+
+bench: venv
+	$(BIN)/choreo bench
+
+chaos: venv
+	$(BIN)/choreo chaos --sagas 5000 --kills 50 --broker-restarts 3
+
+clean:
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
