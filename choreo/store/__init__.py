@@ -1,0 +1,1 @@
+"""Storage port and its adapters (SQLite by default, Postgres for scale-out)."""
