@@ -1,0 +1,1 @@
+"""The inventory service: domain decisions, store, and (written by others) handlers and API."""

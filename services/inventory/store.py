@@ -1,0 +1,168 @@
+"""Inventory tables and queries; stock moves only through guarded deltas (``apply_adjustments``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+
+from choreo.store.port import Row, Transaction
+from services.catalog import Catalog
+from services.inventory.domain import (
+    Reservation,
+    ReservationRejected,
+    ReservationStatus,
+    Reserved,
+    SkuQuantity,
+    StockAdjustment,
+    StockLevel,
+    Transition,
+)
+from services.values import to_iso
+
+SCHEMA: list[str] = [
+    """CREATE TABLE IF NOT EXISTS stock (
+        sku TEXT PRIMARY KEY,
+        initial BIGINT NOT NULL,
+        available BIGINT NOT NULL,
+        reserved BIGINT NOT NULL,
+        shipped BIGINT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS reservations (
+        order_id TEXT PRIMARY KEY,
+        reservation_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        lines_json TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )""",
+]
+
+
+class StockConflict(RuntimeError):
+    """Stock changed between load and update (another writer); retrying decides again."""
+
+
+async def seed_stock(tx: Transaction, catalog: Catalog) -> int:
+    """Insert catalog SKUs that are missing; existing stock is never reset by a restart."""
+    inserted = 0
+    for product in catalog.products.values():
+        n = product.initial_stock
+        inserted += await tx.execute(
+            "INSERT INTO stock (sku, initial, available, reserved, shipped) VALUES (?, ?, ?, 0, 0)"
+            " ON CONFLICT (sku) DO NOTHING",
+            (product.sku, n, n),
+        )
+    return inserted
+
+
+def _level(row: Row) -> StockLevel:
+    sku, initial, available, reserved, shipped = row
+    return StockLevel(sku, int(initial), int(available), int(reserved), int(shipped))
+
+
+async def load_stock(tx: Transaction, skus: Iterable[str]) -> dict[str, StockLevel]:
+    """Levels of the given SKUs; unknown SKUs are simply absent from the result."""
+    wanted = sorted(set(skus))
+    if not wanted:
+        return {}
+    marks = ", ".join("?" for _ in wanted)
+    rows = await tx.fetchall(
+        f"SELECT sku, initial, available, reserved, shipped FROM stock WHERE sku IN ({marks})",
+        wanted,
+    )
+    return {row[0]: _level(row) for row in rows}
+
+
+async def stock_level(tx: Transaction, sku: str) -> StockLevel | None:
+    row = await tx.fetchone(
+        "SELECT sku, initial, available, reserved, shipped FROM stock WHERE sku = ?", (sku,)
+    )
+    return _level(row) if row else None
+
+
+async def all_stock(tx: Transaction) -> list[StockLevel]:
+    rows = await tx.fetchall(
+        "SELECT sku, initial, available, reserved, shipped FROM stock ORDER BY sku"
+    )
+    return [_level(row) for row in rows]
+
+
+async def apply_adjustments(tx: Transaction, adjustments: Iterable[StockAdjustment]) -> None:
+    # The WHERE clause re-checks the decision inside the UPDATE: on Postgres two transactions
+    # may both have read the old level, and only one of them may take the last items.
+    for a in adjustments:
+        changed = await tx.execute(
+            "UPDATE stock SET available = available + ?, reserved = reserved + ?,"
+            " shipped = shipped + ?"
+            " WHERE sku = ? AND available + ? >= 0 AND reserved + ? >= 0 AND shipped + ? >= 0",
+            (a.available, a.reserved, a.shipped, a.sku, a.available, a.reserved, a.shipped),
+        )
+        if changed != 1:
+            raise StockConflict(f"stock of {a.sku} changed concurrently or is missing")
+
+
+def _lines_json(quantities: Iterable[SkuQuantity]) -> str:
+    return json.dumps([{"sku": q.sku, "quantity": q.quantity} for q in quantities])
+
+
+async def apply_reservation(
+    tx: Transaction,
+    order_id: str,
+    reservation_id: str,
+    outcome: Reserved | ReservationRejected,
+    created_at: datetime,
+) -> bool:
+    """Record the outcome for the order and, when reserved, move the stock.
+
+    Returns False when the order already has a reservation record: stock is then left alone, so
+    even a redelivery that slipped past the inbox cannot reserve twice.
+    """
+    status = (
+        ReservationStatus.RESERVED if isinstance(outcome, Reserved) else ReservationStatus.REJECTED
+    )
+    inserted = await tx.execute(
+        "INSERT INTO reservations (order_id, reservation_id, status, lines_json, created_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (order_id) DO NOTHING",
+        (
+            order_id,
+            reservation_id,
+            status.value,
+            _lines_json(outcome.quantities),
+            to_iso(created_at),
+        ),
+    )
+    if inserted and isinstance(outcome, Reserved):
+        await apply_adjustments(tx, outcome.adjustments)
+    return bool(inserted)
+
+
+async def load_reservation(tx: Transaction, order_id: str) -> Reservation | None:
+    row = await tx.fetchone(
+        "SELECT order_id, reservation_id, status, lines_json FROM reservations WHERE order_id = ?",
+        (order_id,),
+    )
+    if row is None:
+        return None
+    quantities = tuple(SkuQuantity(d["sku"], int(d["quantity"])) for d in json.loads(row[3]))
+    return Reservation(row[0], row[1], ReservationStatus(row[2]), quantities)
+
+
+async def set_reservation_status(
+    tx: Transaction, order_id: str, expected: ReservationStatus, new: ReservationStatus
+) -> bool:
+    """Compare-and-set, so two handlers racing on one reservation cannot both move its stock."""
+    changed = await tx.execute(
+        "UPDATE reservations SET status = ? WHERE order_id = ? AND status = ?",
+        (new.value, order_id, expected.value),
+    )
+    return changed == 1
+
+
+async def apply_transition(tx: Transaction, order_id: str, transition: Transition) -> bool:
+    """Move a RESERVED reservation to RELEASED/SHIPPED and its stock with it, or do nothing."""
+    if not await set_reservation_status(
+        tx, order_id, ReservationStatus.RESERVED, transition.status
+    ):
+        return False
+    await apply_adjustments(tx, transition.adjustments)
+    return True

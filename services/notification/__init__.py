@@ -1,0 +1,1 @@
+"""The notification service: domain decisions, store, and (written by others) handlers and API."""

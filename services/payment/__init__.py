@@ -1,0 +1,1 @@
+"""The payment service: domain decisions, store, and (written by others) handlers and API."""

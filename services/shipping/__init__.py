@@ -1,0 +1,1 @@
+"""The shipping service: domain decisions, store, and (written by others) handlers and API."""
