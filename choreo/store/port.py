@@ -30,6 +30,8 @@ class Transaction(Protocol):
 class Database(Protocol):
     """A service's own database."""
 
+    dialect: str  # "sqlite" or "postgres": only DDL differs between them
+
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """Open a transaction: commit on normal exit, roll back on an exception."""
         ...
@@ -39,5 +41,3 @@ class Database(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-

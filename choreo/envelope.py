@@ -1,0 +1,243 @@
+"""The envelope: an event's metadata carried in NATS headers around a binary Protobuf body.
+
+Headers follow the CloudEvents NATS protocol binding (binary mode: attributes as ``ce-*``
+headers, ``content-type`` for the data content type), so standard tooling can read them.
+choreo's own attributes are CloudEvents extensions (lower-case alphanumeric names).
+``Nats-Msg-Id`` carries the event id so the broker drops a re-send inside the stream's
+``duplicate_window``; W3C ``traceparent``/``tracestate`` carry the trace.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from google.protobuf.message import DecodeError, Message
+
+from choreo import subjects
+from choreo.errors import PoisonMessage
+
+CONTENT_TYPE = "application/protobuf"
+
+H_MSG_ID = "Nats-Msg-Id"
+H_SPECVERSION = "ce-specversion"
+H_ID = "ce-id"
+H_TYPE = "ce-type"
+H_SOURCE = "ce-source"
+H_TIME = "ce-time"
+H_SUBJECT = "ce-subject"  # the aggregate id: what the event is about
+H_DATASCHEMA = "ce-dataschema"
+H_CONTENT_TYPE = "content-type"
+H_SCHEMA_VERSION = "ce-schemaversion"
+H_CORRELATION_ID = "ce-correlationid"
+H_CAUSATION_ID = "ce-causationid"
+H_CHAIN_DEPTH = "ce-chaindepth"
+H_AGGREGATE_TYPE = "ce-aggregatetype"
+H_AGGREGATE_VERSION = "ce-aggregateversion"
+H_TRACEPARENT = "traceparent"
+H_TRACESTATE = "tracestate"
+
+REQUIRED_HEADERS = (H_ID, H_TYPE, H_SOURCE, H_TIME, H_CORRELATION_ID, H_CHAIN_DEPTH)
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Everything about an event except its body."""
+
+    event_id: str
+    event_type: str
+    source: str
+    time: datetime
+    correlation_id: str
+    causation_id: str
+    chain_depth: int
+    aggregate_type: str
+    aggregate_id: str
+    aggregate_version: int
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+    @property
+    def schema_version(self) -> int:
+        return subjects.version_of(self.event_type)
+
+    @property
+    def subject(self) -> str:
+        return subjects.event_subject(self.event_type)
+
+    def to_headers(self) -> dict[str, str]:
+        headers = {
+            H_MSG_ID: self.event_id,
+            H_SPECVERSION: "1.0",
+            H_ID: self.event_id,
+            H_TYPE: self.event_type,
+            H_SOURCE: self.source,
+            H_TIME: self.time.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            H_SUBJECT: self.aggregate_id,
+            H_DATASCHEMA: f"proto:{self.event_type}",
+            H_CONTENT_TYPE: CONTENT_TYPE,
+            H_SCHEMA_VERSION: str(self.schema_version),
+            H_CORRELATION_ID: self.correlation_id,
+            H_CAUSATION_ID: self.causation_id,
+            H_CHAIN_DEPTH: str(self.chain_depth),
+            H_AGGREGATE_TYPE: self.aggregate_type,
+            H_AGGREGATE_VERSION: str(self.aggregate_version),
+        }
+        if self.traceparent:
+            headers[H_TRACEPARENT] = self.traceparent
+        if self.tracestate:
+            headers[H_TRACESTATE] = self.tracestate
+        return headers
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str] | None) -> Envelope:
+        """Read an envelope; a missing or malformed attribute is a :class:`PoisonMessage`."""
+        headers = headers or {}
+        missing = [name for name in REQUIRED_HEADERS if not headers.get(name)]
+        if missing:
+            raise PoisonMessage("missing_headers", f"required headers absent: {missing}")
+        try:
+            chain_depth = int(headers[H_CHAIN_DEPTH])
+            aggregate_version = int(headers.get(H_AGGREGATE_VERSION, "0"))
+            time = datetime.fromisoformat(headers[H_TIME].replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise PoisonMessage("malformed_headers", str(exc)) from None
+        return cls(
+            event_id=headers[H_ID],
+            event_type=headers[H_TYPE],
+            source=headers[H_SOURCE],
+            time=time,
+            correlation_id=headers[H_CORRELATION_ID],
+            causation_id=headers.get(H_CAUSATION_ID, ""),
+            chain_depth=chain_depth,
+            aggregate_type=headers.get(H_AGGREGATE_TYPE, ""),
+            aggregate_id=headers.get(H_SUBJECT, ""),
+            aggregate_version=aggregate_version,
+            traceparent=headers.get(H_TRACEPARENT),
+            tracestate=headers.get(H_TRACESTATE),
+        )
+
+    def caused(
+        self,
+        event_type: str,
+        *,
+        source: str,
+        aggregate_type: str,
+        aggregate_id: str,
+        aggregate_version: int,
+        traceparent: str | None = None,
+    ) -> Envelope:
+        """The envelope of an event emitted in reaction to this one: same correlation id,
+        this event as its cause, one step deeper in the chain."""
+        return Envelope(
+            event_id=new_event_id(),
+            event_type=event_type,
+            source=source,
+            time=datetime.now(UTC),
+            correlation_id=self.correlation_id,
+            causation_id=self.event_id,
+            chain_depth=self.chain_depth + 1,
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            aggregate_version=aggregate_version,
+            traceparent=traceparent or self.traceparent,
+            tracestate=self.tracestate,
+        )
+
+    def with_trace(self, traceparent: str | None, tracestate: str | None) -> Envelope:
+        return replace(self, traceparent=traceparent, tracestate=tracestate)
+
+
+def root_envelope(
+    event_type: str,
+    *,
+    source: str,
+    correlation_id: str,
+    aggregate_type: str,
+    aggregate_id: str,
+    aggregate_version: int,
+    traceparent: str | None = None,
+) -> Envelope:
+    """The envelope of an event that starts a chain (emitted by a command, not an event)."""
+    event_id = new_event_id()
+    return Envelope(
+        event_id=event_id,
+        event_type=event_type,
+        source=source,
+        time=datetime.now(UTC),
+        correlation_id=correlation_id,
+        causation_id="",
+        chain_depth=0,
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        aggregate_version=aggregate_version,
+        traceparent=traceparent,
+    )
+
+
+Upcaster = Callable[[Message], Message]
+
+
+class EventRegistry:
+    """Event type name -> Protobuf class, plus upcasters from older schema versions.
+
+    A consumer registers the version it handles; an older version that has an upcaster is
+    decoded with its own class and converted, so a v2 of an event can coexist with v1.
+    """
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type[Message]] = {}
+        self._upcasters: dict[str, tuple[type[Message], Upcaster]] = {}
+
+    def register(self, cls: type[Message]) -> None:
+        self._classes[cls.DESCRIPTOR.full_name] = cls
+
+    def register_upcaster(self, old: type[Message], upcast: Upcaster) -> None:
+        self._upcasters[old.DESCRIPTOR.full_name] = (old, upcast)
+
+    def knows(self, event_type: str) -> bool:
+        return event_type in self._classes or event_type in self._upcasters
+
+    def decode(self, event_type: str, body: bytes) -> Message:
+        """Parse a body; unknown types and undecodable bytes are a :class:`PoisonMessage`."""
+        if event_type in self._classes:
+            cls, upcast = self._classes[event_type], None
+        elif event_type in self._upcasters:
+            cls, upcast = self._upcasters[event_type]
+        else:
+            try:
+                subjects.context_of(event_type)
+            except ValueError:
+                raise PoisonMessage("unknown_event_type", f"{event_type!r}") from None
+            known_versions = sorted(name for name in self._classes if _same_event(name, event_type))
+            if known_versions:
+                raise PoisonMessage(
+                    "unsupported_schema_version",
+                    f"{event_type!r}; this consumer reads {known_versions}",
+                )
+            raise PoisonMessage("unknown_event_type", f"{event_type!r}")
+        message = cls()
+        try:
+            message.ParseFromString(body)
+        except DecodeError as exc:
+            raise PoisonMessage("undecodable_body", f"{event_type}: {exc}") from None
+        return upcast(message) if upcast else message
+
+
+def _same_event(a: str, b: str) -> bool:
+    """Same context and event name, whatever the version."""
+    pa, pb = a.split("."), b.split(".")
+    return len(pa) == len(pb) == 4 and pa[1] == pb[1] and pa[3] == pb[3]
+
+
+def decode(
+    headers: Mapping[str, str] | None, body: bytes, registry: EventRegistry
+) -> tuple[Envelope, Message]:
+    envelope = Envelope.from_headers(headers)
+    return envelope, registry.decode(envelope.event_type, body)

@@ -1,0 +1,211 @@
+"""What a handler sees, and the unit of work that commits its effects exactly once.
+
+A handler gets a :class:`HandlerContext`. Its ``tx`` opens lazily: the transaction (and the
+SQLite write lock) is taken on the first statement, so a handler can call a slow external
+provider first without holding up other handlers. Opening the transaction records the event in
+the inbox; a clash there means another delivery already handled it and everything rolls back.
+Events passed to ``emit`` are written to the outbox in the same transaction at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import Message
+
+from choreo import inbox, outbox
+from choreo.envelope import Envelope, root_envelope
+from choreo.settings import RuntimeSettings
+from choreo.store.port import Database, Params, Row, Transaction
+from choreo.tracing import current_trace_headers
+
+
+class AlreadyHandled(Exception):
+    """The inbox already holds this event id: the delivery is a duplicate."""
+
+
+Handler = Callable[["HandlerContext", Any], Awaitable[None]]
+AggregateTypeOf = Callable[[type[Message]], str]
+
+
+@dataclass
+class _Pending:
+    message: Message
+    aggregate_id: str
+
+
+class _LazyTransaction:
+    """A Transaction that begins on first use, running ``on_open`` inside it first."""
+
+    def __init__(
+        self, db: Database, on_open: Callable[[Transaction], Awaitable[None]] | None
+    ) -> None:
+        self._db = db
+        self._on_open = on_open
+        self._manager: AbstractAsyncContextManager[Transaction] | None = None
+        self._tx: Transaction | None = None
+
+    async def opened(self) -> Transaction:
+        if self._tx is None:
+            self._manager = self._db.transaction()
+            self._tx = await self._manager.__aenter__()
+            if self._on_open is not None:
+                await self._on_open(self._tx)
+        return self._tx
+
+    async def close(self, error: BaseException | None) -> None:
+        if self._manager is None:
+            return
+        manager, self._manager, self._tx = self._manager, None, None
+        if error is None:
+            await manager.__aexit__(None, None, None)
+        else:
+            await manager.__aexit__(type(error), error, error.__traceback__)
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return await (await self.opened()).execute(sql, params)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        return await (await self.opened()).fetchone(sql, params)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        return await (await self.opened()).fetchall(sql, params)
+
+
+class _Emitter:
+    """Collects emitted events; writes them to the outbox when the transaction ends."""
+
+    def __init__(self, service: str, aggregate_type_of: AggregateTypeOf) -> None:
+        self._service = service
+        self._aggregate_type_of = aggregate_type_of
+        self._pending: list[_Pending] = []
+        self.emitted: list[Envelope] = []
+
+    def emit(self, message: Message, *, aggregate_id: str) -> None:
+        if not aggregate_id:
+            raise ValueError(f"emit({type(message).__name__}): aggregate_id is required")
+        self._aggregate_type_of(type(message))  # fails now, in the handler, if not an event
+        self._pending.append(_Pending(message, aggregate_id))
+
+    async def write(
+        self, tx: Transaction, envelope_for: Callable[[str, str, str, int], Envelope]
+    ) -> None:
+        traceparent, tracestate = current_trace_headers()
+        for pending in self._pending:
+            event_type = pending.message.DESCRIPTOR.full_name
+            aggregate_type = self._aggregate_type_of(type(pending.message))
+            version = await outbox.next_aggregate_version(tx, aggregate_type, pending.aggregate_id)
+            envelope = envelope_for(event_type, aggregate_type, pending.aggregate_id, version)
+            if traceparent:
+                envelope = envelope.with_trace(traceparent, tracestate)
+            await outbox.enqueue(tx, envelope, pending.message.SerializeToString())
+            self.emitted.append(envelope)
+        self._pending.clear()
+
+
+class HandlerContext:
+    """What a handler gets besides the event: the transaction, the envelope, ``emit``."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        consumer: str,
+        envelope: Envelope,
+        db: Database,
+        settings: RuntimeSettings,
+        aggregate_type_of: AggregateTypeOf,
+        use_inbox: bool = True,
+    ) -> None:
+        self.service = service
+        self.consumer = consumer
+        self.envelope = envelope
+        self.settings = settings
+        self._emitter = _Emitter(service, aggregate_type_of)
+        self._use_inbox = use_inbox
+        self._tx = _LazyTransaction(db, self._record_in_inbox)
+
+    @property
+    def tx(self) -> Transaction:
+        return self._tx
+
+    @property
+    def emitted(self) -> list[Envelope]:
+        return self._emitter.emitted
+
+    def emit(self, message: Message, *, aggregate_id: str) -> None:
+        """Publish ``message`` once this handler's transaction commits."""
+        self._emitter.emit(message, aggregate_id=aggregate_id)
+
+    async def _record_in_inbox(self, tx: Transaction) -> None:
+        if self._use_inbox and not await inbox.record_handled(
+            tx, self.consumer, self.envelope.event_id
+        ):
+            raise AlreadyHandled(self.envelope.event_id)
+
+    async def commit(self, after_open: Callable[[Transaction], Awaitable[None]]) -> None:
+        """Finish the unit of work: inbox (if not yet), ``after_open``, outbox, commit."""
+        try:
+            tx = await self._tx.opened()
+            await after_open(tx)
+            await self._emitter.write(tx, self._caused_envelope)
+        except BaseException as error:
+            await self._tx.close(error)
+            raise
+        await self._tx.close(None)
+
+    async def abort(self, error: BaseException) -> None:
+        await self._tx.close(error)
+
+    def _caused_envelope(
+        self, event_type: str, aggregate_type: str, aggregate_id: str, version: int
+    ) -> Envelope:
+        return self.envelope.caused(
+            event_type,
+            source=self.service,
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            aggregate_version=version,
+        )
+
+
+class UnitOfWork:
+    """A command's transaction (e.g. a gRPC ``PlaceOrder``): state and events commit together."""
+
+    def __init__(
+        self,
+        tx: Transaction,
+        *,
+        service: str,
+        correlation_id: str,
+        aggregate_type_of: AggregateTypeOf,
+    ) -> None:
+        self.tx = tx
+        self._service = service
+        self._correlation_id = correlation_id
+        self._emitter = _Emitter(service, aggregate_type_of)
+
+    @property
+    def emitted(self) -> list[Envelope]:
+        return self._emitter.emitted
+
+    def emit(self, message: Message, *, aggregate_id: str) -> None:
+        self._emitter.emit(message, aggregate_id=aggregate_id)
+
+    async def write_outbox(self) -> None:
+        await self._emitter.write(self.tx, self._root_envelope)
+
+    def _root_envelope(
+        self, event_type: str, aggregate_type: str, aggregate_id: str, version: int
+    ) -> Envelope:
+        return root_envelope(
+            event_type,
+            source=self._service,
+            correlation_id=self._correlation_id,
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            aggregate_version=version,
+        )
