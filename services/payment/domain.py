@@ -1,0 +1,124 @@
+"""Payment decisions: record the gateway's answer to a charge, and refund a charge exactly once.
+
+The gateway is an external system with its own ledger, so the answers it gives are facts to
+record, not decisions to remake. What this module decides is *whether* to call it: a charge
+once per order, a refund only for a completed charge and only once.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, replace
+
+from services.values import Money
+
+
+class PaymentStatus(enum.StrEnum):
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    REFUNDED = "REFUNDED"
+
+
+class DeclineReason(enum.StrEnum):
+    CARD_DECLINED = "CARD_DECLINED"
+    CREDIT_LIMIT_EXCEEDED = "CREDIT_LIMIT_EXCEEDED"
+    CURRENCY_NOT_SUPPORTED = "CURRENCY_NOT_SUPPORTED"
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeResult:
+    """The gateway's answer to a charge; a declined charge still has an id in its ledger."""
+
+    charge_id: str
+    approved: bool
+    amount: Money
+    decline_reason: DeclineReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    refund_id: str
+    charge_id: str
+    amount: Money
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    order_id: str
+    payment_id: str
+    customer_id: str
+    amount: Money
+    status: PaymentStatus
+    charge_id: str = ""
+    failure_reason: str = ""
+    refund_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RefundDue:
+    payment: Payment
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoRefund:
+    why: str
+
+
+_PAYMENT_NAMESPACE = uuid.UUID("0d7c4b51-55b5-4a8e-8f4f-7f0e2f6a3c21")
+
+
+def payment_id_for(order_id: str) -> str:
+    return str(uuid.uuid5(_PAYMENT_NAMESPACE, order_id))
+
+
+# Keys derive from the order alone: a handler that crashed after the gateway call and before
+# its commit calls again with the same key and gets the first answer, not a second charge.
+def charge_key(order_id: str) -> str:
+    return f"charge:{order_id}"
+
+
+def refund_key(order_id: str) -> str:
+    return f"refund:{order_id}"
+
+
+def should_charge(existing: Payment | None) -> bool:
+    """Charge once per order; a payment already recorded (any status) is the answer."""
+    return existing is None
+
+
+def decide_charge(order_id: str, customer_id: str, amount: Money, result: ChargeResult) -> Payment:
+    if result.approved:
+        return Payment(
+            order_id,
+            payment_id_for(order_id),
+            customer_id,
+            amount,
+            PaymentStatus.COMPLETED,
+            charge_id=result.charge_id,
+        )
+    reason = result.decline_reason or DeclineReason.CARD_DECLINED
+    return Payment(
+        order_id,
+        payment_id_for(order_id),
+        customer_id,
+        amount,
+        PaymentStatus.FAILED,
+        charge_id=result.charge_id,
+        failure_reason=reason.value,
+    )
+
+
+def decide_refund(payment: Payment | None) -> RefundDue | NoRefund:
+    if payment is None:
+        return NoRefund("order was never charged")
+    if payment.status is PaymentStatus.FAILED:
+        return NoRefund("charge was declined, nothing to give back")
+    if payment.status is PaymentStatus.REFUNDED:
+        return NoRefund(f"already refunded ({payment.refund_id})")
+    return RefundDue(payment, refund_key(payment.order_id))
+
+
+def refunded(payment: Payment, result: RefundResult) -> Payment:
+    return replace(payment, status=PaymentStatus.REFUNDED, refund_id=result.refund_id)

@@ -1,0 +1,282 @@
+"""A fake payment gateway: an external system with its own ledger and idempotency keys.
+
+It behaves like a real provider in the ways the saga depends on:
+
+- its ledger is its own SQLite file, written outside the caller's transaction, so a payment
+  service that crashes after a charge and before its commit has really charged;
+- a repeated idempotency key returns the first answer and never charges twice;
+- it declines from real data: a declined card token, or a customer's net charges going over
+  their credit limit;
+- it can be slow or unavailable (``latency_ms``, ``failure_rate``, seeded) for chaos runs. Half
+  of the injected outages happen *after* the charge is recorded, as a lost response, because
+  that is the case idempotency keys exist for.
+
+The ledger is also the referee for invariant 3: ``ledger_counts`` says how many charges and
+refunds each order got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from services.catalog import DEFAULT_CREDIT_LIMIT_MINOR, Catalog
+from services.payment.domain import ChargeResult, DeclineReason, RefundResult
+from services.values import Money
+
+DECLINED_TOKEN_PREFIX = "tok_declined"
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS charges (
+        charge_id TEXT PRIMARY KEY,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        order_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        amount_minor INTEGER NOT NULL,
+        currency TEXT NOT NULL,
+        approved INTEGER NOT NULL,
+        decline_reason TEXT,
+        created_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS refunds (
+        refund_id TEXT PRIMARY KEY,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        charge_id TEXT NOT NULL UNIQUE REFERENCES charges (charge_id),
+        amount_minor INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    )""",
+)
+
+
+class GatewayUnavailable(Exception):
+    """Transient: the call may or may not have gone through; retry with the same key."""
+
+
+class IdempotencyKeyReused(Exception):
+    """The key was first used for a different request; a caller bug, not worth retrying."""
+
+
+class UnknownCharge(Exception):
+    pass
+
+
+class ChargeAlreadyRefunded(Exception):
+    """A second refund of one charge under a new key: refused, as a real gateway would."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerCounts:
+    charges: dict[str, int] = field(default_factory=dict)  # approved charges per order
+    declines: dict[str, int] = field(default_factory=dict)
+    refunds: dict[str, int] = field(default_factory=dict)  # refunds per order
+
+
+class FakePaymentGateway:
+    def __init__(
+        self,
+        ledger_path: str | Path,
+        *,
+        currency: str = "USD",
+        credit_limits: Mapping[str, int] | None = None,
+        default_credit_limit_minor: int = DEFAULT_CREDIT_LIMIT_MINOR,
+        failure_rate: float = 0.0,
+        latency_ms: int = 0,
+        seed: int | None = None,
+    ) -> None:
+        if not 0.0 <= failure_rate <= 1.0:
+            raise ValueError(f"failure_rate must be within 0..1, got {failure_rate}")
+        self._path = Path(ledger_path)
+        self._currency = currency
+        self._limits = dict(credit_limits or {})
+        self._default_limit = default_credit_limit_minor
+        self._failure_rate = failure_rate
+        self._latency_s = latency_ms / 1000
+        self._rng = random.Random(seed)
+        self._ready = False
+
+    @classmethod
+    def from_catalog(
+        cls,
+        ledger_path: str | Path,
+        catalog: Catalog,
+        *,
+        failure_rate: float = 0.0,
+        latency_ms: int = 0,
+        seed: int | None = None,
+    ) -> FakePaymentGateway:
+        return cls(
+            ledger_path,
+            currency=catalog.currency,
+            credit_limits=catalog.credit_limits(),
+            default_credit_limit_minor=catalog.default_credit_limit_minor,
+            failure_rate=failure_rate,
+            latency_ms=latency_ms,
+            seed=seed,
+        )
+
+    async def charge(
+        self,
+        idempotency_key: str,
+        customer_id: str,
+        amount: Money,
+        payment_token: str,
+        *,
+        order_id: str,
+    ) -> ChargeResult:
+        lose_response = await self._maybe_fail()
+        result = await asyncio.to_thread(
+            self._charge, idempotency_key, order_id, customer_id, amount, payment_token
+        )
+        if lose_response:
+            raise GatewayUnavailable("payment gateway timed out after accepting the request")
+        return result
+
+    async def refund(self, idempotency_key: str, charge_id: str) -> RefundResult:
+        lose_response = await self._maybe_fail()
+        result = await asyncio.to_thread(self._refund, idempotency_key, charge_id)
+        if lose_response:
+            raise GatewayUnavailable("payment gateway timed out after accepting the refund")
+        return result
+
+    async def ledger_counts(self) -> LedgerCounts:
+        return await asyncio.to_thread(self._counts)
+
+    async def _maybe_fail(self) -> bool:
+        """Raise before the call, or return True to lose the response after it."""
+        if self._latency_s:
+            await asyncio.sleep(self._latency_s)
+        if self._failure_rate and self._rng.random() < self._failure_rate:
+            if self._rng.random() < 0.5:
+                raise GatewayUnavailable("payment gateway unavailable, try again")
+            return True
+        return False
+
+    # --- the ledger, run in a worker thread; BEGIN IMMEDIATE serializes concurrent callers ---
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+        if not self._ready:
+            conn.execute("PRAGMA journal_mode=WAL")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            self._ready = True
+        conn.execute("BEGIN IMMEDIATE")
+        return conn
+
+    def _charge(
+        self, key: str, order_id: str, customer_id: str, amount: Money, token: str
+    ) -> ChargeResult:
+        conn = self._connect()
+        try:
+            row = conn.execute(
+                "SELECT charge_id, order_id, customer_id, amount_minor, currency, approved,"
+                " decline_reason FROM charges WHERE idempotency_key = ?",
+                (key,),
+            ).fetchone()
+            if row is not None:
+                if tuple(row[1:5]) != (order_id, customer_id, amount.amount_minor, amount.currency):
+                    raise IdempotencyKeyReused(f"key {key!r} was used for a different charge")
+                reason = DeclineReason(row[6]) if row[6] else None
+                return ChargeResult(row[0], bool(row[5]), amount, reason)
+            reason = self._decline_reason(conn, customer_id, amount, token)
+            charge_id = f"ch_{uuid.uuid4().hex}"
+            conn.execute(
+                "INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    charge_id,
+                    key,
+                    order_id,
+                    customer_id,
+                    amount.amount_minor,
+                    amount.currency,
+                    int(reason is None),
+                    reason.value if reason else None,
+                    _now(),
+                ),
+            )
+            conn.execute("COMMIT")
+            return ChargeResult(charge_id, reason is None, amount, reason)
+        finally:
+            _close(conn)
+
+    def _decline_reason(
+        self, conn: sqlite3.Connection, customer_id: str, amount: Money, token: str
+    ) -> DeclineReason | None:
+        if token.startswith(DECLINED_TOKEN_PREFIX):
+            return DeclineReason.CARD_DECLINED
+        if amount.currency != self._currency:
+            return DeclineReason.CURRENCY_NOT_SUPPORTED
+        (net,) = conn.execute(
+            "SELECT COALESCE(SUM(c.amount_minor), 0) - COALESCE(SUM(r.amount_minor), 0)"
+            " FROM charges c LEFT JOIN refunds r ON r.charge_id = c.charge_id"
+            " WHERE c.customer_id = ? AND c.approved = 1",
+            (customer_id,),
+        ).fetchone()
+        limit = self._limits.get(customer_id, self._default_limit)
+        if net + amount.amount_minor > limit:
+            return DeclineReason.CREDIT_LIMIT_EXCEEDED
+        return None
+
+    def _refund(self, key: str, charge_id: str) -> RefundResult:
+        conn = self._connect()
+        try:
+            row = conn.execute(
+                "SELECT refund_id, charge_id, amount_minor FROM refunds WHERE idempotency_key = ?",
+                (key,),
+            ).fetchone()
+            charge = conn.execute(
+                "SELECT amount_minor, currency, approved FROM charges WHERE charge_id = ?",
+                (charge_id,),
+            ).fetchone()
+            if charge is None or not charge[2]:
+                raise UnknownCharge(f"no approved charge {charge_id!r}")
+            amount = Money(charge[0], charge[1])
+            if row is not None:
+                if row[1] != charge_id:
+                    raise IdempotencyKeyReused(f"key {key!r} was used to refund {row[1]!r}")
+                return RefundResult(row[0], charge_id, amount)
+            if conn.execute("SELECT 1 FROM refunds WHERE charge_id = ?", (charge_id,)).fetchone():
+                raise ChargeAlreadyRefunded(f"charge {charge_id!r} is already refunded")
+            refund_id = f"re_{uuid.uuid4().hex}"
+            conn.execute(
+                "INSERT INTO refunds VALUES (?, ?, ?, ?, ?)",
+                (refund_id, key, charge_id, amount.amount_minor, _now()),
+            )
+            conn.execute("COMMIT")
+            return RefundResult(refund_id, charge_id, amount)
+        finally:
+            _close(conn)
+
+    def _counts(self) -> LedgerCounts:
+        conn = self._connect()
+        try:
+            counts = LedgerCounts()
+            for order_id, approved, n in conn.execute(
+                "SELECT order_id, approved, COUNT(*) FROM charges GROUP BY order_id, approved"
+            ):
+                (counts.charges if approved else counts.declines)[order_id] = n
+            for order_id, n in conn.execute(
+                "SELECT c.order_id, COUNT(*) FROM refunds r"
+                " JOIN charges c ON c.charge_id = r.charge_id GROUP BY c.order_id"
+            ):
+                counts.refunds[order_id] = n
+            return counts
+        finally:
+            _close(conn)
+
+
+def _close(conn: sqlite3.Connection) -> None:
+    # Anything not committed explicitly (a read, an error) is rolled back, never left open.
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    conn.close()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
