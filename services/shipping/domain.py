@@ -1,0 +1,61 @@
+"""Shipping decisions: book one shipment per order and record what the provider answered.
+
+The provider is external and keeps its own ledger; a refusal (unserviceable destination) is a
+business outcome that fails the saga, while an outage is transient and retried with the same
+idempotency key.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from services.values import Address
+
+
+class ShipmentStatus(enum.StrEnum):
+    BOOKED = "BOOKED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    shipment_id: str
+    tracking_id: str
+    carrier: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shipment:
+    order_id: str
+    status: ShipmentStatus
+    destination: Address
+    shipment_id: str = ""
+    tracking_id: str = ""
+    carrier: str = ""
+    failure_reason: str = ""
+
+
+def booking_key(order_id: str) -> str:
+    # Derived from the order, so a retry after a crash gets the first booking back.
+    return f"book:{order_id}"
+
+
+def should_book(existing: Shipment | None) -> bool:
+    """Book once per order; a recorded shipment (booked or failed) is the answer."""
+    return existing is None
+
+
+def booked(order_id: str, destination: Address, booking: Booking) -> Shipment:
+    return Shipment(
+        order_id,
+        ShipmentStatus.BOOKED,
+        destination,
+        booking.shipment_id,
+        booking.tracking_id,
+        booking.carrier,
+    )
+
+
+def refused(order_id: str, destination: Address, reason: str) -> Shipment:
+    return Shipment(order_id, ShipmentStatus.FAILED, destination, failure_reason=reason)

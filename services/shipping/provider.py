@@ -1,0 +1,184 @@
+"""A fake shipping provider: an external carrier API with its own ledger and idempotency keys.
+
+Like the fake payment gateway, it writes its own SQLite file outside the caller's transaction,
+answers a repeated key with the first answer (a booking, or the same refusal), refuses
+unserviceable destinations from data (country codes, placeholder postal codes), and can be slow
+or unavailable for chaos runs; half of the injected outages lose the response after booking.
+``ledger_counts`` is the referee for "no shipment is booked twice".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from services.shipping.domain import Booking
+from services.values import Address
+
+DEFAULT_UNSERVICEABLE_COUNTRIES = frozenset({"AQ", "KP"})
+UNSERVICEABLE_POSTAL_PREFIX = "00000"
+_CARRIERS = {"US": "UPS", "CA": "UPS", "GB": "Royal Mail", "DE": "DHL", "FR": "La Poste"}
+_DEFAULT_CARRIER = "DHL Express"
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS bookings (
+        idempotency_key TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        shipment_id TEXT,
+        tracking_id TEXT,
+        carrier TEXT,
+        refused_reason TEXT,
+        country_code TEXT NOT NULL,
+        postal_code TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )""",
+)
+
+
+class ProviderUnavailable(Exception):
+    """Transient: the booking may or may not exist; retry with the same key."""
+
+
+class Unserviceable(Exception):
+    """The carrier cannot deliver there; retrying will not change that."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class IdempotencyKeyReused(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ShippingLedgerCounts:
+    bookings: dict[str, int] = field(default_factory=dict)  # shipments booked per order
+    refusals: dict[str, int] = field(default_factory=dict)
+
+
+def unserviceable_reason(destination: Address, countries: Iterable[str]) -> str | None:
+    if destination.country_code in set(countries):
+        return f"carrier does not deliver to country {destination.country_code}"
+    if destination.postal_code.startswith(UNSERVICEABLE_POSTAL_PREFIX):
+        return f"postal code {destination.postal_code} is not a deliverable address"
+    return None
+
+
+class FakeShippingProvider:
+    def __init__(
+        self,
+        ledger_path: str | Path,
+        *,
+        unserviceable_countries: Iterable[str] = DEFAULT_UNSERVICEABLE_COUNTRIES,
+        failure_rate: float = 0.0,
+        latency_ms: int = 0,
+        seed: int | None = None,
+    ) -> None:
+        if not 0.0 <= failure_rate <= 1.0:
+            raise ValueError(f"failure_rate must be within 0..1, got {failure_rate}")
+        self._path = Path(ledger_path)
+        self._countries = frozenset(unserviceable_countries)
+        self._failure_rate = failure_rate
+        self._latency_s = latency_ms / 1000
+        self._rng = random.Random(seed)
+        self._ready = False
+
+    async def book(self, idempotency_key: str, order_id: str, destination: Address) -> Booking:
+        lose_response = await self._maybe_fail()
+        booking, reason = await asyncio.to_thread(
+            self._book, idempotency_key, order_id, destination
+        )
+        if lose_response:
+            raise ProviderUnavailable("shipping provider timed out after accepting the request")
+        if booking is None:
+            raise Unserviceable(reason or "unserviceable")
+        return booking
+
+    async def ledger_counts(self) -> ShippingLedgerCounts:
+        return await asyncio.to_thread(self._counts)
+
+    async def _maybe_fail(self) -> bool:
+        if self._latency_s:
+            await asyncio.sleep(self._latency_s)
+        if self._failure_rate and self._rng.random() < self._failure_rate:
+            if self._rng.random() < 0.5:
+                raise ProviderUnavailable("shipping provider unavailable, try again")
+            return True
+        return False
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+        if not self._ready:
+            conn.execute("PRAGMA journal_mode=WAL")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            self._ready = True
+        conn.execute("BEGIN IMMEDIATE")
+        return conn
+
+    def _book(
+        self, key: str, order_id: str, destination: Address
+    ) -> tuple[Booking | None, str | None]:
+        conn = self._connect()
+        try:
+            row = conn.execute(
+                "SELECT order_id, shipment_id, tracking_id, carrier, refused_reason"
+                " FROM bookings WHERE idempotency_key = ?",
+                (key,),
+            ).fetchone()
+            if row is not None:
+                if row[0] != order_id:
+                    raise IdempotencyKeyReused(f"key {key!r} was used for order {row[0]!r}")
+                return (Booking(row[1], row[2], row[3]) if row[1] else None), row[4]
+            reason = unserviceable_reason(destination, self._countries)
+            booking = None if reason else self._new_booking(destination)
+            conn.execute(
+                "INSERT INTO bookings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    order_id,
+                    booking.shipment_id if booking else None,
+                    booking.tracking_id if booking else None,
+                    booking.carrier if booking else None,
+                    reason,
+                    destination.country_code,
+                    destination.postal_code,
+                    datetime.now(UTC).isoformat(timespec="microseconds"),
+                ),
+            )
+            conn.execute("COMMIT")
+            return booking, reason
+        finally:
+            _close(conn)
+
+    def _new_booking(self, destination: Address) -> Booking:
+        carrier = _CARRIERS.get(destination.country_code, _DEFAULT_CARRIER)
+        ident = uuid.uuid4()
+        prefix = "".join(c for c in carrier.upper() if c.isalpha())[:3]
+        return Booking(f"shp_{ident.hex}", f"{prefix}{ident.int % 10**12:012d}", carrier)
+
+    def _counts(self) -> ShippingLedgerCounts:
+        conn = self._connect()
+        try:
+            counts = ShippingLedgerCounts()
+            for order_id, ok, n in conn.execute(
+                "SELECT order_id, shipment_id IS NOT NULL, COUNT(*) FROM bookings"
+                " GROUP BY order_id, shipment_id IS NOT NULL"
+            ):
+                (counts.bookings if ok else counts.refusals)[order_id] = n
+            return counts
+        finally:
+            _close(conn)
+
+
+def _close(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    conn.close()
