@@ -1,0 +1,142 @@
+"""The saga graph written in proto/ options is exactly the flow table of DESIGN.md."""
+
+from __future__ import annotations
+
+import pytest
+from choreo.common.v1 import money_pb2
+from choreo.order.v1 import events_pb2 as order_events
+
+from choreo import contracts
+
+# Every published event: short name -> (bounded context, aggregate type).
+EVENTS: dict[str, tuple[str, str]] = {
+    "OrderCreated": ("order", "order"),
+    "OrderConfirmed": ("order", "order"),
+    "OrderShipped": ("order", "order"),
+    "OrderCancelled": ("order", "order"),
+    "InventoryReserved": ("inventory", "reservation"),
+    "InventoryReservationFailed": ("inventory", "reservation"),
+    "InventoryReleased": ("inventory", "reservation"),
+    "InventoryShipped": ("inventory", "reservation"),
+    "PaymentCompleted": ("payment", "payment"),
+    "PaymentFailed": ("payment", "payment"),
+    "PaymentRefunded": ("payment", "payment"),
+    "ShipmentCreated": ("shipping", "shipment"),
+    "ShippingFailed": ("shipping", "shipment"),
+    "NotificationSent": ("notification", "notification"),
+}
+
+
+def full(name: str) -> str:
+    """choreo.<context>.v1.<Event>, the event's full Protobuf name and NATS subject."""
+    return f"choreo.{EVENTS[name][0]}.v1.{name}"
+
+
+# DESIGN.md, "The saga (the canonical flow)", row by row: trigger, reacting service, emits.
+DESIGN_FLOW: list[tuple[str, str, set[str]]] = [
+    ("OrderCreated", "inventory", {"InventoryReserved", "InventoryReservationFailed"}),
+    ("InventoryReserved", "payment", {"PaymentCompleted", "PaymentFailed"}),
+    ("PaymentCompleted", "order", {"OrderConfirmed"}),
+    ("PaymentCompleted", "shipping", {"ShipmentCreated", "ShippingFailed"}),
+    ("ShipmentCreated", "order", {"OrderShipped"}),
+    ("ShipmentCreated", "inventory", {"InventoryShipped"}),
+    ("ShipmentCreated", "notification", {"NotificationSent"}),
+    ("NotificationSent", "order", set()),
+    ("InventoryReservationFailed", "order", {"OrderCancelled"}),
+    ("PaymentFailed", "inventory", {"InventoryReleased"}),
+    ("PaymentFailed", "order", {"OrderCancelled"}),
+    ("ShippingFailed", "payment", {"PaymentRefunded"}),
+    ("ShippingFailed", "inventory", {"InventoryReleased"}),
+    ("ShippingFailed", "order", {"OrderCancelled"}),
+    ("OrderCancelled", "notification", {"NotificationSent"}),
+]
+FLOW_TABLE: set[tuple[str, str, frozenset[str]]] = {
+    (service, full(trigger), frozenset(full(name) for name in emits))
+    for trigger, service, emits in DESIGN_FLOW
+}
+
+# DESIGN.md, "Required compensations": failure event => events that must follow it.
+REQUIRED_COMPENSATIONS: dict[str, set[str]] = {
+    "InventoryReservationFailed": {"OrderCancelled"},
+    "PaymentFailed": {"InventoryReleased", "OrderCancelled"},
+    "ShippingFailed": {"PaymentRefunded", "InventoryReleased", "OrderCancelled"},
+}
+
+
+def test_service_options_describe_exactly_the_flow_table() -> None:
+    edges = contracts.choreography()
+    found = {(edge.service, edge.trigger, frozenset(edge.emits)) for edge in edges}
+
+    assert found - FLOW_TABLE == set(), "reactions in proto/ that DESIGN.md does not have"
+    assert FLOW_TABLE - found == set(), "reactions of DESIGN.md missing from proto/"
+    assert len(edges) == len(FLOW_TABLE), "a reaction is declared twice"
+
+
+def test_every_published_event_is_marked_with_its_aggregate_type() -> None:
+    classes = contracts.event_classes()
+
+    assert set(classes) == {full(name) for name in EVENTS}
+    for name, (_, aggregate) in EVENTS.items():
+        cls = classes[full(name)]
+        assert cls.DESCRIPTOR.full_name == full(name)
+        assert contracts.aggregate_type(cls) == aggregate
+        assert cls.DESCRIPTOR.file.name.endswith("/events.proto")
+
+
+def test_every_event_in_the_graph_is_a_known_event_and_every_event_is_in_the_graph() -> None:
+    events = set(contracts.event_classes())
+    edges = contracts.choreography()
+    triggers = {edge.trigger for edge in edges}
+    emitted = {name for edge in edges for name in edge.emits}
+    commands = {name for names in contracts.command_emits().values() for name in names}
+
+    assert triggers <= events
+    assert emitted <= events
+    assert emitted | commands == events, "an event that nothing emits"
+
+
+def test_place_order_is_the_only_command_and_emits_order_created() -> None:
+    assert contracts.command_emits() == {
+        "choreo.order.v1.OrderService.PlaceOrder": ("choreo.order.v1.OrderCreated",)
+    }
+
+
+@pytest.mark.parametrize("failure", sorted(REQUIRED_COMPENSATIONS))
+def test_each_failure_triggers_its_required_compensations(failure: str) -> None:
+    compensations = {
+        name
+        for edge in contracts.choreography()
+        if edge.trigger == full(failure)
+        for name in edge.emits
+    }
+
+    assert compensations == {full(name) for name in REQUIRED_COMPENSATIONS[failure]}
+
+
+def test_aggregate_type_refuses_a_message_that_is_not_an_event() -> None:
+    with pytest.raises(ValueError, match=r"choreo\.common\.v1\.Money is not an event"):
+        contracts.aggregate_type(money_pb2.Money)
+
+
+def test_results_are_copies_that_callers_may_change() -> None:
+    contracts.event_classes().clear()
+    contracts.choreography().clear()
+    contracts.command_emits().clear()
+
+    assert contracts.event_classes()[full("OrderCreated")] is order_events.OrderCreated
+    assert len(contracts.choreography()) == len(FLOW_TABLE)
+    assert contracts.command_emits()
+
+
+def test_mermaid_draws_every_reaction_and_command() -> None:
+    text = contracts.mermaid(contracts.choreography(), contracts.command_emits())
+
+    assert text.startswith("flowchart LR\n")
+    for service, trigger, emits in FLOW_TABLE:
+        source = trigger.replace(".", "_")
+        for emitted in emits:
+            assert f"{source} -->|{service}| {emitted.replace('.', '_')}" in text
+        if not emits:
+            assert f"{source} -->|{service}| {service}_records_" in text
+    assert "choreo_order_v1_OrderService_PlaceOrder --> choreo_order_v1_OrderCreated" in text
+    assert text == contracts.mermaid(reversed(contracts.choreography()), contracts.command_emits())
