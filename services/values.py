@@ -21,6 +21,11 @@ def is_currency_code(code: str) -> bool:
     return len(code) == 3 and code.isascii() and code.isalpha() and code.isupper()
 
 
+def is_country_code(code: str) -> bool:
+    """ISO 3166-1 alpha-2 shape: two uppercase ASCII letters."""
+    return len(code) == 2 and code.isascii() and code.isalpha() and code.isupper()
+
+
 @dataclass(frozen=True, slots=True)
 class Money:
     amount_minor: int
