@@ -207,8 +207,11 @@ class ServiceRuntime:
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace_s)
         if self.nc is not None:
+            # Not drain(): it waits for pull subscriptions that will never be fetched again.
+            # Acks and relay publishes are already flushed above; flush() sends the rest.
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await self.nc.flush(timeout=2)
+            await self.nc.close()
         await self.db.close()
         log.info("%s: stopped", self.name)
 

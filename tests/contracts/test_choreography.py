@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from choreo.common.v1 import money_pb2
-from choreo.order.v1 import events_pb2 as order_events
 
 from choreo import contracts
+from choreo.common.v1 import money_pb2
+from choreo.order.v1 import events_pb2 as order_events
 
 # Every published event: short name -> (bounded context, aggregate type).
 EVENTS: dict[str, tuple[str, str]] = {

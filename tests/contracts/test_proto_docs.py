@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from choreo.choreography.v1 import choreography_pb2
 from google.protobuf import descriptor_pb2
 
 from choreo import contracts
+from choreo.choreography.v1 import choreography_pb2
 
 from .conftest import REPO_ROOT, run
 
