@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -99,6 +100,7 @@ class FakePaymentGateway:
         self._latency_s = latency_ms / 1000
         self._rng = random.Random(seed)
         self._ready = False
+        self._init_lock = threading.Lock()
 
     @classmethod
     def from_catalog(
@@ -162,10 +164,14 @@ class FakePaymentGateway:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
         if not self._ready:
-            conn.execute("PRAGMA journal_mode=WAL")
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            self._ready = True
+            # Switching to WAL needs the file to itself and does not wait on a busy lock, so
+            # the first calls of this object take turns setting the ledger up.
+            with self._init_lock:
+                if not self._ready:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                    self._ready = True
         conn.execute("BEGIN IMMEDIATE")
         return conn
 
