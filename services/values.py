@@ -81,7 +81,6 @@ class Address:
     postal_code: str
     country_code: str
     line2: str = ""
-    region: str = ""
 
 
 def total_of(lines: tuple[Line, ...] | list[Line], currency: str) -> Money:

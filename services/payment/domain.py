@@ -21,7 +21,7 @@ class PaymentStatus(enum.StrEnum):
 
 
 class DeclineReason(enum.StrEnum):
-    CARD_DECLINED = "CARD_DECLINED"
+    PAYMENT_DECLINED = "PAYMENT_DECLINED"
     CREDIT_LIMIT_EXCEEDED = "CREDIT_LIMIT_EXCEEDED"
     CURRENCY_NOT_SUPPORTED = "CURRENCY_NOT_SUPPORTED"
 
@@ -98,7 +98,7 @@ def decide_charge(order_id: str, customer_id: str, amount: Money, result: Charge
             PaymentStatus.COMPLETED,
             charge_id=result.charge_id,
         )
-    reason = result.decline_reason or DeclineReason.CARD_DECLINED
+    reason = result.decline_reason or DeclineReason.PAYMENT_DECLINED
     return Payment(
         order_id,
         payment_id_for(order_id),

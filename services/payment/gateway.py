@@ -215,7 +215,7 @@ class FakePaymentGateway:
         self, conn: sqlite3.Connection, customer_id: str, amount: Money, token: str
     ) -> DeclineReason | None:
         if token.startswith(DECLINED_TOKEN_PREFIX):
-            return DeclineReason.CARD_DECLINED
+            return DeclineReason.PAYMENT_DECLINED
         if amount.currency != self._currency:
             return DeclineReason.CURRENCY_NOT_SUPPORTED
         (net,) = conn.execute(

@@ -142,7 +142,7 @@ async def test_a_key_reused_for_a_different_charge_is_refused(tmp_path: Path) ->
 
 async def test_a_declined_token_is_declined(tmp_path: Path) -> None:
     result = await gateway(tmp_path).charge("k1", "c1", usd(5), "tok_declined_42", order_id="o1")
-    assert (result.approved, result.decline_reason) == (False, DeclineReason.CARD_DECLINED)
+    assert (result.approved, result.decline_reason) == (False, DeclineReason.PAYMENT_DECLINED)
 
 
 async def test_a_charge_over_the_customers_credit_limit_is_declined(tmp_path: Path) -> None:
