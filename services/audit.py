@@ -1,0 +1,256 @@
+"""The invariant auditor: checks invariants 1-6 of DESIGN.md on a running (quiet) system.
+
+It reads the system the way an operator can: the gRPC APIs of the services, the event streams,
+the dead-letter stream, and the fake providers' own ledgers (the "bank statement"). Used by the
+end-to-end tests, ``make demo`` and ``choreo chaos``; every violation names its order id.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from choreo import contracts, dlq, subjects
+from choreo.envelope import H_CAUSATION_ID, H_CORRELATION_ID, H_ID, H_SOURCE, H_SUBJECT, H_TYPE
+from choreo.inventory.v1 import inventory_service_pb2 as inventory_pb
+from choreo.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from choreo.order.v1 import order_service_pb2 as order_pb
+from choreo.order.v1 import order_service_pb2_grpc as order_grpc
+from choreo.streamread import StoredMessage, read_stream
+from choreo.streams import CONTEXTS
+from services.catalog import Catalog
+
+SHIPPED = order_pb.ORDER_STATUS_SHIPPED
+CANCELLED = order_pb.ORDER_STATUS_CANCELLED
+
+# DESIGN.md's required compensations: trigger => events that must follow for the same order.
+REQUIRED_COMPENSATIONS: dict[str, tuple[str, ...]] = {
+    "InventoryReservationFailed": ("OrderCancelled",),
+    "PaymentFailed": ("InventoryReleased", "OrderCancelled"),
+    "ShippingFailed": ("PaymentRefunded", "InventoryReleased", "OrderCancelled"),
+}
+
+
+@dataclass(frozen=True)
+class Violation:
+    invariant: int
+    order_id: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"invariant {self.invariant}: order {self.order_id or '-'}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event read back from a stream (first copy of each event id)."""
+
+    event_id: str
+    event_type: str  # short name, e.g. OrderCreated
+    source: str
+    order_id: str
+    correlation_id: str
+    causation_id: str
+    stream_seq: int
+
+
+@dataclass
+class AuditReport:
+    orders: int = 0
+    final_states: Counter[str] = field(default_factory=Counter)
+    cancellation_reasons: Counter[str] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    events: Counter[str] = field(default_factory=Counter)
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def violated(self, invariant: int, order_id: str, message: str) -> None:
+        self.violations.append(Violation(invariant, order_id, message))
+
+
+@dataclass(frozen=True)
+class LedgerView:
+    """What the fake providers' ledgers say, per order."""
+
+    charges: Mapping[str, int]
+    refunds: Mapping[str, int]
+    bookings: Mapping[str, int]
+
+
+def _events(messages: Iterable[StoredMessage]) -> list[Event]:
+    seen: set[str] = set()
+    events = []
+    for message in messages:
+        headers = message.headers
+        event_id = headers.get(H_ID, "")
+        if not event_id or event_id in seen or not headers.get(H_TYPE):
+            continue
+        if not contracts_event(headers[H_TYPE]):
+            continue  # poison injected on an event subject: audited through the DLQ
+        seen.add(event_id)
+        events.append(
+            Event(
+                event_id=event_id,
+                event_type=headers[H_TYPE].rsplit(".", 1)[-1],
+                source=headers.get(H_SOURCE, ""),
+                order_id=headers.get(H_SUBJECT, ""),
+                correlation_id=headers.get(H_CORRELATION_ID, ""),
+                causation_id=headers.get(H_CAUSATION_ID, ""),
+                stream_seq=message.seq,
+            )
+        )
+    return events
+
+
+def contracts_event(event_type: str) -> bool:
+    return event_type in contracts.event_classes()
+
+
+async def list_all_orders(channel: grpc.aio.Channel) -> list[order_pb.Order]:
+    stub = order_grpc.OrderServiceStub(channel)
+    orders: list[order_pb.Order] = []
+    token = ""
+    while True:
+        page = await stub.ListOrders(
+            order_pb.ListOrdersRequest(page_size=500, page_token=token), timeout=30
+        )
+        orders.extend(page.orders)
+        token = page.next_page_token
+        if not token:
+            return orders
+
+
+async def audit(
+    *,
+    js: Any,
+    addresses: Mapping[str, str],
+    catalog: Catalog,
+    ledgers: LedgerView,
+) -> AuditReport:
+    report = AuditReport()
+    messages: list[StoredMessage] = []
+    for context in CONTEXTS:
+        messages += await read_stream(js, subjects.stream_name(context))
+    events = _events(messages)
+    letters = await dlq.list_dead_letters(js)
+    for letter in letters:
+        report.dead_letters[letter.reason] += 1
+    for event in events:
+        report.events[event.event_type] += 1
+
+    by_order: dict[str, list[Event]] = defaultdict(list)
+    for event in events:
+        by_order[event.order_id].append(event)
+
+    async with grpc.aio.insecure_channel(addresses["order"]) as channel:
+        orders = await list_all_orders(channel)
+    report.orders = len(orders)
+
+    for order in orders:
+        _check_order(report, order, by_order.get(order.order_id, []), ledgers)
+    known = {order.order_id for order in orders}
+    for order_id in by_order:
+        if order_id not in known:
+            report.violated(5, order_id, "events exist for an order the order service lacks")
+
+    _check_reactions(report, events, letters)
+    await _check_stock(report, addresses["inventory"], catalog)
+    return report
+
+
+def _check_order(
+    report: AuditReport, order: order_pb.Order, events: list[Event], ledgers: LedgerView
+) -> None:
+    order_id = order.order_id
+    status = order_pb.OrderStatus.Name(order.status).removeprefix("ORDER_STATUS_")
+    report.final_states[status] += 1
+    types = Counter(event.event_type for event in events)
+
+    # 1. One final state, reached, with its compensations.
+    if order.status not in (SHIPPED, CANCELLED):
+        report.violated(1, order_id, f"not final: {status}")
+    if not order.customer_notified and order.status in (SHIPPED, CANCELLED):
+        report.violated(1, order_id, f"{status} but the customer was never told")
+    if order.status == SHIPPED and types["OrderCancelled"]:
+        report.violated(1, order_id, "both shipped and cancelled")
+    if order.status == CANCELLED:
+        report.cancellation_reasons[order.cancellation_reason] += 1
+    for trigger, required in REQUIRED_COMPENSATIONS.items():
+        if types[trigger]:
+            for compensation in required:
+                if types[compensation] != 1:
+                    report.violated(
+                        1,
+                        order_id,
+                        f"{trigger} needs one {compensation}, saw {types[compensation]}",
+                    )
+    for event in events:
+        if event.correlation_id != order.correlation_id:
+            report.violated(
+                5, order_id, f"{event.event_type} has correlation id {event.correlation_id}"
+            )
+
+    # 3. Money and bookings, from the providers' own ledgers.
+    charges = ledgers.charges.get(order_id, 0)
+    refunds = ledgers.refunds.get(order_id, 0)
+    bookings = ledgers.bookings.get(order_id, 0)
+    if charges > 1:
+        report.violated(3, order_id, f"charged {charges} times")
+    if bookings > 1:
+        report.violated(3, order_id, f"shipment booked {bookings} times")
+    if order.status == CANCELLED and charges and refunds != 1:
+        report.violated(3, order_id, f"cancelled after a charge but refunded {refunds} times")
+    if order.status == SHIPPED and (charges != 1 or refunds):
+        report.violated(3, order_id, f"shipped with {charges} charges and {refunds} refunds")
+
+    # 4. One notification per final state.
+    if types["NotificationSent"] != 1:
+        report.violated(4, order_id, f"{types['NotificationSent']} notifications, expected 1")
+
+
+def _check_reactions(
+    report: AuditReport, events: list[Event], letters: list[dlq.DeadLetter]
+) -> None:
+    """5. Every event reached every subscriber: its reaction exists, or it is a dead letter."""
+    reacting: dict[str, list[str]] = defaultdict(list)
+    for edge in contracts.choreography():
+        if edge.emits:
+            reacting[edge.trigger.rsplit(".", 1)[-1]].append(edge.service)
+    reactions = {(event.causation_id, event.source) for event in events}
+    dead = {(letter.headers.get(H_ID, ""), letter.service) for letter in letters}
+    for event in events:
+        for service in reacting.get(event.event_type, []):
+            if (event.event_id, service) not in reactions and (event.event_id, service) not in dead:
+                report.violated(
+                    5,
+                    event.order_id,
+                    f"{event.event_type} {event.event_id} never reached {service}"
+                    " (no reaction, no dead letter)",
+                )
+
+
+async def _check_stock(report: AuditReport, address: str, catalog: Catalog) -> None:
+    """2. Stock is conserved per SKU: initial = available + reserved + shipped."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = inventory_grpc.InventoryServiceStub(channel)
+        for sku, product in catalog.products.items():
+            level = (
+                await stub.GetStock(inventory_pb.GetStockRequest(sku=sku), timeout=10)
+            ).stock_level
+            total = level.available + level.reserved + level.shipped
+            if total != product.initial_stock:
+                report.violated(
+                    2,
+                    "",
+                    f"{sku}: {level.available}+{level.reserved}+{level.shipped}"
+                    f" != initial {product.initial_stock}",
+                )
+            if level.reserved:
+                report.violated(2, "", f"{sku}: {level.reserved} still reserved at quiescence")
