@@ -18,6 +18,7 @@ from choreo import contracts, dlq, subjects
 from choreo.envelope import H_CAUSATION_ID, H_CORRELATION_ID, H_ID, H_SOURCE, H_SUBJECT, H_TYPE
 from choreo.inventory.v1 import inventory_service_pb2 as inventory_pb
 from choreo.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from choreo.order.v1 import events_pb2 as order_events
 from choreo.order.v1 import order_service_pb2 as order_pb
 from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.streamread import StoredMessage, read_stream
@@ -181,7 +182,8 @@ def _check_order(
     if order.status == SHIPPED and types["OrderCancelled"]:
         report.violated(1, order_id, "both shipped and cancelled")
     if order.status == CANCELLED:
-        report.cancellation_reasons[order.cancellation_reason] += 1
+        reason = order_events.CancellationReason.Name(order.cancellation_reason)
+        report.cancellation_reasons[reason.removeprefix("CANCELLATION_REASON_")] += 1
     for trigger, required in REQUIRED_COMPENSATIONS.items():
         if types[trigger]:
             for compensation in required:
