@@ -115,7 +115,7 @@ def contracts_event(event_type: str) -> bool:
 
 
 async def list_all_orders(channel: grpc.aio.Channel) -> list[order_pb.Order]:
-    stub = order_grpc.OrderServiceStub(channel)
+    stub: order_grpc.OrderServiceAsyncStub = order_grpc.OrderServiceStub(channel)
     orders: list[order_pb.Order] = []
     token = ""
     while True:
@@ -241,7 +241,9 @@ def _check_reactions(
 async def _check_stock(report: AuditReport, address: str, catalog: Catalog) -> None:
     """2. Stock is conserved per SKU: initial = available + reserved + shipped."""
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = inventory_grpc.InventoryServiceStub(channel)
+        stub: inventory_grpc.InventoryServiceAsyncStub = inventory_grpc.InventoryServiceStub(
+            channel
+        )
         for sku, product in catalog.products.items():
             level = (
                 await stub.GetStock(inventory_pb.GetStockRequest(sku=sku), timeout=10)

@@ -1,0 +1,171 @@
+"""A mix of orders that walks every path of the saga, placed over gRPC like a real client.
+
+Each path fails (or not) from real data in ``catalog/default.json``, never from a coin flip:
+- happy: in-stock SKUs, a good token, a serviceable country;
+- out of stock: more of SKU-RARE than will ever exist (stock 5);
+- payment declined: a declined token, or a low-limit customer buying over the limit;
+- unserviceable: a destination the shipping provider refuses (AQ).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import grpc
+
+from choreo.common.v1 import address_pb2, order_line_pb2
+from choreo.order.v1 import order_service_pb2 as order_pb
+from choreo.order.v1 import order_service_pb2_grpc as order_grpc
+
+FINAL = (order_pb.ORDER_STATUS_SHIPPED, order_pb.ORDER_STATUS_CANCELLED)
+EVERYDAY_SKUS = ("SKU-MUG", "SKU-TEE", "SKU-CAP", "SKU-BOOK", "SKU-PEN", "SKU-BAG")
+
+
+class SagaPath(enum.StrEnum):
+    HAPPY = "happy"
+    OUT_OF_STOCK = "out_of_stock"
+    PAYMENT_DECLINED = "payment_declined"
+    UNSERVICEABLE = "unserviceable"
+
+    @property
+    def expected_status(self) -> int:
+        return (
+            order_pb.ORDER_STATUS_SHIPPED
+            if self is SagaPath.HAPPY
+            else order_pb.ORDER_STATUS_CANCELLED
+        )
+
+
+def mixed_paths(count: int, seed: int, happy_share: float = 0.7) -> list[SagaPath]:
+    """``count`` paths, every failure path at least once when count >= 4."""
+    rng = random.Random(seed)
+    failures = [SagaPath.OUT_OF_STOCK, SagaPath.PAYMENT_DECLINED, SagaPath.UNSERVICEABLE]
+    paths = [SagaPath.HAPPY, *failures][: min(count, 4)]
+    while len(paths) < count:
+        paths.append(SagaPath.HAPPY if rng.random() < happy_share else rng.choice(failures))
+    rng.shuffle(paths)
+    return paths
+
+
+def address(country: str = "US") -> address_pb2.Address:
+    return address_pb2.Address(
+        recipient_name="Ada Lovelace",
+        line1="12 Analytical Row",
+        city="London" if country == "GB" else "Springfield",
+        postal_code="12345",
+        country_code=country,
+    )
+
+
+def request_for(path: SagaPath, index: int, rng: random.Random) -> order_pb.PlaceOrderRequest:
+    customer = f"cust-{index:06d}"
+    token = "tok_visa"
+    country = rng.choice(["US", "GB", "DE", "FR"])
+    lines = [
+        order_line_pb2.OrderLine(sku=sku, quantity=rng.randint(1, 2))
+        for sku in rng.sample(EVERYDAY_SKUS, rng.randint(1, 2))
+    ]
+    if path is SagaPath.OUT_OF_STOCK:
+        lines.append(order_line_pb2.OrderLine(sku="SKU-RARE", quantity=6))
+    elif path is SagaPath.PAYMENT_DECLINED:
+        if index % 2:
+            token = "tok_declined_insufficient_funds"
+        else:
+            customer = "cust-low-limit"
+            lines = [order_line_pb2.OrderLine(sku="SKU-LAMP", quantity=1)]
+    elif path is SagaPath.UNSERVICEABLE:
+        country = "AQ"
+    return order_pb.PlaceOrderRequest(
+        idempotency_key=str(uuid.uuid4()),
+        customer_id=customer,
+        lines=lines,
+        currency_code="USD",
+        shipping_address=address(country),
+        payment_token=token,
+    )
+
+
+@dataclass
+class Placed:
+    order_id: str
+    path: SagaPath
+    placed_at: float
+    finished_at: float | None = None
+    status: int = order_pb.ORDER_STATUS_PENDING
+
+
+async def place_all(
+    stub: order_grpc.OrderServiceAsyncStub,
+    paths: Iterable[SagaPath],
+    *,
+    concurrency: int,
+    seed: int,
+    on_placed: Callable[[Placed], None] | None = None,
+) -> list[Placed]:
+    rng = random.Random(seed)
+    requests = [(path, request_for(path, i, rng)) for i, path in enumerate(paths)]
+    semaphore = asyncio.Semaphore(concurrency)
+    placed: list[Placed] = []
+
+    async def place(path: SagaPath, request: order_pb.PlaceOrderRequest) -> None:
+        async with semaphore:
+            started = time.monotonic()
+            for attempt in range(5):
+                try:
+                    response = await stub.PlaceOrder(request, timeout=10)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    # UNAVAILABLE while a service restarts: the idempotency key makes it safe.
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 4:
+                        raise
+                    await asyncio.sleep(0.5 * (attempt + 1))
+            item = Placed(response.order.order_id, path, started)
+            placed.append(item)
+            if on_placed:
+                on_placed(item)
+
+    await asyncio.gather(*(place(path, request) for path, request in requests))
+    return placed
+
+
+async def wait_until_final(
+    stub: order_grpc.OrderServiceAsyncStub,
+    placed: list[Placed],
+    *,
+    timeout: float,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[Placed]:
+    """Poll ListOrders until every placed order is final and its customer told; returns the
+    orders still not finished when the time ran out."""
+    pending = {item.order_id: item for item in placed}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        token = ""
+        while True:
+            try:
+                page = await stub.ListOrders(
+                    order_pb.ListOrdersRequest(page_size=500, page_token=token), timeout=10
+                )
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.5)  # the order service may be restarting
+                break
+            now = time.monotonic()
+            for order in page.orders:
+                item = pending.get(order.order_id)
+                if item and order.status in FINAL and order.customer_notified:
+                    item.status, item.finished_at = order.status, now
+                    del pending[order.order_id]
+            token = page.next_page_token
+            if not token:
+                break
+        if on_progress:
+            on_progress(len(placed) - len(pending))
+        if pending:
+            await asyncio.sleep(0.2)
+    return list(pending.values())
