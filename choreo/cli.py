@@ -110,10 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("flow", help="print the saga graph (Mermaid) read from proto/")
 
+    saga = commands.add_parser("saga", help="one saga's events, rebuilt by correlation id")
+    saga.add_argument("correlation_id", help="the order id (it is the saga's correlation id)")
+    saga.add_argument("--mermaid", action="store_true", help="as a Mermaid sequence diagram")
+    saga.add_argument(
+        "--nats-url", default=os.environ.get("CHOREO_NATS_URL", "nats://127.0.0.1:4222")
+    )
+
     demo = commands.add_parser("demo", help="run the system, place a mix of orders, check")
     demo.add_argument("--orders", type=int, default=60)
     demo.add_argument("--concurrency", type=int, default=8)
     add_system_options(demo)
+    demo.set_defaults(grpc_base_port=None)  # the demo takes free ports: it must just work
 
     bench = commands.add_parser("bench", help="sagas/second against the raw JetStream chain")
     bench.add_argument("--quick", action="store_true")
@@ -213,6 +221,19 @@ async def _dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _saga(args: argparse.Namespace) -> int:
+    from choreo import timeline
+    from choreo.service import connect_nats
+
+    nc = await connect_nats(args.nats_url, "choreo-cli")
+    try:
+        steps = await timeline.saga_steps(nc.jetstream(), args.correlation_id)
+    finally:
+        await nc.close()
+    print(timeline.render_mermaid(steps) if args.mermaid else timeline.render_text(steps))
+    return 0 if steps else 1
+
+
 def _flow() -> int:
     from choreo import contracts
 
@@ -239,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_dlq(args))
         if args.command == "flow":
             return _flow()
+        if args.command == "saga":
+            return asyncio.run(_saga(args))
         if args.command == "demo":
             from services.demo import run_demo
 

@@ -169,3 +169,36 @@ async def wait_until_final(
         if pending:
             await asyncio.sleep(0.2)
     return list(pending.values())
+
+
+def bad_requests() -> list[tuple[str, order_pb.PlaceOrderRequest, str]]:
+    """(what is wrong, the request, the field the error must name)."""
+    rng = random.Random(0)
+
+    def valid() -> order_pb.PlaceOrderRequest:
+        return request_for(SagaPath.HAPPY, 0, rng)
+
+    cases: list[tuple[str, order_pb.PlaceOrderRequest, str]] = []
+    no_lines = valid()
+    del no_lines.lines[:]
+    cases.append(("no lines", no_lines, "lines"))
+    zero = valid()
+    zero.lines[0].quantity = 0
+    cases.append(("zero quantity", zero, "lines[0].quantity"))
+    negative = valid()
+    negative.lines[0].quantity = -3
+    cases.append(("negative quantity", negative, "lines[0].quantity"))
+    unknown = valid()
+    unknown.lines[0].sku = "SKU-DOES-NOT-EXIST"
+    cases.append(("unknown SKU", unknown, "lines[0].sku"))
+    currency = valid()
+    currency.currency_code = "usd$"
+    cases.append(("bad currency", currency, "currency_code"))
+    no_key = valid()
+    no_key.idempotency_key = ""
+    cases.append(("missing idempotency key", no_key, "idempotency_key"))
+    oversized = valid()
+    del oversized.lines[:]
+    oversized.lines.extend(order_line_pb2.OrderLine(sku="SKU-PEN", quantity=1) for _ in range(101))
+    cases.append(("oversized request (101 lines)", oversized, "lines"))
+    return cases
