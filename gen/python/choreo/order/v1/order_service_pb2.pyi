@@ -157,12 +157,14 @@ class PlaceOrderRequest(_message.Message):
     customer_id: _builtins.str
     """The id of the customer who places the order."""
     currency_code: _builtins.str
-    """The ISO 4217 currency code of the order; every unit price must be in this currency."""
+    """The ISO 4217 currency code of the order; it must be the catalog's currency."""
     payment_token: _builtins.str
     """An opaque token issued by the payment provider; it is never card data."""
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[_order_line_pb2.OrderLine]:
-        """The lines to order; there is at least one, each with a positive quantity."""
+        """The lines to order: between 1 and 100, each a known SKU with a quantity from 1 to 1000.
+        Prices come from the catalog: a unit_price sent by the client is ignored.
+        """
 
     @_builtins.property
     def shipping_address(self) -> _address_pb2.Address:

@@ -157,14 +157,15 @@ export type PlaceOrderRequest = Message<"choreo.order.v1.PlaceOrderRequest"> & {
   customerId: string;
 
   /**
-   * The lines to order; there is at least one, each with a positive quantity.
+   * The lines to order: between 1 and 100, each a known SKU with a quantity from 1 to 1000.
+   * Prices come from the catalog: a unit_price sent by the client is ignored.
    *
    * @generated from field: repeated choreo.common.v1.OrderLine lines = 3;
    */
   lines: OrderLine[];
 
   /**
-   * The ISO 4217 currency code of the order; every unit price must be in this currency.
+   * The ISO 4217 currency code of the order; it must be the catalog's currency.
    *
    * @generated from field: string currency_code = 4;
    */
