@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable
 from datetime import datetime
 
+from choreo.errors import TransientError
 from choreo.store.port import Row, Transaction
 from services.catalog import Catalog
 from services.inventory.domain import (
@@ -38,8 +39,9 @@ SCHEMA: list[str] = [
 ]
 
 
-class StockConflict(RuntimeError):
-    """Stock changed between load and update (another writer); retrying decides again."""
+class StockConflict(TransientError):
+    """Stock changed between load and update (another writer); retrying decides again, so the
+    runtime naks it with backoff like any other transient failure."""
 
 
 async def seed_stock(tx: Transaction, catalog: Catalog) -> int:

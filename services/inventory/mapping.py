@@ -1,0 +1,70 @@
+"""Proto ⇄ domain for inventory: order lines in, stock levels and reservations out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from choreo.common.v1 import order_line_pb2
+from choreo.inventory.v1 import events_pb2, inventory_service_pb2
+from services.inventory import domain
+
+REJECTION_REASONS = {
+    domain.RejectionReason.UNKNOWN_SKU: events_pb2.RESERVATION_FAILURE_REASON_UNKNOWN_SKU,
+    domain.RejectionReason.INSUFFICIENT_STOCK: (
+        events_pb2.RESERVATION_FAILURE_REASON_INSUFFICIENT_STOCK
+    ),
+}
+
+RESERVATION_STATUSES = {
+    domain.ReservationStatus.RESERVED: inventory_service_pb2.RESERVATION_STATUS_RESERVED,
+    domain.ReservationStatus.RELEASED: inventory_service_pb2.RESERVATION_STATUS_RELEASED,
+    domain.ReservationStatus.SHIPPED: inventory_service_pb2.RESERVATION_STATUS_SHIPPED,
+}
+
+
+def line_violations(lines: Iterable[order_line_pb2.OrderLine]) -> list[str]:
+    """What is wrong with the lines of an incoming order; a negative quantity would create stock."""
+    problems = []
+    for i, line in enumerate(lines):
+        if not line.sku:
+            problems.append(f"lines[{i}].sku is empty")
+        if line.quantity <= 0:
+            problems.append(f"lines[{i}].quantity {line.quantity} is not positive")
+    return problems
+
+
+def quantity_lines(quantities: Iterable[domain.SkuQuantity]) -> list[order_line_pb2.OrderLine]:
+    # A reservation keeps quantities only; prices belong to the order, so none are sent here.
+    return [order_line_pb2.OrderLine(sku=q.sku, quantity=q.quantity) for q in quantities]
+
+
+def shortage(value: domain.Shortage) -> events_pb2.StockShortage:
+    return events_pb2.StockShortage(
+        sku=value.sku, requested=value.requested, available=value.available
+    )
+
+
+def rejection_detail(rejected: domain.ReservationRejected) -> str:
+    parts = ", ".join(
+        f"{s.sku}: requested {s.requested}, available {s.available}" for s in rejected.shortages
+    )
+    if rejected.reason is domain.RejectionReason.UNKNOWN_SKU:
+        return f"unknown SKU ({parts})"
+    return f"insufficient stock ({parts})"
+
+
+def stock_level(level: domain.StockLevel) -> inventory_service_pb2.StockLevel:
+    return inventory_service_pb2.StockLevel(
+        sku=level.sku, available=level.available, reserved=level.reserved, shipped=level.shipped
+    )
+
+
+def reservation(value: domain.Reservation) -> inventory_service_pb2.Reservation:
+    return inventory_service_pb2.Reservation(
+        order_id=value.order_id,
+        reservation_id=value.reservation_id,
+        lines=quantity_lines(value.quantities),
+        status=RESERVATION_STATUSES.get(
+            value.status, inventory_service_pb2.RESERVATION_STATUS_UNSPECIFIED
+        ),
+    )
