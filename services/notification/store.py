@@ -19,6 +19,8 @@ SCHEMA: list[str] = [
         sent_at TEXT NOT NULL,
         UNIQUE (order_id, kind)
     )""",
+    "CREATE INDEX IF NOT EXISTS notifications_by_customer"
+    " ON notifications (customer_id, sent_at, notification_id)",
 ]
 
 _COLUMNS = "notification_id, order_id, customer_id, kind, channel, message"
@@ -61,3 +63,35 @@ async def counts_per_order(tx: Transaction) -> dict[tuple[str, str], int]:
     """(order_id, kind) -> count; anything above 1 breaks invariant 4."""
     rows = await tx.fetchall("SELECT order_id, kind, COUNT(*) FROM notifications GROUP BY 1, 2")
     return {(order_id, kind): int(n) for order_id, kind, n in rows}
+
+
+async def list_notifications(
+    tx: Transaction,
+    *,
+    order_id: str = "",
+    customer_id: str = "",
+    limit: int,
+    after: tuple[str, str] | None = None,
+) -> list[tuple[Notification, str]]:
+    """Notifications with their ``sent_at``, oldest first, filtered by order and/or customer.
+
+    Paged by the key ``(sent_at, notification_id)`` of the last row of the previous page, so a
+    notification sent while a client pages is neither skipped nor repeated.
+    """
+    where, params = [], []
+    if order_id:
+        where.append("order_id = ?")
+        params.append(order_id)
+    if customer_id:
+        where.append("customer_id = ?")
+        params.append(customer_id)
+    if after is not None:
+        where.append("(sent_at > ? OR (sent_at = ? AND notification_id > ?))")
+        params += [after[0], after[0], after[1]]
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    rows = await tx.fetchall(
+        f"SELECT {_COLUMNS}, sent_at FROM notifications{clause}"
+        " ORDER BY sent_at, notification_id LIMIT ?",
+        [*params, limit],
+    )
+    return [(_notification(row[:-1]), str(row[-1])) for row in rows]

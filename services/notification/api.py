@@ -1,0 +1,58 @@
+"""NotificationService over gRPC: list an order's or a customer's notifications, paged."""
+
+from __future__ import annotations
+
+import grpc
+
+from choreo.grpc_errors import abort_invalid
+from choreo.notification.v1 import notification_service_pb2 as pb
+from choreo.notification.v1 import notification_service_pb2_grpc as pb_grpc
+from choreo.service import ServiceRuntime
+from services.notification import mapping, store
+
+SERVICE_NAME = "choreo.notification.v1.NotificationService"
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+class NotificationApi(pb_grpc.NotificationServiceServicer):
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self._runtime = runtime
+
+    async def ListNotifications(
+        self, request: pb.ListNotificationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListNotificationsResponse:
+        violations = []
+        if not request.order_id and not request.customer_id:
+            violations.append(("order_id", "set order_id or customer_id"))
+        if request.page_size < 0:
+            violations.append(("page_size", "must not be negative"))
+        after = mapping.parse_page_token(request.page_token) if request.page_token else None
+        if request.page_token and after is None:
+            violations.append(("page_token", "is not a token from a previous response"))
+        if violations:
+            await abort_invalid(context, violations)
+        # Larger pages are clamped rather than refused, as AIP-158 suggests.
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        async with self._runtime.db.transaction() as tx:
+            rows = await store.list_notifications(
+                tx,
+                order_id=request.order_id,
+                customer_id=request.customer_id,
+                limit=size + 1,
+                after=after,
+            )
+        page, more = rows[:size], len(rows) > size
+        last_notification, last_sent_at = page[-1] if page else (None, "")
+        return pb.ListNotificationsResponse(
+            notifications=[mapping.notification_to_proto(n, sent_at) for n, sent_at in page],
+            next_page_token=(
+                mapping.page_token(last_sent_at, last_notification.notification_id)
+                if more and last_notification is not None
+                else ""
+            ),
+        )
+
+
+def add_to_server(server: grpc.aio.Server, runtime: ServiceRuntime) -> None:
+    pb_grpc.add_NotificationServiceServicer_to_server(NotificationApi(runtime), server)

@@ -1,0 +1,80 @@
+"""Notification reactions: tell the customer once per final state of the order.
+
+The (order, kind) uniqueness in the store is what makes it once: a second ShipmentCreated or
+OrderCancelled for the same order records nothing and emits nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.message import Message
+
+from choreo.handling import Handler, HandlerContext
+from choreo.order.v1 import events_pb2 as order_events
+from choreo.shipping.v1 import events_pb2 as shipping_events
+from services.catalog import Catalog
+from services.notification import domain, mapping, store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    catalog: Catalog  # customers' preferred channels
+
+    def channel_for(self, customer_id: str) -> domain.Channel:
+        return domain.choose_channel(self.catalog.customers.get(customer_id))
+
+
+async def _send(ctx: HandlerContext, notification: domain.Notification) -> None:
+    if not await store.record_notification(ctx.tx, notification, datetime.now(UTC)):
+        log.info("order %s was already told (%s)", notification.order_id, notification.kind)
+        return
+    ctx.emit(mapping.notification_sent(notification), aggregate_id=notification.order_id)
+
+
+async def on_shipment_created(
+    deps: Dependencies, ctx: HandlerContext, event: shipping_events.ShipmentCreated
+) -> None:
+    notification = domain.order_shipped(
+        event.order_id,
+        event.customer_id,
+        event.carrier,
+        event.tracking_id,
+        deps.channel_for(event.customer_id),
+    )
+    await _send(ctx, notification)
+
+
+async def on_order_cancelled(
+    deps: Dependencies, ctx: HandlerContext, event: order_events.OrderCancelled
+) -> None:
+    reason = mapping.cancellation_reason(event.reason)
+    notification = domain.order_cancelled(
+        event.order_id,
+        event.customer_id,
+        reason,
+        deps.channel_for(event.customer_id),
+        # Shipping fails only after the payment went through, and that payment is refunded.
+        refunded=reason == "SHIPPING_FAILED",
+    )
+    await _send(ctx, notification)
+
+
+DependentHandler = Callable[[Dependencies, HandlerContext, Any], Awaitable[None]]
+
+HANDLERS: dict[type[Message], DependentHandler] = {
+    shipping_events.ShipmentCreated: on_shipment_created,
+    order_events.OrderCancelled: on_order_cancelled,
+}
+
+
+def bind(deps: Dependencies) -> dict[type[Message], Handler]:
+    """The handlers with their dependencies filled in, as the runtime calls them."""
+    return {cls: functools.partial(handler, deps) for cls, handler in HANDLERS.items()}

@@ -1,0 +1,149 @@
+"""Notification as the flow table has it: one message per final state, on the right channel."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from choreo.broker import EmbeddedBroker
+from choreo.notification.v1 import events_pb2 as note
+from choreo.notification.v1 import notification_service_pb2 as pb
+from choreo.notification.v1 import notification_service_pb2_grpc as pb_grpc
+from choreo.order.v1 import events_pb2 as order_events
+from choreo.service import ServiceRuntime
+from choreo.shipping.v1 import events_pb2 as ship
+from choreo.testing import publish_event
+from services.notification.service import build
+from services.settings import SagaSettings
+from tests.services import (
+    channel,
+    count,
+    emitted,
+    runtime_settings,
+    wait_for_count,
+    wait_processed,
+)
+
+
+@pytest.fixture
+async def notification(broker: EmbeddedBroker, tmp_path: Path) -> AsyncIterator[ServiceRuntime]:
+    settings = runtime_settings("notification", broker, tmp_path)
+    runtime = ServiceRuntime(build(settings, SagaSettings(data_dir=tmp_path)), settings)
+    await runtime.start()
+    yield runtime
+    await runtime.stop()
+
+
+@pytest.fixture
+async def stub(
+    notification: ServiceRuntime,
+) -> AsyncIterator[pb_grpc.NotificationServiceAsyncStub]:
+    async with channel(notification.grpc_port) as ch:
+        yield pb_grpc.NotificationServiceStub(ch)
+
+
+def shipped(order_id: str, customer_id: str = "cust-alice") -> ship.ShipmentCreated:
+    return ship.ShipmentCreated(
+        order_id=order_id,
+        shipment_id="shp-1",
+        tracking_id="DHL000000000042",
+        carrier="DHL",
+        customer_id=customer_id,
+    )
+
+
+def cancelled(order_id: str, customer_id: str = "cust-bob") -> order_events.OrderCancelled:
+    return order_events.OrderCancelled(
+        order_id=order_id,
+        customer_id=customer_id,
+        reason=order_events.CANCELLATION_REASON_SHIPPING_FAILED,
+    )
+
+
+async def deliver(js: Any, event: Any, **envelope: Any) -> None:
+    await publish_event(js, event, aggregate_id=event.order_id, **envelope)
+
+
+async def test_one_notification_per_final_state_even_when_the_trigger_is_delivered_twice(
+    notification: ServiceRuntime, js: Any
+) -> None:
+    # Once as a redelivery of the same event, once as a new event about the same shipment.
+    await deliver(js, shipped("ord-1"), event_id="evt-ship-1")
+    await deliver(js, shipped("ord-1"), event_id="evt-ship-1", msg_id="resent-by-relay")
+    await deliver(js, shipped("ord-1"))
+    await wait_for_count(js, note.NotificationSent, 1)
+    await wait_processed(notification, ship.ShipmentCreated, 3)
+    await asyncio.sleep(0.5)
+
+    assert await count(js, note.NotificationSent) == 1
+    (sent,) = await emitted(js, note.NotificationSent)
+    assert sent.order_id == "ord-1"
+    assert sent.kind == note.NOTIFICATION_KIND_ORDER_SHIPPED
+    assert sent.channel == note.CHANNEL_EMAIL
+    assert "DHL000000000042" in sent.message
+
+
+async def test_a_cancelled_order_is_told_on_the_customers_preferred_channel(
+    notification: ServiceRuntime, js: Any
+) -> None:
+    await deliver(js, cancelled("ord-2"))
+    await deliver(js, cancelled("ord-2"))
+    await wait_for_count(js, note.NotificationSent, 1)
+    await wait_processed(notification, order_events.OrderCancelled, 2)
+    await asyncio.sleep(0.5)
+
+    (sent,) = await emitted(js, note.NotificationSent)
+    assert sent.kind == note.NOTIFICATION_KIND_ORDER_CANCELLED
+    assert sent.customer_id == "cust-bob"
+    assert sent.channel == note.CHANNEL_SMS  # cust-bob prefers SMS in the catalog
+    assert "refunded" in sent.message
+
+
+async def test_list_notifications_by_order_and_by_customer_in_pages(
+    notification: ServiceRuntime, js: Any, stub: pb_grpc.NotificationServiceAsyncStub
+) -> None:
+    for i in range(5):
+        await deliver(js, shipped(f"ord-p{i}", customer_id="cust-carol"))
+    await deliver(js, cancelled("ord-other", customer_id="cust-alice"))
+    await wait_for_count(js, note.NotificationSent, 6)
+
+    by_order = await stub.ListNotifications(pb.ListNotificationsRequest(order_id="ord-p3"))
+    assert [n.order_id for n in by_order.notifications] == ["ord-p3"]
+    assert by_order.notifications[0].sent_at.seconds > 0
+    assert by_order.next_page_token == ""
+
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = await stub.ListNotifications(
+            pb.ListNotificationsRequest(customer_id="cust-carol", page_size=2, page_token=token)
+        )
+        pages += 1
+        seen += [n.order_id for n in page.notifications]
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(seen) == [f"ord-p{i}" for i in range(5)]
+    assert pages == 3
+
+
+async def test_list_notifications_needs_an_order_or_a_customer(
+    stub: pb_grpc.NotificationServiceAsyncStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.ListNotifications(pb.ListNotificationsRequest())
+    assert missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "order_id" in (missing.value.details() or "")
+
+    with pytest.raises(grpc.aio.AioRpcError) as bad_token:
+        await stub.ListNotifications(
+            pb.ListNotificationsRequest(order_id="ord-1", page_token="not-a-token")
+        )
+    assert bad_token.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token" in (bad_token.value.details() or "")
