@@ -310,3 +310,24 @@ def mark_notified(order: Order, at: datetime) -> Transition:
     return Transition(
         replace(order, customer_notified=True, updated_at=at), changed=True, emit=False
     )
+
+
+def as_of(order: Order, status: OrderStatus, at: datetime) -> Order:
+    """The order as it was when it entered an earlier ``status`` (from its history).
+
+    A watcher that polls more slowly than the saga moves still gets one update per status;
+    fields that only later steps fill in are blanked so the update does not claim them early.
+    """
+    if status is order.status:
+        return order
+    earlier = replace(
+        order,
+        status=status,
+        updated_at=at,
+        customer_notified=False,
+        cancellation_reason=None,
+        cancellation_detail="",
+        shipment_id="",
+        tracking_id="",
+    )
+    return replace(earlier, payment_id="") if status is OrderStatus.PENDING else earlier

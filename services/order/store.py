@@ -153,11 +153,16 @@ async def insert_order(tx: Transaction, order: Order) -> bool:
 
 
 async def save_order(tx: Transaction, before: Order, after: Order) -> bool:
-    """Write a transition; the status guard refuses it if another writer moved the order first."""
+    """Write a transition; the guard refuses it if another writer changed the order first.
+
+    The guard covers every field a transition can change, not only the status: under Postgres'
+    read committed, a status-only guard would let a ship decided on a stale row overwrite a
+    concurrent ``customer_notified`` (a lost update)."""
     changed = await tx.execute(
         "UPDATE orders SET status = ?, cancellation_reason = ?, cancellation_detail = ?,"
         " customer_notified = ?, payment_id = ?, shipment_id = ?, tracking_id = ?, updated_at = ?"
-        " WHERE order_id = ? AND status = ?",
+        " WHERE order_id = ? AND status = ? AND customer_notified = ? AND payment_id = ?"
+        " AND shipment_id = ?",
         (
             after.status.value,
             after.cancellation_reason.value if after.cancellation_reason else "",
@@ -169,6 +174,9 @@ async def save_order(tx: Transaction, before: Order, after: Order) -> bool:
             to_iso(after.updated_at),
             before.order_id,
             before.status.value,
+            int(before.customer_notified),
+            before.payment_id,
+            before.shipment_id,
         ),
     )
     if changed and after.status is not before.status:
@@ -205,17 +213,33 @@ async def history(tx: Transaction, order_id: str, after_seq: int = 0) -> list[Hi
 
 
 async def list_orders(
-    tx: Transaction, page_size: int = 50, page_token: str = "", customer_id: str | None = None
+    tx: Transaction,
+    page_size: int = 50,
+    page_token: str = "",
+    customer_id: str | None = None,
+    status: OrderStatus | None = None,
+    newest_first: bool = False,
 ) -> OrderPage:
-    """Orders oldest first, keyset-paged: a token is the last (created_at, order_id) seen."""
-    after_created, after_id = _decode_token(page_token) if page_token else ("", "")
-    where = "(created_at > ? OR (created_at = ? AND order_id > ?))"
-    params: list[object] = [after_created, after_created, after_id]
+    """Orders keyset-paged, oldest first unless ``newest_first``: a token is the last
+    (created_at, order_id) seen, so it stays valid while new orders arrive."""
+    conditions: list[str] = []
+    params: list[object] = []
+    if page_token:
+        after_created, after_id = _decode_token(page_token)
+        cmp = "<" if newest_first else ">"
+        conditions.append(f"(created_at {cmp} ? OR (created_at = ? AND order_id {cmp} ?))")
+        params += [after_created, after_created, after_id]
     if customer_id is not None:
-        where += " AND customer_id = ?"
+        conditions.append("customer_id = ?")
         params.append(customer_id)
+    if status is not None:
+        conditions.append("status = ?")
+        params.append(status.value)
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    direction = "DESC" if newest_first else "ASC"
     rows = await tx.fetchall(
-        f"SELECT {_COLUMNS} FROM orders WHERE {where} ORDER BY created_at, order_id LIMIT ?",
+        f"SELECT {_COLUMNS} FROM orders {where}"
+        f" ORDER BY created_at {direction}, order_id {direction} LIMIT ?",
         (*params, page_size + 1),
     )
     orders = [_order(row) for row in rows[:page_size]]

@@ -1,0 +1,186 @@
+"""The order service's gRPC port: proto ⇄ domain, domain outcomes ⇄ status codes. Nothing else.
+
+Errors clients see:
+
+- ``INVALID_ARGUMENT`` with a ``google.rpc.BadRequest`` naming every offending field (read them
+  with ``choreo.grpc_errors.field_violations``); a refused request changes nothing.
+- ``INVALID_ARGUMENT`` on ``idempotency_key`` when a key is reused for a *different* request.
+  Not ``ALREADY_EXISTS``: the client's request is wrong (the key must be fresh for a new order),
+  the field to fix is the key, and a retry of the very same request is never refused.
+- ``NOT_FOUND`` for an order id this service does not know.
+- ``DEADLINE_EXCEEDED`` when a ``WatchOrder`` stream reaches its time bound before the order
+  is final; call ``WatchOrder`` again to keep following it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import grpc
+
+from choreo.grpc_errors import abort_invalid, abort_not_found
+from choreo.order.v1 import order_service_pb2 as pb
+from choreo.order.v1 import order_service_pb2_grpc as pb_grpc
+from choreo.service import ServiceRuntime
+from services.catalog import Catalog
+from services.order import mapping, store
+from services.order.domain import (
+    Created,
+    KeyReused,
+    Order,
+    OrderStatus,
+    Replayed,
+    as_of,
+    decide_place_order,
+    new_order,
+    validate_place_order,
+)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+WATCH_POLL_S = 0.05
+WATCH_LIMIT_S = 600.0
+
+Context = grpc.aio.ServicerContext
+
+
+class OrderApi(pb_grpc.OrderServiceServicer):
+    def __init__(
+        self,
+        runtime: ServiceRuntime,
+        catalog: Catalog,
+        *,
+        watch_poll_s: float = WATCH_POLL_S,
+        watch_limit_s: float = WATCH_LIMIT_S,
+    ) -> None:
+        self._runtime = runtime
+        self._catalog = catalog
+        self._watch_poll_s = watch_poll_s
+        self._watch_limit_s = watch_limit_s
+
+    async def PlaceOrder(
+        self, request: pb.PlaceOrderRequest, context: Context
+    ) -> pb.PlaceOrderResponse:
+        """Place an order, once per idempotency key.
+
+        The same key with the same request returns the order placed the first time and
+        publishes nothing; the same key with a different request is ``INVALID_ARGUMENT`` on
+        ``idempotency_key``. Prices come from the catalog; unit prices in the request are
+        ignored. The order row and its ``OrderCreated`` commit in one transaction.
+        """
+        command = mapping.place_order_from_proto(request)
+        violations = validate_place_order(command, self._catalog)
+        if violations:
+            await abort_invalid(context, [(v.field, v.description) for v in violations])
+        order_id = str(uuid.uuid4())
+        draft = new_order(order_id, command, self._catalog, datetime.now(UTC), order_id)
+        outcome = await self._place(draft, command.payment_token)
+        if isinstance(outcome, KeyReused):
+            violation = outcome.violation
+            await abort_invalid(context, [(violation.field, violation.description)])
+        order = outcome.order if isinstance(outcome, Replayed) else draft
+        return pb.PlaceOrderResponse(order=mapping.order_to_proto(order))
+
+    async def _place(self, draft: Order, payment_token: str) -> Created | Replayed | KeyReused:
+        async with self._runtime.unit_of_work(correlation_id=draft.order_id) as uow:
+            key = draft.idempotency_key
+            existing = await store.load_order_by_key(uow.tx, key)
+            outcome = decide_place_order(existing, draft.request_fingerprint)
+            if not isinstance(outcome, Created):
+                return outcome
+            if await store.insert_order(uow.tx, draft):
+                uow.emit(mapping.order_created(draft, payment_token), aggregate_id=draft.order_id)
+                return outcome
+            # A concurrent call with the same key won the unique index (Postgres waits for it
+            # to commit, then the re-read sees its row): answer as if we had come second.
+            existing = await store.load_order_by_key(uow.tx, key)
+            if existing is None:
+                raise RuntimeError(f"order {draft.order_id} clashed on insert but is not there")
+            return decide_place_order(existing, draft.request_fingerprint)
+
+    async def GetOrder(self, request: pb.GetOrderRequest, context: Context) -> pb.GetOrderResponse:
+        order = await self._existing_order(request.order_id, context)
+        return pb.GetOrderResponse(order=mapping.order_to_proto(order))
+
+    async def ListOrders(
+        self, request: pb.ListOrdersRequest, context: Context
+    ) -> pb.ListOrdersResponse:
+        """Newest first; ``page_size`` 0 means 50, at most 500; an optional status filter."""
+        violations: list[tuple[str, str]] = []
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            rule = f"must be between 0 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
+            violations.append(("page_size", rule))
+        status: OrderStatus | None = None
+        if request.HasField("status"):
+            status = mapping.status_from_proto(request.status)
+            if status is None:
+                names = ", ".join(f"ORDER_STATUS_{s.value}" for s in OrderStatus)
+                violations.append(("status", f"must be one of {names}, or left unset for all"))
+        if violations:
+            await abort_invalid(context, violations)
+        try:
+            async with self._runtime.db.transaction() as tx:
+                page = await store.list_orders(
+                    tx,
+                    page_size=request.page_size or DEFAULT_PAGE_SIZE,
+                    page_token=request.page_token,
+                    status=status,
+                    newest_first=True,
+                )
+        except store.InvalidPageToken as exc:
+            await abort_invalid(context, [("page_token", str(exc))])
+        return pb.ListOrdersResponse(
+            orders=[mapping.order_to_proto(order) for order in page.orders],
+            next_page_token=page.next_page_token,
+        )
+
+    async def WatchOrder(
+        self, request: pb.WatchOrderRequest, context: Context
+    ) -> AsyncIterator[pb.WatchOrderResponse]:
+        """The order now, then one message per status change (and when the customer was told),
+        until it is final and notified; intermediate states missed between polls are replayed
+        from the order's history so no status is skipped."""
+        order_id = request.order_id
+        if not order_id:
+            await abort_invalid(context, [("order_id", "is required")])
+        async with self._runtime.db.transaction() as tx:
+            order = await store.load_order(tx, order_id)
+            seen = await store.history(tx, order_id)
+        if order is None:
+            await abort_not_found(context, f"order {order_id!r}")
+        last_seq = seen[-1].seq if seen else 0
+        yield pb.WatchOrderResponse(order=mapping.order_to_proto(order))
+        deadline = asyncio.get_running_loop().time() + self._watch_limit_s
+        while not (order.status.is_final and order.customer_notified):
+            if asyncio.get_running_loop().time() >= deadline:
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"watched order {order_id} for {self._watch_limit_s:.0f}s without it"
+                    " reaching a final state: call WatchOrder again to keep following it",
+                )
+            await asyncio.sleep(self._watch_poll_s)
+            async with self._runtime.db.transaction() as tx:
+                current = await store.load_order(tx, order_id)
+                entries = await store.history(tx, order_id, after_seq=last_seq)
+            if current is None:
+                await abort_not_found(context, f"order {order_id!r}")
+            for entry in entries[:-1]:
+                earlier = as_of(current, entry.status, entry.at)
+                yield pb.WatchOrderResponse(order=mapping.order_to_proto(earlier))
+            if entries or current.customer_notified != order.customer_notified:
+                yield pb.WatchOrderResponse(order=mapping.order_to_proto(current))
+            if entries:
+                last_seq = entries[-1].seq
+            order = current
+
+    async def _existing_order(self, order_id: str, context: Context) -> Order:
+        if not order_id:
+            await abort_invalid(context, [("order_id", "is required")])
+        async with self._runtime.db.transaction() as tx:
+            order = await store.load_order(tx, order_id)
+        if order is None:
+            await abort_not_found(context, f"order {order_id!r}")
+        return order

@@ -1,0 +1,155 @@
+"""Proto ⇄ domain for the order service: the gRPC messages, the events it emits, the enums."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from choreo.common.v1 import address_pb2, money_pb2, order_line_pb2
+from choreo.order.v1 import events_pb2, order_service_pb2
+from services.order.domain import (
+    CancellationReason,
+    Order,
+    OrderStatus,
+    PlaceOrder,
+    PlaceOrderLine,
+)
+from services.values import Address, Line, Money
+
+_STATUS_TO_PROTO: dict[OrderStatus, order_service_pb2.OrderStatus.ValueType] = {
+    OrderStatus.PENDING: order_service_pb2.ORDER_STATUS_PENDING,
+    OrderStatus.CONFIRMED: order_service_pb2.ORDER_STATUS_CONFIRMED,
+    OrderStatus.SHIPPED: order_service_pb2.ORDER_STATUS_SHIPPED,
+    OrderStatus.CANCELLED: order_service_pb2.ORDER_STATUS_CANCELLED,
+}
+_STATUS_FROM_PROTO: dict[int, OrderStatus] = {
+    int(value): status for status, value in _STATUS_TO_PROTO.items()
+}
+
+_REASON_TO_PROTO: dict[CancellationReason, events_pb2.CancellationReason.ValueType] = {
+    CancellationReason.INVENTORY_UNAVAILABLE: events_pb2.CANCELLATION_REASON_INVENTORY_UNAVAILABLE,
+    CancellationReason.PAYMENT_FAILED: events_pb2.CANCELLATION_REASON_PAYMENT_FAILED,
+    CancellationReason.SHIPPING_FAILED: events_pb2.CANCELLATION_REASON_SHIPPING_FAILED,
+}
+
+
+def status_to_proto(status: OrderStatus) -> order_service_pb2.OrderStatus.ValueType:
+    return _STATUS_TO_PROTO[status]
+
+
+def status_from_proto(value: int) -> OrderStatus | None:
+    """None for UNSPECIFIED and for numbers this version of the contract does not know."""
+    return _STATUS_FROM_PROTO.get(value)
+
+
+def reason_to_proto(reason: CancellationReason | None) -> events_pb2.CancellationReason.ValueType:
+    if reason is None:
+        return events_pb2.CANCELLATION_REASON_UNSPECIFIED
+    return _REASON_TO_PROTO[reason]
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def money_to_proto(money: Money) -> money_pb2.Money:
+    return money_pb2.Money(amount_minor=money.amount_minor, currency_code=money.currency)
+
+
+def line_to_proto(line: Line) -> order_line_pb2.OrderLine:
+    return order_line_pb2.OrderLine(
+        sku=line.sku, quantity=line.quantity, unit_price=money_to_proto(line.unit_price)
+    )
+
+
+def address_to_proto(address: Address) -> address_pb2.Address:
+    return address_pb2.Address(
+        recipient_name=address.recipient_name,
+        line1=address.line1,
+        line2=address.line2,
+        city=address.city,
+        postal_code=address.postal_code,
+        country_code=address.country_code,
+    )
+
+
+def address_from_proto(address: address_pb2.Address) -> Address:
+    return Address(
+        recipient_name=address.recipient_name,
+        line1=address.line1,
+        line2=address.line2,
+        city=address.city,
+        postal_code=address.postal_code,
+        country_code=address.country_code,
+    )
+
+
+def order_to_proto(order: Order) -> order_service_pb2.Order:
+    return order_service_pb2.Order(
+        order_id=order.order_id,
+        customer_id=order.customer_id,
+        lines=[line_to_proto(line) for line in order.lines],
+        total=money_to_proto(order.total),
+        status=status_to_proto(order.status),
+        cancellation_reason=reason_to_proto(order.cancellation_reason),
+        cancellation_detail=order.cancellation_detail,
+        customer_notified=order.customer_notified,
+        payment_id=order.payment_id,
+        shipment_id=order.shipment_id,
+        tracking_id=order.tracking_id,
+        correlation_id=order.correlation_id,
+        created_at=timestamp(order.created_at),
+        updated_at=timestamp(order.updated_at),
+    )
+
+
+def place_order_from_proto(request: order_service_pb2.PlaceOrderRequest) -> PlaceOrder:
+    """The client's request as plain data. Unit prices sent by the client are ignored: the
+    catalog prices every line, so a client cannot choose what it pays."""
+    return PlaceOrder(
+        idempotency_key=request.idempotency_key,
+        customer_id=request.customer_id,
+        lines=tuple(PlaceOrderLine(line.sku, line.quantity) for line in request.lines),
+        currency_code=request.currency_code,
+        shipping_address=(
+            address_from_proto(request.shipping_address)
+            if request.HasField("shipping_address")
+            else None
+        ),
+        payment_token=request.payment_token,
+    )
+
+
+def order_created(order: Order, payment_token: str) -> events_pb2.OrderCreated:
+    """The event that starts the saga; the token is not stored, it travels only in the event."""
+    return events_pb2.OrderCreated(
+        order_id=order.order_id,
+        customer_id=order.customer_id,
+        lines=[line_to_proto(line) for line in order.lines],
+        total=money_to_proto(order.total),
+        shipping_address=address_to_proto(order.shipping_address),
+        payment_token=payment_token,
+        placed_at=timestamp(order.created_at),
+    )
+
+
+def order_confirmed(order: Order) -> events_pb2.OrderConfirmed:
+    return events_pb2.OrderConfirmed(order_id=order.order_id, payment_id=order.payment_id)
+
+
+def order_shipped(order: Order) -> events_pb2.OrderShipped:
+    return events_pb2.OrderShipped(
+        order_id=order.order_id, shipment_id=order.shipment_id, tracking_id=order.tracking_id
+    )
+
+
+def order_cancelled(order: Order) -> events_pb2.OrderCancelled:
+    return events_pb2.OrderCancelled(
+        order_id=order.order_id,
+        customer_id=order.customer_id,
+        reason=reason_to_proto(order.cancellation_reason),
+        detail=order.cancellation_detail,
+    )
