@@ -61,7 +61,7 @@ async def watch(stub: pb_grpc.OrderServiceAsyncStub, order_id: str) -> None:
 
 async def run_order_command(args: argparse.Namespace) -> int:
     async with grpc.aio.insecure_channel(args.address) as channel:
-        stub = cast(pb_grpc.OrderServiceAsyncStub, pb_grpc.OrderServiceStub(channel))
+        stub = cast("pb_grpc.OrderServiceAsyncStub", pb_grpc.OrderServiceStub(channel))
         try:
             if args.order_command == "place":
                 response = await stub.PlaceOrder(place_request(args), timeout=10)

@@ -27,7 +27,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats.errors
 from google.protobuf.message import Message
 from nats.js import api
 
@@ -160,7 +159,7 @@ class Consumer:
                     self._settings.fetch_batch, timeout=self._settings.fetch_timeout_s
                 )
                 failures = 0
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats raises both its own and asyncio.TimeoutError
                 continue
             except asyncio.CancelledError:
                 raise

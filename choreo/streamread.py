@@ -7,7 +7,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import nats.errors
 from nats.js import api
 
 
@@ -46,7 +45,7 @@ async def read_stream(
         while True:
             try:
                 fetched = await sub.fetch(batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats raises both its own and asyncio.TimeoutError
                 break
             for msg in fetched:
                 messages.append(

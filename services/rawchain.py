@@ -72,7 +72,7 @@ async def relay_one_trigger(
     while not stopping.is_set():
         try:
             msgs = await sub.fetch(64, timeout=0.5)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats raises both its own and asyncio.TimeoutError
             continue
         if emit is not None:
             futures = []
