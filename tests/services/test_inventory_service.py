@@ -94,7 +94,7 @@ async def levels(stub: pb_grpc.InventoryServiceAsyncStub, sku: str) -> tuple[int
     return level.available, level.reserved, level.shipped
 
 
-async def test_given_stock_of_5_when_an_order_for_6_arrives_then_reservation_fails_with_a_shortage(
+async def test_given_stock_of_5_when_6_are_wanted_then_reservation_fails_with_a_shortage(
     inventory: ServiceRuntime, js: Any, stub: pb_grpc.InventoryServiceAsyncStub
 ) -> None:
     event = order(("SKU-B", 1), ("SKU-A", 6))
@@ -118,7 +118,7 @@ async def test_an_unknown_sku_fails_the_reservation(inventory: ServiceRuntime, j
     assert failed.reason == inv.RESERVATION_FAILURE_REASON_UNKNOWN_SKU
 
 
-async def test_given_stock_when_an_order_fits_then_reserved_carrying_the_order_forward(
+async def test_given_stock_when_every_line_fits_then_reserved_carrying_the_rest_forward(
     inventory: ServiceRuntime, js: Any, stub: pb_grpc.InventoryServiceAsyncStub
 ) -> None:
     event = order(("SKU-A", 2), ("SKU-B", 3))

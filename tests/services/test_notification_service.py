@@ -88,7 +88,7 @@ async def test_one_notification_per_final_state_even_when_the_trigger_is_deliver
     assert "DHL000000000042" in sent.message
 
 
-async def test_a_cancelled_order_is_told_on_the_customers_preferred_channel(
+async def test_a_cancellation_is_told_on_the_customers_preferred_channel(
     notification: ServiceRuntime, js: Any
 ) -> None:
     await deliver(js, cancelled("ord-2"))
@@ -104,7 +104,7 @@ async def test_a_cancelled_order_is_told_on_the_customers_preferred_channel(
     assert "refunded" in sent.message
 
 
-async def test_list_notifications_by_order_and_by_customer_in_pages(
+async def test_list_notifications_of_one_saga_and_by_customer_in_pages(
     notification: ServiceRuntime, js: Any, stub: pb_grpc.NotificationServiceAsyncStub
 ) -> None:
     for i in range(5):
@@ -133,7 +133,7 @@ async def test_list_notifications_by_order_and_by_customer_in_pages(
     assert pages == 3
 
 
-async def test_list_notifications_needs_an_order_or_a_customer(
+async def test_list_notifications_without_a_filter_is_invalid(
     stub: pb_grpc.NotificationServiceAsyncStub,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as missing:

@@ -91,7 +91,7 @@ async def deliver(js: Any, event: Any) -> None:
     await publish_event(js, event, aggregate_id=event.order_id)
 
 
-async def test_given_a_reserved_order_the_total_is_charged_and_carried_forward(
+async def test_given_reserved_stock_the_total_is_charged_and_carried_forward(
     payment: ServiceRuntime, js: Any
 ) -> None:
     event = reserved()
@@ -180,7 +180,7 @@ async def test_shipping_failed_twice_refunds_exactly_once(payment: ServiceRuntim
     assert got.payment.refund_id == refund.refund_id
 
 
-async def test_shipping_failed_for_an_order_never_charged_refunds_nothing(
+async def test_shipping_failed_without_a_charge_refunds_nothing(
     payment: ServiceRuntime, js: Any
 ) -> None:
     await deliver(js, shipping_events.ShippingFailed(order_id="ord-never-charged"))
@@ -189,7 +189,7 @@ async def test_shipping_failed_for_an_order_never_charged_refunds_nothing(
     assert await count(js, pay.PaymentRefunded) == 0
 
 
-async def test_get_payment_validates_and_knows_unknown_orders(payment: ServiceRuntime) -> None:
+async def test_get_payment_validates_and_knows_unknown_ids(payment: ServiceRuntime) -> None:
     async with channel(payment.grpc_port) as ch:
         stub = pb_grpc.PaymentServiceStub(ch)
         with pytest.raises(grpc.aio.AioRpcError) as invalid:

@@ -81,9 +81,7 @@ async def deliver(js: Any, event: Any) -> None:
     await publish_event(js, event, aggregate_id=event.order_id)
 
 
-async def test_given_a_paid_order_a_shipment_is_booked_once(
-    shipping: ServiceRuntime, js: Any
-) -> None:
+async def test_given_a_payment_a_shipment_is_booked_once(shipping: ServiceRuntime, js: Any) -> None:
     event = paid()
     # Delivered twice under different event ids: one booking, one ShipmentCreated.
     await deliver(js, event)
@@ -144,7 +142,7 @@ async def test_given_a_provider_failing_transiently_the_booking_is_retried_and_b
     assert consumer.stats.outcomes.get("retry") == 3
 
 
-async def test_get_shipment_validates_and_knows_unknown_orders(shipping: ServiceRuntime) -> None:
+async def test_get_shipment_validates_and_knows_unknown_ids(shipping: ServiceRuntime) -> None:
     async with channel(shipping.grpc_port) as ch:
         stub = pb_grpc.ShippingServiceStub(ch)
         with pytest.raises(grpc.aio.AioRpcError) as invalid:
