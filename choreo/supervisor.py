@@ -139,9 +139,23 @@ class Supervisor:
         return [name for name, managed in self.processes.items() if not managed.alive()]
 
     def stop_all(self, timeout: float = 15.0) -> dict[str, int | None]:
-        """SIGTERM every process (graceful drain), then wait; returns their exit codes."""
+        """SIGTERM every process at once (each drains in parallel), then wait for each; a
+        process still running after ``timeout`` is killed. Returns the exit codes."""
         for managed in self.processes.values():
             if managed.alive():
                 assert managed.process is not None
                 managed.process.send_signal(signal.SIGTERM)
-        return {name: managed.terminate(timeout) for name, managed in self.processes.items()}
+        deadline = time.monotonic() + timeout
+        codes: dict[str, int | None] = {}
+        for name, managed in self.processes.items():
+            if managed.process is None:
+                codes[name] = None
+                continue
+            try:
+                managed.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                managed.process.kill()
+                managed.process.wait()
+            managed.history.append((time.time(), "stop"))
+            codes[name] = managed.process.returncode
+        return codes

@@ -117,6 +117,9 @@ class FakeShippingProvider:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+        # WAL + NORMAL survives a killed process (what chaos runs do); fsync per call would
+        # make the fake slower than the real providers it stands in for.
+        conn.execute("PRAGMA synchronous=NORMAL")
         if not self._ready:
             # Switching to WAL needs the file to itself and does not wait on a busy lock, so
             # the first calls of this object take turns setting the ledger up.
