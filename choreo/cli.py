@@ -135,7 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--kills", type=int, default=5)
     chaos.add_argument("--broker-restarts", type=int, default=1)
     chaos.add_argument("--duration", type=float, default=240.0, help="bound in seconds")
-    chaos.add_argument("--output", type=Path, default=None)
+    chaos.add_argument("--output", type=Path, default=None, help="write the report as JSON")
+    chaos.add_argument(
+        "--duplicate-window",
+        type=float,
+        default=120.0,
+        help="stream duplicate_window in seconds; a short one adds replays after it passed",
+    )
+    chaos.add_argument(
+        "--unsafe-disable-inbox",
+        action="store_true",
+        help="the deliberately broken build: the run must report violations",
+    )
+    chaos.add_argument("--keep", action="store_true", help="keep the data folder")
     return parser
 
 
