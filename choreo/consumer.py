@@ -273,7 +273,7 @@ class Consumer:
         strict = self.subscription.ordering is Ordering.STRICT
         if self._settings.unsafe_disable_inbox and not strict:
             return None
-        async with self._db.transaction() as tx:
+        async with self._db.read() as tx:
             if not self._settings.unsafe_disable_inbox and await inbox.already_handled(
                 tx, self.name, envelope.event_id
             ):

@@ -98,13 +98,13 @@ class OutboxRelay:
                 await asyncio.sleep(0.2)
 
     async def pending(self) -> int:
-        async with self._db.transaction() as tx:
+        async with self._db.read() as tx:
             row = await tx.fetchone("SELECT COUNT(*) FROM choreo_outbox")
         return int(row[0]) if row else 0
 
     async def publish_pending(self) -> int:
         """Publish one batch; returns how many rows it published."""
-        async with self._db.transaction() as tx:
+        async with self._db.read() as tx:
             rows = await tx.fetchall(
                 "SELECT seq, subject, headers, body FROM choreo_outbox ORDER BY seq LIMIT ?",
                 (self._batch,),

@@ -36,6 +36,14 @@ class Database(Protocol):
         """Open a transaction: commit on normal exit, roll back on an exception."""
         ...
 
+    def read(self) -> AbstractAsyncContextManager[Transaction]:
+        """A read-only snapshot of committed data that does not wait for (or block) writers.
+
+        For queries (gRPC reads, duplicate pre-checks, the relay's scan); writing through it
+        is an error.
+        """
+        ...
+
     async def migrate(self, statements: Sequence[str]) -> None:
         """Apply idempotent DDL (``CREATE TABLE IF NOT EXISTS ...``)."""
         ...

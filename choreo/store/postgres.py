@@ -62,6 +62,14 @@ class PostgresDatabase:
         async with self._pool.acquire() as connection, connection.transaction():
             yield PostgresTransaction(connection)
 
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[PostgresTransaction]:
+        async with (
+            self._pool.acquire() as connection,
+            connection.transaction(readonly=True, isolation="repeatable_read"),
+        ):
+            yield PostgresTransaction(connection)
+
     async def migrate(self, statements: Sequence[str]) -> None:
         # An advisory lock keeps replicas starting together from racing on DDL.
         async with self.transaction() as tx:

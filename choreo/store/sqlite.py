@@ -52,6 +52,15 @@ class SqliteDatabase:
         self._connection.execute("PRAGMA busy_timeout=5000")
         self._connection.execute("PRAGMA foreign_keys=ON")
         self._lock = asyncio.Lock()
+        # WAL lets a second connection read the last committed state while the first writes.
+        self._reader = sqlite3.connect(
+            f"file:{path.resolve()}?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        self._reader.execute("PRAGMA busy_timeout=5000")
+        self._read_lock = asyncio.Lock()
 
     @classmethod
     def from_url(cls, url: str) -> SqliteDatabase:
@@ -79,11 +88,21 @@ class SqliteDatabase:
                 raise
             self._connection.execute("COMMIT")
 
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[SqliteTransaction]:
+        async with self._read_lock:
+            self._reader.execute("BEGIN")
+            try:
+                yield SqliteTransaction(self._reader)
+            finally:
+                self._reader.execute("COMMIT")
+
     async def migrate(self, statements: Sequence[str]) -> None:
         async with self.transaction() as tx:
             for statement in statements:
                 await tx.execute(statement)
 
     async def close(self) -> None:
-        async with self._lock:
+        async with self._lock, self._read_lock:
+            self._reader.close()
             self._connection.close()
