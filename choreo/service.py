@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import nats
+import nats.errors
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -65,24 +67,34 @@ def default_registry() -> EventRegistry:
     return registry
 
 
-async def connect_nats(url: str, name: str) -> Any:
-    """Connect with endless reconnects: a broker restart must not need a service restart."""
-    try:
-        return await nats.connect(
-            url,
-            name=name,
-            connect_timeout=2,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            ping_interval=5,
-            max_outstanding_pings=3,
-        )
-    except Exception as exc:
-        raise ConfigurationError(
-            f"NATS broker unreachable at {url} ({exc!r}): start one (`choreo up` embeds one)"
-            " or set --nats-url / CHOREO_NATS_URL"
-        ) from exc
+async def connect_nats(url: str, name: str, wait_s: float = 0.0) -> Any:
+    """Connect with endless reconnects: a broker restart must not need a service restart.
+
+    ``wait_s`` keeps retrying the first connection that long: a service started while the
+    broker is restarting (or frozen) waits for it instead of crash-looping.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await nats.connect(
+                url,
+                name=name,
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                ping_interval=5,
+                max_outstanding_pings=3,
+            )
+        except Exception as exc:
+            if time.monotonic() < deadline:
+                log.warning("%s: NATS at %s not reachable yet (%r); retrying", name, url, exc)
+                await asyncio.sleep(0.5)
+                continue
+            raise ConfigurationError(
+                f"NATS broker unreachable at {url} ({exc!r}): start one (`choreo up` embeds"
+                " one) or set --nats-url / CHOREO_NATS_URL"
+            ) from exc
 
 
 class ServiceRuntime:
@@ -111,9 +123,11 @@ class ServiceRuntime:
         settings = self.settings
         self.db = await open_database(settings.database_url)
         await self.db.migrate(runtime_schema(self.db.dialect) + list(self.definition.schema))
-        self.nc = await connect_nats(settings.nats_url, f"choreo-{self.name}")
+        self.nc = await connect_nats(
+            settings.nats_url, f"choreo-{self.name}", wait_s=settings.connect_wait_s
+        )
         self.js = self.nc.jetstream()
-        await ensure_streams(self.js, settings)
+        await self._until_broker_answers(lambda: ensure_streams(self.js, settings))
         self.relay = OutboxRelay(
             self.db,
             self.js,
@@ -130,7 +144,7 @@ class ServiceRuntime:
                 settings=settings,
                 on_commit=self.relay.notify,
             )
-            await consumer.bind()
+            await self._until_broker_answers(consumer.bind)
             self.consumers.append(consumer)
         if self.definition.on_start is not None:
             await self.definition.on_start(self)
@@ -139,6 +153,20 @@ class ServiceRuntime:
         self._tasks += [asyncio.create_task(c.run(self._stopping)) for c in self.consumers]
         self._tasks.append(asyncio.create_task(self._prune_inbox()))
         log.info("%s: started (gRPC on %s:%s)", self.name, settings.grpc_host, self.grpc_port)
+
+    async def _until_broker_answers(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Retry a start-up call to JetStream while the broker is restarting, up to
+        ``connect_wait_s``; after that the error surfaces and the process exits."""
+        deadline = time.monotonic() + self.settings.connect_wait_s
+        while True:
+            try:
+                await step()
+                return
+            except (nats.errors.Error, TimeoutError) as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("%s: JetStream not answering yet (%r); retrying", self.name, exc)
+                await asyncio.sleep(0.5)
 
     async def _start_grpc(self) -> None:
         server = grpc.aio.server()

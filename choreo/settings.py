@@ -26,6 +26,8 @@ class RuntimeSettings:
     duplicate_window_s: float = 120.0
     max_age_s: float = 7 * 24 * 3600.0
     stream_replicas: int = 1
+    # How long start-up waits for an unreachable or restarting broker before giving up.
+    connect_wait_s: float = 30.0
     # Consumers.
     fetch_batch: int = 64
     fetch_timeout_s: float = 1.0

@@ -139,8 +139,11 @@ async def audit(
     messages: list[StoredMessage] = []
     for context in CONTEXTS:
         messages += await read_stream(js, subjects.stream_name(context))
-    events = _events(messages)
     letters = await dlq.list_dead_letters(js)
+    # A dead-lettered message was never an event of the saga (poison, or accounted for by the
+    # DLQ check of whoever injected it); leave it out of the per-order books.
+    dead_ids = {letter.headers.get(H_ID, "") for letter in letters}
+    events = [event for event in _events(messages) if event.event_id not in dead_ids]
     for letter in letters:
         report.dead_letters[letter.reason] += 1
     for event in events:

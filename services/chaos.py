@@ -324,8 +324,15 @@ class Chaos:
 
     async def _run(self) -> None:
         c = self.config
+
+        async def quiet(_: Exception) -> None:
+            pass  # the broker is restarted on purpose; reconnecting is the point
+
         nc = await nats.connect(
-            self.system.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2
+            self.system.nats_url,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.2,
+            error_cb=quiet,
         )
         js = nc.jetstream()
 
@@ -337,10 +344,13 @@ class Chaos:
         channel = grpc.aio.insecure_channel(self.system.addresses["order"])
         stub: order_grpc.OrderServiceAsyncStub = order_grpc.OrderServiceStub(channel)
         try:
-            # Faults spread over the expected placement time (at ~25 sagas/s under faults).
-            spread = max(10.0, min(c.duration_s / 2, c.sagas / 25))
+            # Orders arrive at a steady rate over the fault window, so every fault (a crash
+            # point needs traffic to be reached) lands while sagas are in flight.
+            spread = max(20.0, c.sagas / 15)
             placing = asyncio.create_task(
-                place_all(stub, paths, concurrency=c.concurrency, seed=c.seed)
+                place_all(
+                    stub, paths, concurrency=c.concurrency, seed=c.seed, rate=c.sagas / spread
+                )
             )
             injecting = asyncio.create_task(self.inject(js, stub, spread))
             placed: list[Placed] = await placing

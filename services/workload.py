@@ -107,22 +107,28 @@ async def place_all(
     concurrency: int,
     seed: int,
     on_placed: Callable[[Placed], None] | None = None,
+    rate: float | None = None,
 ) -> list[Placed]:
+    """Place every order, at most ``concurrency`` at a time (and ``rate`` per second)."""
     rng = random.Random(seed)
     requests = [(path, request_for(path, i, rng)) for i, path in enumerate(paths)]
     semaphore = asyncio.Semaphore(concurrency)
     placed: list[Placed] = []
+    began = time.monotonic()
 
-    async def place(path: SagaPath, request: order_pb.PlaceOrderRequest) -> None:
+    async def place(index: int, path: SagaPath, request: order_pb.PlaceOrderRequest) -> None:
+        if rate:
+            await asyncio.sleep(max(0.0, began + index / rate - time.monotonic()))
         async with semaphore:
             started = time.monotonic()
-            for attempt in range(5):
+            for attempt in range(8):
                 try:
                     response = await stub.PlaceOrder(request, timeout=10)
                     break
                 except grpc.aio.AioRpcError as exc:
-                    # UNAVAILABLE while a service restarts: the idempotency key makes it safe.
-                    if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 4:
+                    # While the order service restarts: the idempotency key makes a retry safe.
+                    retriable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                    if exc.code() not in retriable or attempt == 7:
                         raise
                     await asyncio.sleep(0.5 * (attempt + 1))
             item = Placed(response.order.order_id, path, started)
@@ -130,7 +136,7 @@ async def place_all(
             if on_placed:
                 on_placed(item)
 
-    await asyncio.gather(*(place(path, request) for path, request in requests))
+    await asyncio.gather(*(place(i, path, req) for i, (path, req) in enumerate(requests)))
     return placed
 
 
