@@ -145,7 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument(
         "--unsafe-disable-inbox",
         action="store_true",
-        help="the deliberately broken build: the run must report violations",
+        help="a deliberately broken build (no inbox): duplicates meet only domain idempotency",
+    )
+    chaos.add_argument(
+        "--unsafe-ack-first",
+        action="store_true",
+        help="a deliberately broken build (ack before handling): the run must report violations",
     )
     chaos.add_argument("--keep", action="store_true", help="keep the data folder")
     return parser

@@ -234,6 +234,11 @@ class Consumer:
             await msg.nak(delay=settings.gap_hold_delay_s)
             return Outcome.HELD
 
+        if settings.unsafe_ack_before_handling:
+            # The classic auto-ack bug, kept as a switch so chaos runs can show they catch it.
+            await msg.ack()
+            faults.crash_point(faults.AFTER_ACK_BEFORE_COMMIT)
+
         context = HandlerContext(
             service=self.subscription.service,
             consumer=self.name,

@@ -14,6 +14,8 @@ import signal
 AFTER_COMMIT_BEFORE_ACK = "consumer.after_commit"
 AFTER_PUBLISH_BEFORE_MARK = "relay.after_publish"
 AFTER_COMMIT_BEFORE_PUBLISH = "command.after_commit"
+# Only reachable in the deliberately broken "ack first" build (RuntimeSettings).
+AFTER_ACK_BEFORE_COMMIT = "consumer.after_ack"
 
 _passes: dict[str, int] = {}
 

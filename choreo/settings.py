@@ -42,8 +42,10 @@ class RuntimeSettings:
     relay_sweep_interval_s: float = 1.0
     relay_batch: int = 256
     inbox_prune_interval_s: float = 300.0
-    # Test-only: turns the inbox off to prove the chaos checks can fail. Never set in production.
+    # Test-only switches that break delivery guarantees on purpose, to prove that the chaos
+    # checks can fail. Never set in production.
     unsafe_disable_inbox: bool = False
+    unsafe_ack_before_handling: bool = False
 
     @classmethod
     def from_env(

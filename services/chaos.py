@@ -71,7 +71,9 @@ class ChaosConfig:
     provider_failure_rate: float = 0.05
     provider_latency_ms: int = 2
     duration_s: float = 240.0
-    disable_inbox: bool = False  # the deliberately broken build: the check must fail
+    # Deliberately broken builds: the run must then report violations.
+    disable_inbox: bool = False
+    ack_before_handling: bool = False
 
 
 @dataclass
@@ -128,6 +130,8 @@ class Chaos:
         }
         if config.disable_inbox:
             env["CHOREO_UNSAFE_DISABLE_INBOX"] = "1"
+        if config.ack_before_handling:
+            env["CHOREO_UNSAFE_ACK_BEFORE_HANDLING"] = "1"
         self.system = System(SystemConfig(data_dir=self.workdir, grpc_base_port=None, env=env))
         self.completions: list[float] = []
         self.restarts_at: list[float] = []
@@ -146,6 +150,8 @@ class Chaos:
         """Re-arm a service with a crash point; it kills itself there; start it clean."""
         assert self.system.supervisor is not None
         kind, point = self.rng.choice(sorted(CRASH_POINTS.items()))
+        if self.config.ack_before_handling:
+            kind, point = "kill_after_ack_before_commit", faults.AFTER_ACK_BEFORE_COMMIT
         name = self.rng.choice(SERVICE_NAMES)
         if self.rng.random() < 0.3:
             kind, point, name = (
@@ -160,7 +166,9 @@ class Chaos:
             "CHOREO_CRASH_AT": point,
             "CHOREO_CRASH_AFTER": str(self.rng.randint(0, 5)),
         }
-        await self._restart(name)
+        # Start it armed without waiting for health: it may reach the point during start-up.
+        managed.terminate()
+        managed.start()
         deadline = time.monotonic() + 8
         while managed.alive() and time.monotonic() < deadline:  # noqa: ASYNC110 - a child process
             await asyncio.sleep(0.05)
@@ -433,6 +441,7 @@ async def run_chaos(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         duplicate_window_s=args.duplicate_window,
         disable_inbox=args.unsafe_disable_inbox,
+        ack_before_handling=args.unsafe_ack_first,
     )
     chaos = Chaos(config, console)
     try:
