@@ -252,7 +252,8 @@ class Consumer:
             with consume_span(self.subscription.service, envelope):
                 await handler(context, event)
                 await context.commit(lambda tx: self._advance(tx, envelope))
-        except AlreadyHandled:
+        except AlreadyHandled as exc:
+            await context.abort(exc)
             await msg.ack()
             return Outcome.DUPLICATE
         except PermanentError as exc:
@@ -275,8 +276,11 @@ class Consumer:
         return Outcome.HANDLED
 
     async def _precheck(self, envelope: Envelope) -> Outcome | None:
+        # Unordered subscriptions skip this read: the inbox insert that opens the handler's
+        # transaction catches a duplicate anyway, and duplicates are rare; one round trip to the
+        # database per event is not. Ordered ones need the position before running the handler.
         strict = self.subscription.ordering is Ordering.STRICT
-        if self._settings.unsafe_disable_inbox and not strict:
+        if not strict:
             return None
         async with self._db.read() as tx:
             if not self._settings.unsafe_disable_inbox and await inbox.already_handled(

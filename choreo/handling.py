@@ -53,7 +53,11 @@ class _LazyTransaction:
             self._manager = self._db.transaction()
             self._tx = await self._manager.__aenter__()
             if self._on_open is not None:
-                await self._on_open(self._tx)
+                try:
+                    await self._on_open(self._tx)
+                except BaseException as error:
+                    await self.close(error)  # never leave the write lock held
+                    raise
         return self._tx
 
     async def close(self, error: BaseException | None) -> None:

@@ -129,7 +129,7 @@ class OutboxRelay:
         faults.crash_point(faults.AFTER_PUBLISH_BEFORE_MARK)
         if done:
             async with self._db.transaction() as tx:
-                for seq in done:
-                    await tx.execute("DELETE FROM choreo_outbox WHERE seq = ?", (seq,))
+                marks = ", ".join("?" * len(done))
+                await tx.execute(f"DELETE FROM choreo_outbox WHERE seq IN ({marks})", done)
         self.published += len(done)
         return len(done)
