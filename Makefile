@@ -7,7 +7,7 @@ NPM_BIN := node_modules/.bin
 STAMP_PY := $(VENV)/.installed
 STAMP_NPM := node_modules/.installed
 
-.PHONY: venv npm gen gen-check lint-proto breaking lint typecheck pytest test demo bench chaos clean
+.PHONY: venv npm gen gen-check lint-proto breaking compose-check lint typecheck pytest test demo bench chaos clean
 
 $(STAMP_PY): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,9 +33,16 @@ gen-check: venv npm
 lint-proto: npm
 	$(NPM_BIN)/buf lint
 
-## Fail on a breaking change against the released schema (proto/baseline).
+## Fail on a breaking change against the released schema (proto-baseline/).
 breaking: npm
 	$(NPM_BIN)/buf breaking --against proto-baseline/choreo-v1.binpb
+
+## docker-compose.yml must stay valid; Debian's docker-compose checks it without an engine.
+compose-check:
+	@command -v docker-compose >/dev/null || { \
+	  echo "installing docker-compose (Debian package) to validate docker-compose.yml"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; }
+	docker-compose config -q
 
 lint: venv
 	$(BIN)/ruff check .
@@ -47,7 +54,7 @@ typecheck: venv
 pytest: venv npm
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/$(NPM_BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 
-test: venv npm lint-proto breaking gen-check lint typecheck pytest
+test: venv npm lint-proto breaking gen-check compose-check lint typecheck pytest
 
 demo: venv
 	$(BIN)/choreo demo
