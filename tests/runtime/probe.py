@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from choreo.settings import RuntimeSettings
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS effects (order_id TEXT PRIMARY KEY, applied INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS applied_versions (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    # Portable SQL (the probe also runs on Postgres): order of application by a clock.
+    "CREATE TABLE IF NOT EXISTS applied_versions (applied_ns BIGINT NOT NULL,"
     " aggregate_id TEXT, event_type TEXT, version INTEGER)",
 ]
 
@@ -54,8 +56,14 @@ def definition(behaviour: Behaviour, ordered: bool = False) -> ServiceDefinition
 
     async def record_version(ctx: HandlerContext, event: object) -> None:
         await ctx.tx.execute(
-            "INSERT INTO applied_versions (aggregate_id, event_type, version) VALUES (?, ?, ?)",
-            (ctx.envelope.aggregate_id, ctx.envelope.event_type, ctx.envelope.aggregate_version),
+            "INSERT INTO applied_versions (applied_ns, aggregate_id, event_type, version)"
+            " VALUES (?, ?, ?, ?)",
+            (
+                time.monotonic_ns(),
+                ctx.envelope.aggregate_id,
+                ctx.envelope.event_type,
+                ctx.envelope.aggregate_version,
+            ),
         )
 
     extra = []
@@ -93,7 +101,7 @@ def outbox_rows(db_path: Path) -> int:
 def applied_versions(db_path: Path) -> list[tuple[str, int]]:
     with sqlite3.connect(db_path) as connection:
         rows = connection.execute(
-            "SELECT event_type, version FROM applied_versions ORDER BY seq"
+            "SELECT event_type, version FROM applied_versions ORDER BY applied_ns"
         ).fetchall()
     return [(t.rsplit(".", 1)[1], v) for t, v in rows]
 
