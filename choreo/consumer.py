@@ -23,7 +23,7 @@ import contextlib
 import enum
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ from choreo import dlq, faults, inbox, subjects
 from choreo.envelope import H_SUBJECT, Envelope, EventRegistry, decode
 from choreo.errors import PermanentError, PoisonMessage
 from choreo.handling import AggregateTypeOf, AlreadyHandled, Handler, HandlerContext
+from choreo.outbox import OutboxRow
 from choreo.settings import RuntimeSettings
 from choreo.store.port import Database, Transaction
 from choreo.tracing import consume_span
@@ -111,7 +112,7 @@ class Consumer:
         registry: EventRegistry,
         aggregate_type_of: AggregateTypeOf,
         settings: RuntimeSettings,
-        on_commit: Any = None,
+        on_commit: Callable[[list[OutboxRow]], None] | None = None,
     ) -> None:
         self._js = js
         self._db = db
@@ -119,7 +120,7 @@ class Consumer:
         self._registry = registry
         self._aggregate_type_of = aggregate_type_of
         self._settings = settings
-        self._on_commit = on_commit or (lambda: None)
+        self._on_commit: Callable[[list[OutboxRow]], None] = on_commit or (lambda rows: None)
         self._handlers = {cls.DESCRIPTOR.full_name: h for cls, h in subscription.handlers.items()}
         self.stats = ConsumerStats()
         self._sub: Any = None
@@ -271,8 +272,8 @@ class Consumer:
             return Outcome.RETRY
         faults.crash_point(faults.AFTER_COMMIT_BEFORE_ACK)
         await msg.ack()
-        if context.emitted:
-            self._on_commit()
+        if context.outbox_rows:
+            self._on_commit(context.outbox_rows)
         return Outcome.HANDLED
 
     async def _precheck(self, envelope: Envelope) -> Outcome | None:

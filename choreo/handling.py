@@ -87,6 +87,7 @@ class _Emitter:
         self._aggregate_type_of = aggregate_type_of
         self._pending: list[_Pending] = []
         self.emitted: list[Envelope] = []
+        self.rows: list[outbox.OutboxRow] = []
 
     def emit(self, message: Message, *, aggregate_id: str) -> None:
         if not aggregate_id:
@@ -105,7 +106,9 @@ class _Emitter:
             envelope = envelope_for(event_type, aggregate_type, pending.aggregate_id, version)
             if traceparent:
                 envelope = envelope.with_trace(traceparent, tracestate)
-            await outbox.enqueue(tx, envelope, pending.message.SerializeToString())
+            self.rows.append(
+                await outbox.enqueue(tx, envelope, pending.message.SerializeToString())
+            )
             self.emitted.append(envelope)
         self._pending.clear()
 
@@ -139,6 +142,11 @@ class HandlerContext:
     @property
     def emitted(self) -> list[Envelope]:
         return self._emitter.emitted
+
+    @property
+    def outbox_rows(self) -> list[outbox.OutboxRow]:
+        """What the committed transaction wrote to the outbox, for the relay's fast path."""
+        return self._emitter.rows
 
     def emit(self, message: Message, *, aggregate_id: str) -> None:
         """Publish ``message`` once this handler's transaction commits."""
@@ -195,6 +203,10 @@ class UnitOfWork:
     @property
     def emitted(self) -> list[Envelope]:
         return self._emitter.emitted
+
+    @property
+    def outbox_rows(self) -> list[outbox.OutboxRow]:
+        return self._emitter.rows
 
     def emit(self, message: Message, *, aggregate_id: str) -> None:
         self._emitter.emit(message, aggregate_id=aggregate_id)

@@ -12,6 +12,9 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 from choreo import faults
@@ -22,31 +25,46 @@ log = logging.getLogger(__name__)
 
 
 async def next_aggregate_version(tx: Transaction, aggregate_type: str, aggregate_id: str) -> int:
+    """Bump and return the aggregate's version, in one statement (SQLite 3.35+ and Postgres)."""
     row = await tx.fetchone(
-        "SELECT version FROM choreo_aggregate_versions"
-        " WHERE aggregate_type = ? AND aggregate_id = ?",
+        "INSERT INTO choreo_aggregate_versions (aggregate_type, aggregate_id, version)"
+        " VALUES (?, ?, 1) ON CONFLICT (aggregate_type, aggregate_id)"
+        " DO UPDATE SET version = choreo_aggregate_versions.version + 1 RETURNING version",
         (aggregate_type, aggregate_id),
     )
-    version = (int(row[0]) if row else 0) + 1
-    await tx.execute(
-        "INSERT INTO choreo_aggregate_versions (aggregate_type, aggregate_id, version)"
-        " VALUES (?, ?, ?) ON CONFLICT (aggregate_type, aggregate_id)"
-        " DO UPDATE SET version = excluded.version",
-        (aggregate_type, aggregate_id, version),
-    )
-    return version
+    assert row is not None
+    return int(row[0])
 
 
-async def enqueue(tx: Transaction, envelope: Envelope, body: bytes) -> None:
+@dataclass(frozen=True)
+class OutboxRow:
+    """An event committed to the outbox, as the relay publishes it."""
+
+    event_id: str
+    subject: str
+    headers: dict[str, str]
+    body: bytes
+
+
+async def enqueue(tx: Transaction, envelope: Envelope, body: bytes) -> OutboxRow:
+    row = OutboxRow(envelope.event_id, envelope.subject, envelope.to_headers(), body)
     await tx.execute(
         "INSERT INTO choreo_outbox (event_id, subject, headers, body, created_at)"
         " VALUES (?, ?, ?, ?, ?)",
-        (envelope.event_id, envelope.subject, json.dumps(envelope.to_headers()), body, time.time()),
+        (row.event_id, row.subject, json.dumps(row.headers), body, time.time()),
     )
+    return row
 
 
 class OutboxRelay:
-    """Publishes outbox rows in commit order, pipelined, and deletes them once acknowledged."""
+    """Publishes committed outbox rows, pipelined, and deletes them once the broker has them.
+
+    The fast path: a committing handler hands its rows over in memory (``submit``), so the
+    relay publishes right after the commit without reading them back. The slow path: a sweep
+    of the table publishes rows left behind by a crash or a failed publish (at start-up, then
+    every ``sweep_interval_s`` for rows older than that). Both can publish the same row; the
+    broker drops the second copy by its ``Nats-Msg-Id``.
+    """
 
     def __init__(
         self,
@@ -62,22 +80,27 @@ class OutboxRelay:
         self._batch = batch
         self._sweep_interval_s = sweep_interval_s
         self._publish_timeout_s = publish_timeout_s
+        self._queue: deque[OutboxRow] = deque()
         self._wake = asyncio.Event()
         self.published = 0
         self.duplicates_dropped = 0
 
-    def notify(self) -> None:
-        """Called after a commit that wrote outbox rows: publish now, not at the next sweep."""
+    def submit(self, rows: list[OutboxRow]) -> None:
+        """Rows just committed: publish them now, not at the next sweep."""
+        self._queue.extend(rows)
         self._wake.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
+        await self._guarded(self.sweep(min_age_s=0.0))  # whatever a crash left behind
+        next_sweep = time.monotonic() + self._sweep_interval_s
         while not stopping.is_set():
+            await self._guarded(self.publish_queued())
+            if time.monotonic() >= next_sweep:
+                await self._guarded(self.sweep(min_age_s=self._sweep_interval_s))
+                next_sweep = time.monotonic() + self._sweep_interval_s
+            if self._queue:
+                continue
             self._wake.clear()
-            try:
-                while await self.publish_pending() == self._batch:
-                    pass
-            except Exception:
-                log.exception("outbox relay: publish failed; retrying at the next sweep")
             wake = asyncio.create_task(self._wake.wait())
             stop = asyncio.create_task(stopping.wait())
             await asyncio.wait(
@@ -86,12 +109,20 @@ class OutboxRelay:
             wake.cancel()
             stop.cancel()
 
+    async def _guarded(self, work: Awaitable[int]) -> None:
+        try:
+            await work
+        except Exception:
+            # The rows stay in the table; the next sweep tries again.
+            log.exception("outbox relay: publish failed; the sweep will retry")
+
     async def flush(self, timeout_s: float = 10.0) -> None:
-        """Publish everything pending (graceful shutdown)."""
+        """Publish everything pending, queued or in the table (graceful shutdown)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                if await self.publish_pending() == 0:
+                await self.publish_queued()
+                if await self.sweep(min_age_s=0.0) == 0:
                     return
             except Exception:
                 log.exception("outbox relay: flush failed")
@@ -102,34 +133,51 @@ class OutboxRelay:
             row = await tx.fetchone("SELECT COUNT(*) FROM choreo_outbox")
         return int(row[0]) if row else 0
 
-    async def publish_pending(self) -> int:
-        """Publish one batch; returns how many rows it published."""
-        async with self._db.read() as tx:
-            rows = await tx.fetchall(
-                "SELECT seq, subject, headers, body FROM choreo_outbox ORDER BY seq LIMIT ?",
-                (self._batch,),
-            )
-        if not rows:
-            return 0
+    async def publish_queued(self) -> int:
+        published = 0
+        while self._queue:
+            rows = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
+            published += await self._publish(rows)
+        return published
+
+    async def sweep(self, min_age_s: float) -> int:
+        """Publish rows committed at least ``min_age_s`` ago that are still in the table."""
+        published = 0
+        while True:
+            async with self._db.read() as tx:
+                found = await tx.fetchall(
+                    "SELECT event_id, subject, headers, body FROM choreo_outbox"
+                    " WHERE created_at <= ? ORDER BY seq LIMIT ?",
+                    (time.time() - min_age_s, self._batch),
+                )
+            if not found:
+                return published
+            rows = [OutboxRow(e, s, json.loads(h), bytes(b)) for e, s, h, b in found]
+            done = await self._publish(rows)
+            published += done
+            if done < len(rows) or len(rows) < self._batch:
+                return published
+
+    async def _publish(self, rows: list[OutboxRow]) -> int:
         futures = [
-            await self._js.publish_async(subject, bytes(body), headers=json.loads(headers))
-            for _, subject, headers, body in rows
+            await self._js.publish_async(row.subject, row.body, headers=dict(row.headers))
+            for row in rows
         ]
         results = await asyncio.wait_for(
             asyncio.gather(*futures, return_exceptions=True), self._publish_timeout_s
         )
-        done: list[int] = []
-        for (seq, subject, _, _), result in zip(rows, results, strict=True):
+        done: list[str] = []
+        for row, result in zip(rows, results, strict=True):
             if isinstance(result, BaseException):
-                log.warning("outbox relay: publish to %s failed: %r", subject, result)
+                log.warning("outbox relay: publish to %s failed: %r", row.subject, result)
                 continue
             if result.duplicate:
                 self.duplicates_dropped += 1
-            done.append(seq)
+            done.append(row.event_id)
         faults.crash_point(faults.AFTER_PUBLISH_BEFORE_MARK)
         if done:
             async with self._db.transaction() as tx:
                 marks = ", ".join("?" * len(done))
-                await tx.execute(f"DELETE FROM choreo_outbox WHERE seq IN ({marks})", done)
+                await tx.execute(f"DELETE FROM choreo_outbox WHERE event_id IN ({marks})", done)
         self.published += len(done)
         return len(done)

@@ -142,7 +142,7 @@ class ServiceRuntime:
                 registry=self.registry,
                 aggregate_type_of=self.aggregate_type_of,
                 settings=settings,
-                on_commit=self.relay.notify,
+                on_commit=self.relay.submit,
             )
             await self._until_broker_answers(consumer.bind)
             self.consumers.append(consumer)
@@ -217,8 +217,8 @@ class ServiceRuntime:
             yield uow
             await uow.write_outbox()
         faults.crash_point(faults.AFTER_COMMIT_BEFORE_PUBLISH)
-        if uow.emitted:
-            self.relay.notify()
+        if uow.outbox_rows:
+            self.relay.submit(uow.outbox_rows)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop fetching, finish in-flight handlers, flush the relay, then close everything."""
