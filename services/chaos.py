@@ -41,10 +41,11 @@ from services.audit import audit
 from services.catalog import load_catalog
 from services.demo import read_ledgers
 from services.registry import SERVICE_NAMES
-from services.settings import SagaSettings
+from services.settings import REPO_ROOT, SagaSettings
 from services.system import System, SystemConfig
 from services.workload import Placed, bad_requests, mixed_paths, place_all, wait_until_final
 
+CHAOS_CATALOG = REPO_ROOT / "catalog" / "chaos.json"
 CRASH_POINTS = {
     "kill_after_commit_before_ack": faults.AFTER_COMMIT_BEFORE_ACK,
     "kill_after_publish_before_mark": faults.AFTER_PUBLISH_BEFORE_MARK,
@@ -127,6 +128,8 @@ class Chaos:
             "CHOREO_PAYMENT_LATENCY_MS": str(config.provider_latency_ms),
             "CHOREO_SHIPPING_LATENCY_MS": str(config.provider_latency_ms),
             "CHOREO_SEED": str(config.seed),
+            # Ample stock of everyday items, so only SKU-RARE runs out, however long the run.
+            "CHOREO_CATALOG": str(CHAOS_CATALOG),
         }
         if config.disable_inbox:
             env["CHOREO_UNSAFE_DISABLE_INBOX"] = "1"
@@ -376,7 +379,7 @@ class Chaos:
                         f"invariant 1: order {item.order_id} ({item.path}) ended as {item.status}"
                     )
             await asyncio.sleep(2.0)  # let the last reactions (e.g. stock leaving) land
-            saga = SagaSettings()
+            saga = SagaSettings(catalog_path=CHAOS_CATALOG)
             audited = await audit(
                 js=js,
                 addresses=self.system.addresses,
