@@ -9,7 +9,7 @@ Events passed to ``emit`` are written to the outbox in the same transaction at t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +28,8 @@ class AlreadyHandled(Exception):
 
 
 Handler = Callable[["HandlerContext", Any], Awaitable[None]]
+# A service's reactions, written as data: event class -> handler.
+Handlers = Mapping[type[Message], Handler]
 AggregateTypeOf = Callable[[type[Message]], str]
 
 

@@ -18,9 +18,7 @@ refunds each order got.
 from __future__ import annotations
 
 import asyncio
-import random
 import sqlite3
-import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from services.catalog import DEFAULT_CREDIT_LIMIT_MINOR, Catalog
+from services.fake_external import FakeExternal
 from services.payment.domain import ChargeResult, DeclineReason, RefundResult
 from services.values import Money
 
@@ -78,7 +77,11 @@ class LedgerCounts:
     refunds: dict[str, int] = field(default_factory=dict)  # refunds per order
 
 
-class FakePaymentGateway:
+class FakePaymentGateway(FakeExternal):
+    schema = _SCHEMA
+    unavailable = GatewayUnavailable
+    what = "payment gateway"
+
     def __init__(
         self,
         ledger_path: str | Path,
@@ -90,17 +93,10 @@ class FakePaymentGateway:
         latency_ms: int = 0,
         seed: int | None = None,
     ) -> None:
-        if not 0.0 <= failure_rate <= 1.0:
-            raise ValueError(f"failure_rate must be within 0..1, got {failure_rate}")
-        self._path = Path(ledger_path)
+        super().__init__(ledger_path, failure_rate=failure_rate, latency_ms=latency_ms, seed=seed)
         self._currency = currency
         self._limits = dict(credit_limits or {})
         self._default_limit = default_credit_limit_minor
-        self._failure_rate = failure_rate
-        self._latency_s = latency_ms / 1000
-        self._rng = random.Random(seed)
-        self._ready = False
-        self._init_lock = threading.Lock()
 
     @classmethod
     def from_catalog(
@@ -148,35 +144,6 @@ class FakePaymentGateway:
 
     async def ledger_counts(self) -> LedgerCounts:
         return await asyncio.to_thread(self._counts)
-
-    async def _maybe_fail(self) -> bool:
-        """Raise before the call, or return True to lose the response after it."""
-        if self._latency_s:
-            await asyncio.sleep(self._latency_s)
-        if self._failure_rate and self._rng.random() < self._failure_rate:
-            if self._rng.random() < 0.5:
-                raise GatewayUnavailable("payment gateway unavailable, try again")
-            return True
-        return False
-
-    # --- the ledger, run in a worker thread; BEGIN IMMEDIATE serializes concurrent callers ---
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-        # WAL + NORMAL survives a killed process (what chaos runs do); fsync per call would
-        # make the fake slower than the real providers it stands in for.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        if not self._ready:
-            # Switching to WAL needs the file to itself and does not wait on a busy lock, so
-            # the first calls of this object take turns setting the ledger up.
-            with self._init_lock:
-                if not self._ready:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    for statement in _SCHEMA:
-                        conn.execute(statement)
-                    self._ready = True
-        conn.execute("BEGIN IMMEDIATE")
-        return conn
 
     def _charge(
         self, key: str, order_id: str, customer_id: str, amount: Money, token: str

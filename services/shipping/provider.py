@@ -10,15 +10,14 @@ or unavailable for chaos runs; half of the injected outages lose the response af
 from __future__ import annotations
 
 import asyncio
-import random
 import sqlite3
-import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.fake_external import FakeExternal
 from services.shipping.domain import Booking
 from services.values import Address
 
@@ -72,7 +71,11 @@ def unserviceable_reason(destination: Address, countries: Iterable[str]) -> str 
     return None
 
 
-class FakeShippingProvider:
+class FakeShippingProvider(FakeExternal):
+    schema = _SCHEMA
+    unavailable = ProviderUnavailable
+    what = "shipping provider"
+
     def __init__(
         self,
         ledger_path: str | Path,
@@ -82,15 +85,8 @@ class FakeShippingProvider:
         latency_ms: int = 0,
         seed: int | None = None,
     ) -> None:
-        if not 0.0 <= failure_rate <= 1.0:
-            raise ValueError(f"failure_rate must be within 0..1, got {failure_rate}")
-        self._path = Path(ledger_path)
+        super().__init__(ledger_path, failure_rate=failure_rate, latency_ms=latency_ms, seed=seed)
         self._countries = frozenset(unserviceable_countries)
-        self._failure_rate = failure_rate
-        self._latency_s = latency_ms / 1000
-        self._rng = random.Random(seed)
-        self._ready = False
-        self._init_lock = threading.Lock()
 
     async def book(self, idempotency_key: str, order_id: str, destination: Address) -> Booking:
         lose_response = await self._maybe_fail()
@@ -105,32 +101,6 @@ class FakeShippingProvider:
 
     async def ledger_counts(self) -> ShippingLedgerCounts:
         return await asyncio.to_thread(self._counts)
-
-    async def _maybe_fail(self) -> bool:
-        if self._latency_s:
-            await asyncio.sleep(self._latency_s)
-        if self._failure_rate and self._rng.random() < self._failure_rate:
-            if self._rng.random() < 0.5:
-                raise ProviderUnavailable("shipping provider unavailable, try again")
-            return True
-        return False
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-        # WAL + NORMAL survives a killed process (what chaos runs do); fsync per call would
-        # make the fake slower than the real providers it stands in for.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        if not self._ready:
-            # Switching to WAL needs the file to itself and does not wait on a busy lock, so
-            # the first calls of this object take turns setting the ledger up.
-            with self._init_lock:
-                if not self._ready:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    for statement in _SCHEMA:
-                        conn.execute(statement)
-                    self._ready = True
-        conn.execute("BEGIN IMMEDIATE")
-        return conn
 
     def _book(
         self, key: str, order_id: str, destination: Address
