@@ -22,7 +22,7 @@ class InventoryApi(pb_grpc.InventoryServiceServicer):
     ) -> pb.GetStockResponse:
         if not request.sku:
             await abort_invalid(context, [("sku", "must not be empty")])
-        async with self._runtime.db.transaction() as tx:
+        async with self._runtime.db.read() as tx:
             level = await store.stock_level(tx, request.sku)
         if level is None:
             await abort_not_found(context, f"sku {request.sku!r}")
@@ -33,7 +33,7 @@ class InventoryApi(pb_grpc.InventoryServiceServicer):
     ) -> pb.GetReservationResponse:
         if not request.order_id:
             await abort_invalid(context, [("order_id", "must not be empty")])
-        async with self._runtime.db.transaction() as tx:
+        async with self._runtime.db.read() as tx:
             reservation = await store.load_reservation(tx, request.order_id)
         # A rejected order reserved nothing, so it has no reservation to show.
         if reservation is None or reservation.status is domain.ReservationStatus.REJECTED:

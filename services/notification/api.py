@@ -34,7 +34,7 @@ class NotificationApi(pb_grpc.NotificationServiceServicer):
             await abort_invalid(context, violations)
         # Larger pages are clamped rather than refused, as AIP-158 suggests.
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        async with self._runtime.db.transaction() as tx:
+        async with self._runtime.db.read() as tx:
             rows = await store.list_notifications(
                 tx,
                 order_id=request.order_id,

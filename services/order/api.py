@@ -122,7 +122,7 @@ class OrderApi(pb_grpc.OrderServiceServicer):
         if violations:
             await abort_invalid(context, violations)
         try:
-            async with self._runtime.db.transaction() as tx:
+            async with self._runtime.db.read() as tx:
                 page = await store.list_orders(
                     tx,
                     page_size=request.page_size or DEFAULT_PAGE_SIZE,
@@ -146,7 +146,7 @@ class OrderApi(pb_grpc.OrderServiceServicer):
         order_id = request.order_id
         if not order_id:
             await abort_invalid(context, [("order_id", "is required")])
-        async with self._runtime.db.transaction() as tx:
+        async with self._runtime.db.read() as tx:
             order = await store.load_order(tx, order_id)
             seen = await store.history(tx, order_id)
         if order is None:
@@ -162,7 +162,7 @@ class OrderApi(pb_grpc.OrderServiceServicer):
                     " reaching a final state: call WatchOrder again to keep following it",
                 )
             await asyncio.sleep(self._watch_poll_s)
-            async with self._runtime.db.transaction() as tx:
+            async with self._runtime.db.read() as tx:
                 current = await store.load_order(tx, order_id)
                 entries = await store.history(tx, order_id, after_seq=last_seq)
             if current is None:
@@ -179,7 +179,7 @@ class OrderApi(pb_grpc.OrderServiceServicer):
     async def _existing_order(self, order_id: str, context: Context) -> Order:
         if not order_id:
             await abort_invalid(context, [("order_id", "is required")])
-        async with self._runtime.db.transaction() as tx:
+        async with self._runtime.db.read() as tx:
             order = await store.load_order(tx, order_id)
         if order is None:
             await abort_not_found(context, f"order {order_id!r}")

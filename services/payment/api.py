@@ -22,7 +22,7 @@ class PaymentApi(pb_grpc.PaymentServiceServicer):
     ) -> pb.GetPaymentResponse:
         if not request.order_id:
             await abort_invalid(context, [("order_id", "must not be empty")])
-        async with self._runtime.db.transaction() as tx:
+        async with self._runtime.db.read() as tx:
             payment = await store.load_payment(tx, request.order_id)
         if payment is None:
             await abort_not_found(context, f"payment for order {request.order_id!r}")

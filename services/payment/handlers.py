@@ -44,7 +44,7 @@ class Dependencies:
     async def payment(self, order_id: str) -> domain.Payment | None:
         if self.db is None:
             raise RuntimeError("payment handlers used before the service started")
-        async with self.db.transaction() as tx:
+        async with self.db.read() as tx:
             return await store.load_payment(tx, order_id)
 
 

@@ -22,7 +22,7 @@ class ShippingApi(pb_grpc.ShippingServiceServicer):
     ) -> pb.GetShipmentResponse:
         if not request.order_id:
             await abort_invalid(context, [("order_id", "must not be empty")])
-        async with self._runtime.db.transaction() as tx:
+        async with self._runtime.db.read() as tx:
             shipment = await store.load_shipment(tx, request.order_id)
         if shipment is None:
             await abort_not_found(context, f"shipment for order {request.order_id!r}")

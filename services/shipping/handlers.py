@@ -41,7 +41,7 @@ class Dependencies:
     async def shipment(self, order_id: str) -> domain.Shipment | None:
         if self.db is None:
             raise RuntimeError("shipping handlers used before the service started")
-        async with self.db.transaction() as tx:
+        async with self.db.read() as tx:
             return await store.load_shipment(tx, order_id)
 
 
