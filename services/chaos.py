@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from choreo import contracts, faults, grpc_errors, subjects
-from choreo.envelope import H_ID, H_MSG_ID, H_TYPE
+from choreo.envelope import H_ID, H_MSG_ID, H_TIME, H_TYPE
 from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.streamread import read_stream
 from choreo.streams import CONTEXTS
@@ -104,6 +105,10 @@ class ChaosReport:
             "recovery_after_broker_restart_s": self.recovery_s,
             "violations": self.violations,
         }
+
+
+def _published_at(headers: dict[str, str]) -> datetime:
+    return datetime.fromisoformat(headers[H_TIME].replace("Z", "+00:00"))
 
 
 def subscribers(subject: str) -> list[str]:
@@ -214,13 +219,20 @@ class Chaos:
         """Re-publish delivered events: with the same Nats-Msg-Id (the broker drops it inside
         the window) and with a new one (only the inbox stands between it and a double effect)."""
         stream = subjects.stream_name(self.rng.choice(CONTEXTS))
-        messages = [m for m in await read_stream(js, stream) if m.headers.get(H_ID)]
+        # Recent events only: inside the duplicate window the broker must drop the copy.
+        recent_after = datetime.now(UTC) - timedelta(seconds=self.config.duplicate_window_s / 2)
+        messages = [
+            m
+            for m in await read_stream(js, stream)
+            if m.headers.get(H_ID) and _published_at(m.headers) > recent_after
+        ]
         for message in self.rng.sample(messages, min(len(messages), 4)):
             same = await js.publish(message.subject, message.data, headers=message.headers)
             self.report.faults["duplicate_same_msg_id"] += 1
-            if not same.duplicate and self.config.duplicate_window_s > 30:
+            if not same.duplicate:
                 self.report.violations.append(
                     f"broker accepted a same-Nats-Msg-Id duplicate of {message.headers[H_ID]}"
+                    " inside the duplicate window"
                 )
             headers = {
                 **message.headers,
