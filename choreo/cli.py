@@ -99,14 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=20)
 
     dlq = commands.add_parser("dlq", help="list and replay dead letters")
-    dlq.add_argument(
-        "--nats-url", default=os.environ.get("CHOREO_NATS_URL", "nats://127.0.0.1:4222")
-    )
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
-    dlq_list = dlq_commands.add_parser("list")
+    dlq_list = dlq_commands.add_parser("list", help="every dead letter with its reason")
     dlq_list.add_argument("--service", default=None)
-    replay = dlq_commands.add_parser("replay")
-    replay.add_argument("seq", type=int)
+    replay = dlq_commands.add_parser("replay", help="publish a dead letter again")
+    replay.add_argument("seq", type=int, help="its sequence in CHOREO_DLQ (see `dlq list`)")
+    for sub in (dlq_list, replay):
+        sub.add_argument(
+            "--nats-url",
+            default=os.environ.get("CHOREO_NATS_URL", "nats://127.0.0.1:4222"),
+            help="the broker (env CHOREO_NATS_URL)",
+        )
 
     commands.add_parser("flow", help="print the saga graph (Mermaid) read from proto/")
 
@@ -157,9 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _up(args: argparse.Namespace) -> int:
+    from services.catalog import CatalogError, load_catalog
     from services.system import System, SystemConfig
 
-    env = {"CHOREO_CATALOG": str(args.catalog.resolve())} if args.catalog else {}
+    env = {}
+    if args.catalog:
+        try:
+            load_catalog(args.catalog)  # fail here, not in five service logs
+        except CatalogError as exc:
+            raise ConfigurationError(str(exc)) from None
+        env["CHOREO_CATALOG"] = str(args.catalog.resolve())
     system = System(
         SystemConfig(
             data_dir=args.data_dir,
