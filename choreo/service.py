@@ -70,13 +70,17 @@ def default_registry() -> EventRegistry:
 async def connect_nats(url: str, name: str, wait_s: float = 0.0) -> Any:
     """Connect with endless reconnects: a broker restart must not need a service restart.
 
-    ``wait_s`` keeps retrying the first connection that long: a service started while the
-    broker is restarting (or frozen) waits for it instead of crash-looping.
+    The first connection is retried for ``wait_s`` (at least a few seconds): a service started
+    while the broker is restarting (or frozen) waits for it instead of crash-looping, and a
+    command-line tool pointed at nothing says so quickly.
     """
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return await nats.connect(
+
+    async def log_error(error: Exception) -> None:
+        log.warning("%s: NATS connection problem: %r", name, error)
+
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
                 url,
                 name=name,
                 connect_timeout=2,
@@ -85,16 +89,15 @@ async def connect_nats(url: str, name: str, wait_s: float = 0.0) -> Any:
                 reconnect_time_wait=0.25,
                 ping_interval=5,
                 max_outstanding_pings=3,
-            )
-        except Exception as exc:
-            if time.monotonic() < deadline:
-                log.warning("%s: NATS at %s not reachable yet (%r); retrying", name, url, exc)
-                await asyncio.sleep(0.5)
-                continue
-            raise ConfigurationError(
-                f"NATS broker unreachable at {url} ({exc!r}): start one (`choreo up` embeds"
-                " one) or set --nats-url / CHOREO_NATS_URL"
-            ) from exc
+                error_cb=log_error,
+            ),
+            timeout=max(wait_s, 3.0),
+        )
+    except Exception as exc:
+        raise ConfigurationError(
+            f"NATS broker unreachable at {url} ({exc!r}): start one (`choreo up` embeds one)"
+            " or set --nats-url / CHOREO_NATS_URL"
+        ) from exc
 
 
 class ServiceRuntime:
