@@ -20,6 +20,7 @@ from typing import Any
 from choreo import faults
 from choreo.envelope import Envelope
 from choreo.store.port import Database, Transaction
+from choreo.tracing import publish_span
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +160,10 @@ class OutboxRelay:
                 return published
 
     async def _publish(self, rows: list[OutboxRow]) -> int:
-        futures = [
-            await self._js.publish_async(row.subject, row.body, headers=dict(row.headers))
-            for row in rows
-        ]
+        futures = []
+        for row in rows:
+            with publish_span(row.subject, row.headers) as headers:
+                futures.append(await self._js.publish_async(row.subject, row.body, headers=headers))
         results = await asyncio.wait_for(
             asyncio.gather(*futures, return_exceptions=True), self._publish_timeout_s
         )

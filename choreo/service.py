@@ -36,6 +36,7 @@ from choreo.store import open_database
 from choreo.store.port import Database
 from choreo.store.schema import runtime_schema
 from choreo.streams import ensure_streams
+from choreo.telemetry import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,12 @@ class ServiceRuntime:
                 await asyncio.sleep(0.5)
 
     async def _start_grpc(self) -> None:
-        server = grpc.aio.server()
+        interceptors = []
+        if configure_tracing(self.name):
+            from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+            interceptors.append(aio_server_interceptor())
+        server = grpc.aio.server(interceptors=interceptors)
         if self.definition.add_servicer is not None:
             self.definition.add_servicer(server, self)
         health_servicer = health.aio.HealthServicer()

@@ -27,6 +27,7 @@ def envelope_for(
     correlation_id: str | None = None,
     chain_depth: int = 0,
     source: str = "test",
+    traceparent: str | None = None,
 ) -> Envelope:
     event_id = event_id or new_event_id()
     return Envelope(
@@ -40,6 +41,7 @@ def envelope_for(
         aggregate_type=contracts.aggregate_type(type(message)),
         aggregate_id=aggregate_id,
         aggregate_version=version,
+        traceparent=traceparent,
     )
 
 

@@ -1,7 +1,7 @@
 """OpenTelemetry around publishes and handled events, with context carried in NATS headers.
 
 Only the API is used here: with no SDK configured every span is a no-op and costs next to
-nothing. ``choreo.telemetry.configure`` installs an SDK when a deployment wants traces.
+nothing. ``choreo.telemetry.configure_tracing`` installs an SDK when a deployment wants traces.
 """
 
 from __future__ import annotations
@@ -55,3 +55,25 @@ def current_trace_headers() -> tuple[str | None, str | None]:
 def trace_id_of(headers: Mapping[str, str]) -> str | None:
     parts = headers.get(H_TRACEPARENT, "").split("-")
     return parts[1] if len(parts) == 4 else None
+
+
+@contextmanager
+def publish_span(subject: str, headers: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A PRODUCER span for one relay publish, child of the span that emitted the event; the
+    headers it yields carry this span's context on to the consumers."""
+    carrier = {k: headers[k] for k in (H_TRACEPARENT, H_TRACESTATE) if k in headers}
+    parent = _propagator.extract(carrier)
+    with _tracer.start_as_current_span(
+        f"{subject} publish",
+        context=parent,
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.operation.type": "publish",
+            "messaging.destination.name": subject,
+            "messaging.message.id": headers.get("ce-id", ""),
+        },
+    ):
+        outgoing = dict(headers)
+        _propagator.inject(outgoing)
+        yield outgoing

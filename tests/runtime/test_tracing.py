@@ -1,0 +1,67 @@
+"""One saga is one trace: the context travels in the events' traceparent header."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from choreo.broker import EmbeddedBroker
+from choreo.envelope import H_TRACEPARENT
+from choreo.order.v1 import events_pb2 as order_events
+from choreo.service import ServiceRuntime
+from choreo.settings import RuntimeSettings
+from choreo.streamread import read_stream
+from choreo.telemetry import configure_tracing
+from choreo.testing import publish_event, stream_count, wait_for
+from choreo.tracing import current_trace_headers, trace_id_of
+from tests.runtime import probe
+
+
+async def test_a_handled_event_and_what_it_emits_stay_in_the_publishers_trace(
+    broker: EmbeddedBroker, js: Any, tmp_path: Path
+) -> None:
+    exporter = InMemorySpanExporter()
+    assert configure_tracing("probe", exporter)
+    settings = RuntimeSettings(
+        service="probe",
+        nats_url=broker.url,
+        database_url=f"sqlite:///{tmp_path}/p.db",
+        fetch_timeout_s=0.2,
+        relay_sweep_interval_s=0.2,
+    )
+    service = ServiceRuntime(probe.definition(probe.Behaviour()), settings)
+    await service.start()
+    try:
+        with trace.get_tracer("test").start_as_current_span("PlaceOrder") as root:
+            traceparent, _ = current_trace_headers()
+            await publish_event(
+                js,
+                order_events.OrderCreated(order_id="t-1"),
+                aggregate_id="t-1",
+                traceparent=traceparent,
+            )
+        trace_id = f"{root.get_span_context().trace_id:032x}"
+
+        async def emitted() -> bool:
+            return await stream_count(js, "CHOREO_INVENTORY") == 1
+
+        await wait_for(emitted, what="InventoryReserved")
+        (reserved,) = await read_stream(js, "CHOREO_INVENTORY")
+        assert trace_id_of(reserved.headers) == trace_id
+        assert reserved.headers[H_TRACEPARENT].split("-")[2] != traceparent.split("-")[2]
+    finally:
+        await service.stop()
+    spans = exporter.get_finished_spans()
+    consumer = [s for s in spans if s.kind is SpanKind.CONSUMER]
+    producer = [s for s in spans if s.kind is SpanKind.PRODUCER]
+    assert [f"{s.context.trace_id:032x}" for s in consumer] == [trace_id]
+    assert [f"{s.context.trace_id:032x}" for s in producer] == [trace_id]
+    assert producer[0].parent.span_id == consumer[0].context.span_id
+    assert (
+        consumer[0].attributes["choreo.correlation_id"] == "t-1"
+        or consumer[0].attributes["messaging.message.id"]
+    )
