@@ -52,16 +52,17 @@ async def test_a_handled_event_and_what_it_emits_stay_in_the_publishers_trace(
         await wait_for(emitted, what="InventoryReserved")
         (reserved,) = await read_stream(js, "CHOREO_INVENTORY")
         assert trace_id_of(reserved.headers) == trace_id
+        assert traceparent is not None
+        # A new span (the relay's publish) is the parent the consumers will see.
         assert reserved.headers[H_TRACEPARENT].split("-")[2] != traceparent.split("-")[2]
     finally:
         await service.stop()
     spans = exporter.get_finished_spans()
     consumer = [s for s in spans if s.kind is SpanKind.CONSUMER]
     producer = [s for s in spans if s.kind is SpanKind.PRODUCER]
-    assert [f"{s.context.trace_id:032x}" for s in consumer] == [trace_id]
-    assert [f"{s.context.trace_id:032x}" for s in producer] == [trace_id]
+    assert [f"{s.context.trace_id:032x}" for s in consumer if s.context] == [trace_id]
+    assert [f"{s.context.trace_id:032x}" for s in producer if s.context] == [trace_id]
+    assert producer[0].parent is not None and consumer[0].context is not None
     assert producer[0].parent.span_id == consumer[0].context.span_id
-    assert (
-        consumer[0].attributes["choreo.correlation_id"] == "t-1"
-        or consumer[0].attributes["messaging.message.id"]
-    )
+    assert consumer[0].attributes is not None
+    assert consumer[0].attributes["choreo.aggregate_id"] == "t-1"
