@@ -349,7 +349,7 @@ class Chaos:
         c = self.config
 
         async def quiet(_: Exception) -> None:
-            pass  # the broker is restarted on purpose; reconnecting is the point
+            """The broker is restarted on purpose; reconnecting is the point."""
 
         nc = await nats.connect(
             self.system.nats_url,
