@@ -20,6 +20,8 @@ async def test_short_chaos_run_keeps_every_invariant_and_dlq_holds_exactly_the_p
     assert kills >= 5, report.faults
     assert report.faults["broker_crash_restart"] == 1
     assert sum(n for kind, n in report.faults.items() if kind.startswith("poison_")) == 6
+    assert report.faults["replay_after_dedup_window"] >= 1
+    assert report.faults["replay_after_dedup_window_dropped_by_broker"] == 0
     assert report.violations == []
     assert report.dead_letters == report.expected_dead_letters
     assert sum(report.final_states.values()) == 250
