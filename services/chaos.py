@@ -35,7 +35,7 @@ from rich.table import Table
 from choreo import contracts, faults, grpc_errors, subjects
 from choreo.envelope import H_ID, H_MSG_ID, H_TIME, H_TYPE
 from choreo.order.v1 import order_service_pb2_grpc as order_grpc
-from choreo.streamread import read_stream
+from choreo.streamread import StoredMessage, read_stream
 from choreo.streams import CONTEXTS
 from choreo.testing import envelope_for
 from services.audit import audit
@@ -218,13 +218,10 @@ class Chaos:
     async def inject_duplicates(self, js: Any) -> None:
         """Re-publish delivered events: with the same Nats-Msg-Id (the broker drops it inside
         the window) and with a new one (only the inbox stands between it and a double effect)."""
-        stream = subjects.stream_name(self.rng.choice(CONTEXTS))
         # Recent events only: inside the duplicate window the broker must drop the copy.
         recent_after = datetime.now(UTC) - timedelta(seconds=self.config.duplicate_window_s / 2)
         messages = [
-            m
-            for m in await read_stream(js, stream)
-            if m.headers.get(H_ID) and _published_at(m.headers) > recent_after
+            m for m in await self._some_events(js) if _published_at(m.headers) > recent_after
         ]
         for message in self.rng.sample(messages, min(len(messages), 4)):
             same = await js.publish(message.subject, message.data, headers=message.headers)
@@ -243,8 +240,7 @@ class Chaos:
 
     async def replay_after_window(self, js: Any) -> None:
         """With a short duplicate_window: wait it out, then re-send with the same msg id."""
-        stream = subjects.stream_name(self.rng.choice(CONTEXTS))
-        messages = [m for m in await read_stream(js, stream) if m.headers.get(H_ID)]
+        messages = await self._some_events(js)
         chosen = self.rng.sample(messages, min(len(messages), 4))
         await asyncio.sleep(self.config.duplicate_window_s + 1.5)
         for message in chosen:
@@ -252,6 +248,15 @@ class Chaos:
             self.report.faults["replay_after_dedup_window"] += 1
             if ack.duplicate:
                 self.report.faults["replay_after_dedup_window_dropped_by_broker"] += 1
+
+    async def _some_events(self, js: Any) -> list[StoredMessage]:
+        """Events of a random context that has some (early in a run, some have none yet)."""
+        for context in self.rng.sample(CONTEXTS, len(CONTEXTS)):
+            stream = subjects.stream_name(context)
+            messages = [m for m in await read_stream(js, stream) if m.headers.get(H_ID)]
+            if messages:
+                return messages
+        return []
 
     async def inject_poison(self, js: Any, index: int) -> None:
         subject = self.rng.choice(POISON_SUBJECTS)

@@ -8,8 +8,16 @@ from services.chaos import Chaos, ChaosConfig
 
 
 async def test_short_chaos_run_keeps_every_invariant_and_dlq_holds_exactly_the_poison() -> None:
+    # A short duplicate window: some events are re-sent after it passed, with their original
+    # Nats-Msg-Id, so the broker stores them again and only the inbox stands in the way.
     config = ChaosConfig(
-        sagas=250, concurrency=16, seed=7, kills=6, broker_restarts=1, duration_s=150
+        sagas=250,
+        concurrency=16,
+        seed=7,
+        kills=6,
+        broker_restarts=1,
+        duration_s=150,
+        duplicate_window_s=4,
     )
     report = await Chaos(config, Console(quiet=True)).run()
     kills = sum(
