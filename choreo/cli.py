@@ -113,6 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("flow", help="print the saga graph (Mermaid) read from proto/")
 
+    lag = commands.add_parser("lag", help="consumer lag: what each service has not handled yet")
+    lag.add_argument(
+        "--nats-url", default=os.environ.get("CHOREO_NATS_URL", "nats://127.0.0.1:4222")
+    )
+
+    audit = commands.add_parser(
+        "audit",
+        help="check invariants 1-5 on a running system: stuck sagas, missing"
+        " compensations, double charges, lost events",
+    )
+    audit.add_argument(
+        "--nats-url", default=os.environ.get("CHOREO_NATS_URL", "nats://127.0.0.1:4222")
+    )
+    audit.add_argument("--order-address", default="127.0.0.1:50051")
+    audit.add_argument("--inventory-address", default="127.0.0.1:50052")
+    audit.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("CHOREO_DATA_DIR", "data")),
+        help="where the fake providers' ledgers are (env CHOREO_DATA_DIR)",
+    )
+    audit.add_argument("--catalog", type=Path, default=None)
+
     saga = commands.add_parser("saga", help="one saga's events, rebuilt by correlation id")
     saga.add_argument("correlation_id", help="the order id (it is the saga's correlation id)")
     saga.add_argument("--mermaid", action="store_true", help="as a Mermaid sequence diagram")
@@ -261,6 +284,61 @@ async def _saga(args: argparse.Namespace) -> int:
     return 0 if steps else 1
 
 
+async def _lag(args: argparse.Namespace) -> int:
+    from choreo import subjects
+    from choreo.service import connect_nats
+    from choreo.streams import CONTEXTS
+
+    nc = await connect_nats(args.nats_url, "choreo-cli")
+    try:
+        js = nc.jetstream()
+        print(f"{'consumer':<48} {'pending':>8} {'unacked':>8} {'redelivered':>12}")
+        for context in CONTEXTS:
+            for info in await js.consumers_info(subjects.stream_name(context)):
+                name = info.config.durable_name or info.name
+                if not name or "__" not in name:
+                    continue
+                print(
+                    f"{name:<48} {info.num_pending:>8} {info.num_ack_pending:>8}"
+                    f" {info.num_redelivered:>12}"
+                )
+    finally:
+        await nc.close()
+    return 0
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    from choreo.service import connect_nats
+    from services.audit import audit
+    from services.catalog import load_catalog
+    from services.demo import read_ledgers
+    from services.settings import SagaSettings
+
+    saga = SagaSettings.from_env()
+    if args.catalog:
+        saga = SagaSettings(catalog_path=args.catalog)
+    nc = await connect_nats(args.nats_url, "choreo-cli")
+    try:
+        report = await audit(
+            js=nc.jetstream(),
+            addresses={"order": args.order_address, "inventory": args.inventory_address},
+            catalog=load_catalog(saga.catalog_path),
+            ledgers=await read_ledgers(args.data_dir, saga),
+        )
+    finally:
+        await nc.close()
+    print(
+        f"{report.orders} orders: " + ", ".join(f"{k} {v}" for k, v in report.final_states.items())
+    )
+    print(
+        "dead letters: " + (", ".join(f"{k} {v}" for k, v in report.dead_letters.items()) or "none")
+    )
+    for violation in report.violations:
+        print(violation)
+    print(f"{len(report.violations)} violation(s)")
+    return 0 if report.ok else 1
+
+
 def _flow() -> int:
     from choreo import contracts
 
@@ -289,6 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _flow()
         if args.command == "saga":
             return asyncio.run(_saga(args))
+        if args.command == "lag":
+            return asyncio.run(_lag(args))
+        if args.command == "audit":
+            return asyncio.run(_audit(args))
         if args.command == "demo":
             from services.demo import run_demo
 

@@ -173,3 +173,37 @@ async def test_a_concurrent_batch_of_mixed_orders_all_end_and_invariants_hold(
     assert report.violations == []
     assert report.orders >= BATCH
     assert not report.dead_letters, report.dead_letters
+
+
+def test_operators_see_lag_and_the_audit_from_the_command_line(system: System) -> None:
+    """`choreo lag` and `choreo audit` against the running system (after the batch above)."""
+    import subprocess
+    import sys
+
+    def choreo(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "choreo.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    lag = choreo("lag", "--nats-url", system.nats_url)
+    assert lag.returncode == 0, lag.stderr
+    assert "inventory__order_v1_OrderCreated" in lag.stdout
+    rows = [line.split() for line in lag.stdout.splitlines()[1:]]
+    assert len(rows) == 15  # one durable per edge of the flow table
+    assert all(row[1] == "0" and row[2] == "0" for row in rows), lag.stdout  # quiet system
+    audited = choreo(
+        "audit",
+        "--nats-url",
+        system.nats_url,
+        "--order-address",
+        system.addresses["order"],
+        "--inventory-address",
+        system.addresses["inventory"],
+        "--data-dir",
+        str(system.config.data_dir),
+    )
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    assert "0 violation(s)" in audited.stdout
