@@ -42,6 +42,10 @@ from choreo.tracing import consume_span
 log = logging.getLogger(__name__)
 
 
+# After this many empty fetches in a row, ask the server whether messages are waiting.
+STALL_CHECK_EVERY = 10
+
+
 class Ordering(enum.Enum):
     """NONE: the inbox alone (each event applied once, in delivery order).
     STRICT: per-aggregate versions are applied in order; only for a subscription that sees every
@@ -152,6 +156,7 @@ class Consumer:
     async def run(self, stopping: asyncio.Event) -> None:
         """Fetch and handle until ``stopping`` is set; survives broker restarts by re-binding."""
         failures = 0
+        empty_fetches = 0
         while not stopping.is_set():
             try:
                 if self._sub is None:
@@ -159,8 +164,12 @@ class Consumer:
                 msgs = await self._sub.fetch(
                     self._settings.fetch_batch, timeout=self._settings.fetch_timeout_s
                 )
-                failures = 0
+                failures = empty_fetches = 0
             except TimeoutError:  # nats raises both its own and asyncio.TimeoutError
+                empty_fetches += 1
+                if empty_fetches % STALL_CHECK_EVERY == 0 and await self._stalled():
+                    log.warning("%s: messages pending but none fetched; re-binding", self.name)
+                    await self._drop_subscription()
                 continue
             except asyncio.CancelledError:
                 raise
@@ -176,6 +185,15 @@ class Consumer:
     @property
     def name(self) -> str:
         return self.subscription.durable
+
+    async def _stalled(self) -> bool:
+        """Messages wait for this consumer, yet fetches come back empty: the subscription is
+        wedged (nats.py has had such bugs after a server restart or an orphaned fetch)."""
+        try:
+            info = await self._js.consumer_info(self.subscription.stream, self.name)
+        except Exception:
+            return True  # the consumer or the connection is gone: bind again
+        return bool(info.num_pending)
 
     async def _drop_subscription(self) -> None:
         sub, self._sub = self._sub, None
