@@ -207,3 +207,57 @@ def test_operators_see_lag_and_the_audit_from_the_command_line(system: System) -
     )
     assert audited.returncode == 0, audited.stdout + audited.stderr
     assert "0 violation(s)" in audited.stdout
+
+
+def test_the_order_cli_places_and_watches_an_order_to_its_end(system: System) -> None:
+    import subprocess
+    import sys
+
+    placed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "choreo.cli",
+            "order",
+            "--address",
+            system.addresses["order"],
+            "place",
+            "--customer",
+            "cust-alice",
+            "--line",
+            "SKU-MUG:2",
+            "--line",
+            "SKU-PEN:1",
+            "--watch",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert placed.returncode == 0, placed.stderr
+    lines = placed.stdout.strip().splitlines()
+    assert "PENDING" in lines[0]
+    assert "SHIPPED" in lines[-1] and "customer notified" in lines[-1]
+
+
+async def test_every_service_answers_health_and_reflection(system: System) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    expected = {
+        "order": "choreo.order.v1.OrderService",
+        "inventory": "choreo.inventory.v1.InventoryService",
+        "payment": "choreo.payment.v1.PaymentService",
+        "shipping": "choreo.shipping.v1.ShippingService",
+        "notification": "choreo.notification.v1.NotificationService",
+    }
+    for name, service in expected.items():
+        async with grpc.aio.insecure_channel(system.addresses[name]) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            async for response in reflection.ServerReflectionInfo(iter([request])):
+                names = {s.name for s in response.list_services_response.service}
+                assert service in names and "grpc.health.v1.Health" in names
