@@ -14,7 +14,7 @@ async def test_short_chaos_run_keeps_every_invariant_and_dlq_holds_exactly_the_p
         sagas=250,
         concurrency=16,
         seed=7,
-        kills=6,
+        kills=7,
         broker_restarts=1,
         duration_s=150,
         duplicate_window_s=4,
