@@ -63,7 +63,7 @@ bench: venv
 	$(BIN)/choreo bench
 
 chaos: venv
-	$(BIN)/choreo chaos --sagas 5000 --kills 50 --broker-restarts 3
+	$(BIN)/choreo chaos --sagas 5000 --concurrency 32 --kills 50 --broker-restarts 3 --duration 600 --seed 2026
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
