@@ -12,6 +12,10 @@ from choreo.settings import RuntimeSettings
 
 CONTEXTS = ("order", "inventory", "payment", "shipping", "notification")
 DLQ_MAX_AGE_S = 30 * 24 * 3600.0
+# A consumer that dies between filing a dead letter and acking the message files it again on
+# redelivery (after ack_wait); the letter's derived Nats-Msg-Id must still be deduplicated
+# then, however short the event streams' window is set.
+DLQ_DUPLICATE_WINDOW_S = 600.0
 
 
 def context_stream_config(context: str, settings: RuntimeSettings) -> api.StreamConfig:
@@ -34,7 +38,7 @@ def dlq_stream_config(settings: RuntimeSettings) -> api.StreamConfig:
         subjects=[f"{subjects.DLQ_PREFIX}.>"],
         storage=api.StorageType.FILE,
         retention=api.RetentionPolicy.LIMITS,
-        duplicate_window=settings.duplicate_window_s,
+        duplicate_window=max(settings.duplicate_window_s, DLQ_DUPLICATE_WINDOW_S),
         max_age=max(DLQ_MAX_AGE_S, settings.max_age_s),
         num_replicas=settings.stream_replicas,
     )

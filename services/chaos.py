@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from choreo import contracts, faults, grpc_errors, subjects
-from choreo.envelope import H_ID, H_MSG_ID, H_TIME, H_TYPE
+from choreo.envelope import H_ID, H_MSG_ID, H_SUBJECT, H_TIME, H_TYPE
 from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.streamread import StoredMessage, read_stream
 from choreo.streams import CONTEXTS
@@ -253,7 +253,12 @@ class Chaos:
         """Events of a random context that has some (early in a run, some have none yet)."""
         for context in self.rng.sample(CONTEXTS, len(CONTEXTS)):
             stream = subjects.stream_name(context)
-            messages = [m for m in await read_stream(js, stream) if m.headers.get(H_ID)]
+            messages = [
+                m
+                for m in await read_stream(js, stream)
+                # Not our own poison: re-sending it would file dead letters nobody injected.
+                if m.headers.get(H_ID) and not m.headers.get(H_SUBJECT, "").startswith("poison-")
+            ]
             if messages:
                 return messages
         return []
@@ -306,7 +311,13 @@ class Chaos:
         )
         if c.duplicate_window_s < 30:
             kinds.append("replay_after_window")
-        return sorted((self.rng.uniform(0.5, spread_s), kind) for kind in kinds)
+        # Broker faults land in the first two thirds, so sagas are still flowing afterwards
+        # and the time to recover can be measured.
+        early = {"broker_restart", "broker_pause"}
+        return sorted(
+            (self.rng.uniform(0.5, spread_s * (0.66 if kind in early else 1.0)), kind)
+            for kind in kinds
+        )
 
     async def inject(
         self, js: Any, stub: order_grpc.OrderServiceAsyncStub, spread_s: float
