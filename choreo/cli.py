@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -309,14 +310,13 @@ async def _lag(args: argparse.Namespace) -> int:
 
 async def _audit(args: argparse.Namespace) -> int:
     from choreo.service import connect_nats
-    from services.audit import audit
+    from services.audit import audit, read_ledgers
     from services.catalog import load_catalog
-    from services.demo import read_ledgers
     from services.settings import SagaSettings
 
     saga = SagaSettings.from_env()
     if args.catalog:
-        saga = SagaSettings(catalog_path=args.catalog)
+        saga = dataclasses.replace(saga, catalog_path=args.catalog)
     nc = await connect_nats(args.nats_url, "choreo-cli")
     try:
         report = await audit(

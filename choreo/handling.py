@@ -84,8 +84,7 @@ class _LazyTransaction:
 class _Emitter:
     """Collects emitted events; writes them to the outbox when the transaction ends."""
 
-    def __init__(self, service: str, aggregate_type_of: AggregateTypeOf) -> None:
-        self._service = service
+    def __init__(self, aggregate_type_of: AggregateTypeOf) -> None:
         self._aggregate_type_of = aggregate_type_of
         self._pending: list[_Pending] = []
         self.emitted: list[Envelope] = []
@@ -133,7 +132,7 @@ class HandlerContext:
         self.consumer = consumer
         self.envelope = envelope
         self.settings = settings
-        self._emitter = _Emitter(service, aggregate_type_of)
+        self._emitter = _Emitter(aggregate_type_of)
         self._use_inbox = use_inbox
         self._tx = _LazyTransaction(db, self._record_in_inbox)
 
@@ -200,7 +199,7 @@ class UnitOfWork:
         self.tx = tx
         self._service = service
         self._correlation_id = correlation_id
-        self._emitter = _Emitter(service, aggregate_type_of)
+        self._emitter = _Emitter(aggregate_type_of)
 
     @property
     def emitted(self) -> list[Envelope]:

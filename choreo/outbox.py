@@ -129,11 +129,6 @@ class OutboxRelay:
                 log.exception("outbox relay: flush failed")
                 await asyncio.sleep(0.2)
 
-    async def pending(self) -> int:
-        async with self._db.read() as tx:
-            row = await tx.fetchone("SELECT COUNT(*) FROM choreo_outbox")
-        return int(row[0]) if row else 0
-
     async def publish_queued(self) -> int:
         published = 0
         while self._queue:

@@ -8,9 +8,9 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from choreo import subjects
+from choreo.contracts import CONTEXTS
 from choreo.settings import RuntimeSettings
 
-CONTEXTS = ("order", "inventory", "payment", "shipping", "notification")
 DLQ_MAX_AGE_S = 30 * 24 * 3600.0
 # A consumer that dies between filing a dead letter and acking the message files it again on
 # redelivery (after ack_wait); the letter's derived Nats-Msg-Id must still be deduplicated

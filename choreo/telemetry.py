@@ -84,7 +84,3 @@ def configure_tracing(service: str, exporter: SpanExporter | None = None) -> boo
     trace.set_tracer_provider(provider)
     _configured = True
     return True
-
-
-def tracing_enabled() -> bool:
-    return _configured

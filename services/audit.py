@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,7 +24,10 @@ from choreo.order.v1 import order_service_pb2 as order_pb
 from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.streamread import StoredMessage, read_stream
 from choreo.streams import CONTEXTS
-from services.catalog import Catalog
+from services.catalog import Catalog, load_catalog
+from services.payment.gateway import FakePaymentGateway
+from services.settings import SagaSettings
+from services.shipping.provider import FakeShippingProvider
 
 SHIPPED = order_pb.ORDER_STATUS_SHIPPED
 CANCELLED = order_pb.ORDER_STATUS_CANCELLED
@@ -112,6 +116,17 @@ def _events(messages: Iterable[StoredMessage]) -> list[Event]:
 
 def contracts_event(event_type: str) -> bool:
     return event_type in contracts.event_classes()
+
+
+async def read_ledgers(data_dir: Path, saga: SagaSettings) -> LedgerView:
+    catalog = load_catalog(saga.catalog_path)
+    gateway = FakePaymentGateway.from_catalog(data_dir / saga.payment_ledger.name, catalog)
+    provider = FakeShippingProvider(data_dir / saga.shipping_ledger.name)
+    payments = await gateway.ledger_counts()
+    shipping = await provider.ledger_counts()
+    return LedgerView(
+        charges=payments.charges, refunds=payments.refunds, bookings=shipping.bookings
+    )
 
 
 async def list_all_orders(channel: grpc.aio.Channel) -> list[order_pb.Order]:

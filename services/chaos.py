@@ -38,9 +38,8 @@ from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.streamread import StoredMessage, read_stream
 from choreo.streams import CONTEXTS
 from choreo.testing import envelope_for
-from services.audit import audit
+from services.audit import audit, read_ledgers
 from services.catalog import load_catalog
-from services.demo import read_ledgers
 from services.registry import SERVICE_NAMES
 from services.settings import REPO_ROOT, SagaSettings
 from services.system import System, SystemConfig

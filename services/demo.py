@@ -23,11 +23,9 @@ from rich.table import Table
 from choreo import grpc_errors, timeline
 from choreo.order.v1 import order_service_pb2 as order_pb
 from choreo.order.v1 import order_service_pb2_grpc as order_grpc
-from services.audit import AuditReport, LedgerView, audit
+from services.audit import AuditReport, audit, read_ledgers
 from services.catalog import load_catalog
-from services.payment.gateway import FakePaymentGateway
 from services.settings import SagaSettings
-from services.shipping.provider import FakeShippingProvider
 from services.system import System, SystemConfig
 from services.workload import (
     Placed,
@@ -46,17 +44,6 @@ INVARIANTS = {
     5: "nothing lost: every event reached every subscriber or the DLQ",
     6: "bad input gets INVALID_ARGUMENT naming the field and changes nothing",
 }
-
-
-async def read_ledgers(data_dir: Path, saga: SagaSettings) -> LedgerView:
-    catalog = load_catalog(saga.catalog_path)
-    gateway = FakePaymentGateway.from_catalog(data_dir / saga.payment_ledger.name, catalog)
-    provider = FakeShippingProvider(data_dir / saga.shipping_ledger.name)
-    payments = await gateway.ledger_counts()
-    shipping = await provider.ledger_counts()
-    return LedgerView(
-        charges=payments.charges, refunds=payments.refunds, bookings=shipping.bookings
-    )
 
 
 async def check_bad_input(stub: order_grpc.OrderServiceAsyncStub) -> list[str]:

@@ -18,9 +18,9 @@ from choreo.order.v1 import order_service_pb2 as order_pb
 from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.payment.v1 import payment_service_pb2 as payment_pb
 from choreo.payment.v1 import payment_service_pb2_grpc as payment_grpc
-from services.audit import audit
+from services.audit import audit, read_ledgers
 from services.catalog import load_catalog
-from services.demo import check_bad_input, read_ledgers
+from services.demo import check_bad_input
 from services.settings import SagaSettings
 from services.system import System, SystemConfig
 from services.workload import SagaPath, bad_requests, place_all, request_for, wait_until_final
