@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -35,8 +35,7 @@ class FakeExternal:
         self._failure_rate = failure_rate
         self._latency_s = latency_ms / 1000
         self._rng = random.Random(seed)
-        self._ready = False
-        self._init_lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
 
     async def _maybe_fail(self) -> bool:
         """Raise before the call, or return True to lose the response after it."""
@@ -48,21 +47,29 @@ class FakeExternal:
             return True
         return False
 
-    # --- the ledger, run in a worker thread; BEGIN IMMEDIATE serializes concurrent callers ---
+    # --- the ledger: one connection, used on the event loop ---
+    # A ledger call is a few SQLite statements (microseconds); running them inline costs less
+    # than a thread hop per call, and one caller at a time is what the event loop gives anyway.
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-        # WAL + NORMAL survives a killed process (what chaos runs do); fsync per call would
-        # make the fake slower than the real providers it stands in for.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        if not self._ready:
-            # Switching to WAL needs the file to itself and does not wait on a busy lock, so
-            # the first calls of this object take turns setting the ledger up.
-            with self._init_lock:
-                if not self._ready:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    for statement in self.schema:
-                        conn.execute(statement)
-                    self._ready = True
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE on the ledger; the caller commits, anything else is rolled back."""
+        conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
-        return conn
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+            # WAL + NORMAL survives a killed process (what chaos runs do); fsync per call would
+            # make the fake slower than the real providers it stands in for.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            for statement in self.schema:
+                conn.execute(statement)
+            self._conn = conn
+        return self._conn

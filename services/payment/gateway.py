@@ -17,7 +17,6 @@ refunds each order got.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import uuid
 from collections.abc import Mapping
@@ -50,6 +49,12 @@ _SCHEMA = (
         charge_id TEXT NOT NULL UNIQUE REFERENCES charges (charge_id),
         amount_minor INTEGER NOT NULL,
         created_at TEXT NOT NULL
+    )""",
+    # Each customer's approved charges minus refunds, kept up to date with them, so the credit
+    # check is one row read rather than a scan of the customer's history.
+    """CREATE TABLE IF NOT EXISTS balances (
+        customer_id TEXT PRIMARY KEY,
+        net_minor INTEGER NOT NULL
     )""",
 )
 
@@ -128,28 +133,25 @@ class FakePaymentGateway(FakeExternal):
         order_id: str,
     ) -> ChargeResult:
         lose_response = await self._maybe_fail()
-        result = await asyncio.to_thread(
-            self._charge, idempotency_key, order_id, customer_id, amount, payment_token
-        )
+        result = self._charge(idempotency_key, order_id, customer_id, amount, payment_token)
         if lose_response:
             raise GatewayUnavailable("payment gateway timed out after accepting the request")
         return result
 
     async def refund(self, idempotency_key: str, charge_id: str) -> RefundResult:
         lose_response = await self._maybe_fail()
-        result = await asyncio.to_thread(self._refund, idempotency_key, charge_id)
+        result = self._refund(idempotency_key, charge_id)
         if lose_response:
             raise GatewayUnavailable("payment gateway timed out after accepting the refund")
         return result
 
     async def ledger_counts(self) -> LedgerCounts:
-        return await asyncio.to_thread(self._counts)
+        return self._counts()
 
     def _charge(
         self, key: str, order_id: str, customer_id: str, amount: Money, token: str
     ) -> ChargeResult:
-        conn = self._connect()
-        try:
+        with self._transaction() as conn:
             row = conn.execute(
                 "SELECT charge_id, order_id, customer_id, amount_minor, currency, approved,"
                 " decline_reason FROM charges WHERE idempotency_key = ?",
@@ -176,10 +178,10 @@ class FakePaymentGateway(FakeExternal):
                     _now(),
                 ),
             )
+            if reason is None:
+                _add_to_balance(conn, customer_id, amount.amount_minor)
             conn.execute("COMMIT")
             return ChargeResult(charge_id, reason is None, amount, reason)
-        finally:
-            _close(conn)
 
     def _decline_reason(
         self, conn: sqlite3.Connection, customer_id: str, amount: Money, token: str
@@ -188,26 +190,24 @@ class FakePaymentGateway(FakeExternal):
             return DeclineReason.PAYMENT_DECLINED
         if amount.currency != self._currency:
             return DeclineReason.CURRENCY_NOT_SUPPORTED
-        (net,) = conn.execute(
-            "SELECT COALESCE(SUM(c.amount_minor), 0) - COALESCE(SUM(r.amount_minor), 0)"
-            " FROM charges c LEFT JOIN refunds r ON r.charge_id = c.charge_id"
-            " WHERE c.customer_id = ? AND c.approved = 1",
-            (customer_id,),
+        row = conn.execute(
+            "SELECT net_minor FROM balances WHERE customer_id = ?", (customer_id,)
         ).fetchone()
+        net = row[0] if row else 0
         limit = self._limits.get(customer_id, self._default_limit)
         if net + amount.amount_minor > limit:
             return DeclineReason.CREDIT_LIMIT_EXCEEDED
         return None
 
     def _refund(self, key: str, charge_id: str) -> RefundResult:
-        conn = self._connect()
-        try:
+        with self._transaction() as conn:
             row = conn.execute(
                 "SELECT refund_id, charge_id, amount_minor FROM refunds WHERE idempotency_key = ?",
                 (key,),
             ).fetchone()
             charge = conn.execute(
-                "SELECT amount_minor, currency, approved FROM charges WHERE charge_id = ?",
+                "SELECT amount_minor, currency, approved, customer_id FROM charges"
+                " WHERE charge_id = ?",
                 (charge_id,),
             ).fetchone()
             if charge is None or not charge[2]:
@@ -224,14 +224,12 @@ class FakePaymentGateway(FakeExternal):
                 "INSERT INTO refunds VALUES (?, ?, ?, ?, ?)",
                 (refund_id, key, charge_id, amount.amount_minor, _now()),
             )
+            _add_to_balance(conn, charge[3], -amount.amount_minor)
             conn.execute("COMMIT")
             return RefundResult(refund_id, charge_id, amount)
-        finally:
-            _close(conn)
 
     def _counts(self) -> LedgerCounts:
-        conn = self._connect()
-        try:
+        with self._transaction() as conn:
             counts = LedgerCounts()
             for order_id, approved, n in conn.execute(
                 "SELECT order_id, approved, COUNT(*) FROM charges GROUP BY order_id, approved"
@@ -243,15 +241,14 @@ class FakePaymentGateway(FakeExternal):
             ):
                 counts.refunds[order_id] = n
             return counts
-        finally:
-            _close(conn)
 
 
-def _close(conn: sqlite3.Connection) -> None:
-    # Anything not committed explicitly (a read, an error) is rolled back, never left open.
-    if conn.in_transaction:
-        conn.execute("ROLLBACK")
-    conn.close()
+def _add_to_balance(conn: sqlite3.Connection, customer_id: str, delta_minor: int) -> None:
+    conn.execute(
+        "INSERT INTO balances (customer_id, net_minor) VALUES (?, ?) ON CONFLICT (customer_id)"
+        " DO UPDATE SET net_minor = balances.net_minor + excluded.net_minor",
+        (customer_id, delta_minor),
+    )
 
 
 def _now() -> str:

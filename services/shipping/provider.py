@@ -9,8 +9,6 @@ or unavailable for chaos runs; half of the injected outages lose the response af
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -90,9 +88,7 @@ class FakeShippingProvider(FakeExternal):
 
     async def book(self, idempotency_key: str, order_id: str, destination: Address) -> Booking:
         lose_response = await self._maybe_fail()
-        booking, reason = await asyncio.to_thread(
-            self._book, idempotency_key, order_id, destination
-        )
+        booking, reason = self._book(idempotency_key, order_id, destination)
         if lose_response:
             raise ProviderUnavailable("shipping provider timed out after accepting the request")
         if booking is None:
@@ -100,13 +96,12 @@ class FakeShippingProvider(FakeExternal):
         return booking
 
     async def ledger_counts(self) -> ShippingLedgerCounts:
-        return await asyncio.to_thread(self._counts)
+        return self._counts()
 
     def _book(
         self, key: str, order_id: str, destination: Address
     ) -> tuple[Booking | None, str | None]:
-        conn = self._connect()
-        try:
+        with self._transaction() as conn:
             row = conn.execute(
                 "SELECT order_id, shipment_id, tracking_id, carrier, refused_reason"
                 " FROM bookings WHERE idempotency_key = ?",
@@ -134,8 +129,6 @@ class FakeShippingProvider(FakeExternal):
             )
             conn.execute("COMMIT")
             return booking, reason
-        finally:
-            _close(conn)
 
     def _new_booking(self, destination: Address) -> Booking:
         carrier = _CARRIERS.get(destination.country_code, _DEFAULT_CARRIER)
@@ -144,8 +137,7 @@ class FakeShippingProvider(FakeExternal):
         return Booking(f"shp_{ident.hex}", f"{prefix}{ident.int % 10**12:012d}", carrier)
 
     def _counts(self) -> ShippingLedgerCounts:
-        conn = self._connect()
-        try:
+        with self._transaction() as conn:
             counts = ShippingLedgerCounts()
             for order_id, ok, n in conn.execute(
                 "SELECT order_id, shipment_id IS NOT NULL, COUNT(*) FROM bookings"
@@ -153,11 +145,3 @@ class FakeShippingProvider(FakeExternal):
             ):
                 (counts.bookings if ok else counts.refusals)[order_id] = n
             return counts
-        finally:
-            _close(conn)
-
-
-def _close(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        conn.execute("ROLLBACK")
-    conn.close()
