@@ -9,6 +9,7 @@ between publish and delete falls inside the stream's ``duplicate_window`` and th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -65,6 +66,11 @@ class OutboxRelay:
     of the table publishes rows left behind by a crash or a failed publish (at start-up, then
     every ``sweep_interval_s`` for rows older than that). Both can publish the same row; the
     broker drops the second copy by its ``Nats-Msg-Id``.
+
+    Deleting published rows is batched: ids collect for up to ``delete_delay_s`` (or
+    ``batch`` ids) and go in one statement, so a busy service pays one extra commit per batch
+    instead of one per publish. A crash before the delete re-publishes those rows at start-up,
+    well inside the stream's duplicate window, and the broker drops them.
     """
 
     def __init__(
@@ -75,13 +81,17 @@ class OutboxRelay:
         batch: int = 256,
         sweep_interval_s: float = 1.0,
         publish_timeout_s: float = 5.0,
+        delete_delay_s: float = 0.2,
     ) -> None:
         self._db = db
         self._js = js
         self._batch = batch
         self._sweep_interval_s = sweep_interval_s
         self._publish_timeout_s = publish_timeout_s
+        self._delete_delay_s = delete_delay_s
         self._queue: deque[OutboxRow] = deque()
+        self._published_ids: list[str] = []  # published, not yet deleted from the table
+        self._delete_due = 0.0  # when the oldest of those must be deleted
         self._wake = asyncio.Event()
         self.published = 0
         self.duplicates_dropped = 0
@@ -93,22 +103,33 @@ class OutboxRelay:
 
     async def run(self, stopping: asyncio.Event) -> None:
         await self._guarded(self.sweep(min_age_s=0.0))  # whatever a crash left behind
+        # One waiter for the whole run turns ``stopping`` into a wake-up.
+        stop_waker = asyncio.create_task(self._wake_when(stopping))
         next_sweep = time.monotonic() + self._sweep_interval_s
-        while not stopping.is_set():
-            await self._guarded(self.publish_queued())
-            if time.monotonic() >= next_sweep:
-                await self._guarded(self.sweep(min_age_s=self._sweep_interval_s))
-                next_sweep = time.monotonic() + self._sweep_interval_s
-            if self._queue:
-                continue
-            self._wake.clear()
-            wake = asyncio.create_task(self._wake.wait())
-            stop = asyncio.create_task(stopping.wait())
-            await asyncio.wait(
-                {wake, stop}, timeout=self._sweep_interval_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            wake.cancel()
-            stop.cancel()
+        try:
+            while not stopping.is_set():
+                await self._guarded(self.publish_queued())
+                now = time.monotonic()
+                if now >= next_sweep:
+                    await self._guarded(self.sweep(min_age_s=self._sweep_interval_s))
+                    next_sweep = time.monotonic() + self._sweep_interval_s
+                if self._published_ids and (
+                    now >= self._delete_due or len(self._published_ids) >= self._batch
+                ):
+                    await self._guarded(self.delete_published())
+                if self._queue:
+                    continue
+                self._wake.clear()
+                until = min(next_sweep, self._delete_due) if self._published_ids else next_sweep
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, until - time.monotonic())):
+                        await self._wake.wait()
+        finally:
+            stop_waker.cancel()
+
+    async def _wake_when(self, stopping: asyncio.Event) -> None:
+        await stopping.wait()
+        self._wake.set()
 
     async def _guarded(self, work: Awaitable[int]) -> None:
         try:
@@ -123,6 +144,7 @@ class OutboxRelay:
         while time.monotonic() < deadline:
             try:
                 await self.publish_queued()
+                await self.delete_published()
                 if await self.sweep(min_age_s=0.0) == 0:
                     return
             except Exception:
@@ -148,6 +170,7 @@ class OutboxRelay:
                 )
             if not found:
                 return published
+            await self.delete_published()  # so the sweep does not see them again
             rows = [OutboxRow(e, s, json.loads(h), bytes(b)) for e, s, h, b in found]
             done = await self._publish(rows)
             published += done
@@ -168,12 +191,31 @@ class OutboxRelay:
                 log.warning("outbox relay: publish to %s failed: %r", row.subject, result)
                 continue
             if result.duplicate:
-                self.duplicates_dropped += 1
+                self.duplicates_dropped += 1  # sent before (sweep and fast path, or a crash)
+            else:
+                self.published += 1
             done.append(row.event_id)
         faults.crash_point(faults.AFTER_PUBLISH_BEFORE_MARK)
-        if done:
-            async with self._db.transaction() as tx:
-                marks = ", ".join("?" * len(done))
-                await tx.execute(f"DELETE FROM choreo_outbox WHERE event_id IN ({marks})", done)
-        self.published += len(done)
+        if done and not self._published_ids:
+            self._delete_due = time.monotonic() + self._delete_delay_s
+        self._published_ids.extend(done)
         return len(done)
+
+    async def delete_published(self) -> int:
+        """Delete the rows the broker has acknowledged, in one transaction."""
+        ids, self._published_ids = self._published_ids, []
+        if not ids:
+            return 0
+        try:
+            async with self._db.transaction() as tx:
+                for start in range(0, len(ids), self._batch):
+                    chunk = ids[start : start + self._batch]
+                    marks = ", ".join("?" * len(chunk))
+                    await tx.execute(
+                        f"DELETE FROM choreo_outbox WHERE event_id IN ({marks})", chunk
+                    )
+        except BaseException:
+            self._published_ids[:0] = ids  # try again after another delay
+            self._delete_due = time.monotonic() + self._delete_delay_s
+            raise
+        return len(ids)
