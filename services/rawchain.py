@@ -6,14 +6,24 @@ the real service would emit on the happy path — same subjects, same header set
 same size — and acks after the publish. No decoding, storage, tracing or logic: what is left is
 the cost of the broker, the client library and the hops, which is what a saga cannot beat.
 
-    python -m services.rawchain SERVICE --nats-url nats://127.0.0.1:4222
+With ``--durable-db FILE`` it adds only what exactly-once effects cannot do without, the way the
+runtime does it: per message, one SQLite transaction that records the event id in the inbox
+and the emitted event in the outbox (the runtime's own tables, WAL, ``synchronous=NORMAL``);
+the published rows are deleted in one statement per batch. Still no decoding, state or logic:
+the gap between this line and the plain one is the price of durability, and the gap between
+it and the saga is what choreo's runtime and the services' logic cost.
+
+    python -m services.rawchain SERVICE --nats-url nats://127.0.0.1:4222 [--durable-db FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
+import sqlite3
+import time
 import uuid
 from typing import Any
 
@@ -23,6 +33,7 @@ from nats.js import api
 
 from choreo import contracts, subjects
 from choreo.envelope import H_CAUSATION_ID, H_ID, H_MSG_ID, H_SOURCE, H_TYPE
+from choreo.store.schema import runtime_schema
 
 # Body sizes of each event on the happy path, as the real services serialise them (measured
 # from a demo run's streams, rounded up): the raw chain sends as many bytes as the saga.
@@ -52,8 +63,48 @@ def happy_reactions(service: str) -> dict[str, str | None]:
     return reactions
 
 
+class DurableLog:
+    """The runtime's inbox and outbox tables in one SQLite file, written synchronously."""
+
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        for statement in runtime_schema("sqlite"):
+            self._db.execute(statement)
+
+    def record(
+        self, consumer: str, event_id: str, emitted: tuple[str, str, dict[str, str], bytes] | None
+    ) -> None:
+        """One transaction: the handled event in the inbox, what it emits in the outbox."""
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute(
+            "INSERT INTO choreo_inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (consumer, event_id, time.time()),
+        )
+        if emitted is not None:
+            out_id, subject, headers, body = emitted
+            self._db.execute(
+                "INSERT INTO choreo_outbox (event_id, subject, headers, body, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (out_id, subject, json.dumps(headers), body, time.time()),
+            )
+        self._db.execute("COMMIT")
+
+    def published(self, event_ids: list[str]) -> None:
+        if event_ids:
+            marks = ", ".join("?" * len(event_ids))
+            self._db.execute(f"DELETE FROM choreo_outbox WHERE event_id IN ({marks})", event_ids)
+
+
 async def relay_one_trigger(
-    js: Any, service: str, trigger: str, emit: str | None, stopping: asyncio.Event
+    js: Any,
+    service: str,
+    trigger: str,
+    emit: str | None,
+    stopping: asyncio.Event,
+    durable_log: DurableLog | None,
 ) -> None:
     durable = "raw_" + subjects.durable_name(service, trigger)
     stream = subjects.stream_name(subjects.context_of(trigger))
@@ -74,10 +125,10 @@ async def relay_one_trigger(
             msgs = await sub.fetch(64, timeout=0.5)
         except TimeoutError:  # nats raises both its own and asyncio.TimeoutError
             continue
-        if emit is not None:
-            futures = []
-            for msg in msgs:
-                headers = dict(msg.headers or {})
+        emitted: list[tuple[str, dict[str, str]]] = []
+        for msg in msgs:
+            headers = dict(msg.headers or {})
+            if emit is not None:
                 event_id = str(uuid.uuid4())
                 headers.update(
                     {
@@ -88,8 +139,17 @@ async def relay_one_trigger(
                         H_CAUSATION_ID: headers.get(H_ID, ""),
                     }
                 )
-                futures.append(await js.publish_async(emit, body, headers=headers))
+                emitted.append((event_id, headers))
+            if durable_log is not None:
+                row = (event_id, emit, headers, body) if emit is not None else None
+                durable_log.record(durable, (msg.headers or {}).get(H_ID, ""), row)
+        if emitted:
+            futures = [
+                await js.publish_async(emit, body, headers=headers) for _, headers in emitted
+            ]
             await asyncio.gather(*futures)
+            if durable_log is not None:
+                durable_log.published([event_id for event_id, _ in emitted])
         for msg in msgs:
             await msg.ack()
 
@@ -98,7 +158,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("service")
     parser.add_argument("--nats-url", required=True)
+    parser.add_argument("--durable-db", help="add the inbox and outbox in this SQLite file")
     args = parser.parse_args()
+    durable_log = DurableLog(args.durable_db) if args.durable_db else None
     nc = await nats.connect(args.nats_url)
     js = nc.jetstream()
     stopping = asyncio.Event()
@@ -107,7 +169,7 @@ async def main() -> None:
         loop.add_signal_handler(sig, stopping.set)
     await asyncio.gather(
         *(
-            relay_one_trigger(js, args.service, trigger, emit, stopping)
+            relay_one_trigger(js, args.service, trigger, emit, stopping, durable_log)
             for trigger, emit in happy_reactions(args.service).items()
         )
     )
