@@ -19,6 +19,7 @@ from choreo.telemetry import configure_tracing
 from choreo.testing import publish_event, stream_count, wait_for
 from choreo.tracing import current_trace_headers, trace_id_of
 from tests.runtime import probe
+from tests.runtime.test_delivery import consumer_ready, start_probe_process
 
 
 async def test_a_handled_event_and_what_it_emits_stay_in_the_publishers_trace(
@@ -66,3 +67,30 @@ async def test_a_handled_event_and_what_it_emits_stay_in_the_publishers_trace(
     assert producer[0].parent.span_id == consumer[0].context.span_id
     assert consumer[0].attributes is not None
     assert consumer[0].attributes["choreo.aggregate_id"] == "t-1"
+
+
+async def test_without_an_sdk_an_emitted_event_carries_the_trace_it_arrived_with(
+    broker: EmbeddedBroker, js: Any, tmp_path: Path
+) -> None:
+    # The probe runs as its own process with no tracer provider: spans are skipped, and the
+    # context must still travel on unchanged (a traced caller's trace is not cut).
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    probe_process = start_probe_process(broker, tmp_path / "probe.db")
+    try:
+        await wait_for(lambda: consumer_ready(js), what="probe consumer")
+        await publish_event(
+            js,
+            order_events.OrderCreated(order_id="u-1"),
+            aggregate_id="u-1",
+            traceparent=traceparent,
+        )
+
+        async def emitted() -> bool:
+            return await stream_count(js, "CHOREO_INVENTORY") == 1
+
+        await wait_for(emitted, what="InventoryReserved")
+        (reserved,) = await read_stream(js, "CHOREO_INVENTORY")
+        assert reserved.headers[H_TRACEPARENT] == traceparent
+    finally:
+        probe_process.terminate()
+        probe_process.wait(15)
