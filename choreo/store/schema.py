@@ -11,14 +11,18 @@ from __future__ import annotations
 
 
 def runtime_schema(dialect: str) -> list[str]:
-    serial = "INTEGER PRIMARY KEY AUTOINCREMENT" if dialect == "sqlite" else "BIGSERIAL PRIMARY KEY"
+    # SQLite: a plain INTEGER PRIMARY KEY still grows past every row present (the sweep's
+    # order), without AUTOINCREMENT's extra write to sqlite_sequence on every insert.
+    serial = "INTEGER PRIMARY KEY" if dialect == "sqlite" else "BIGSERIAL PRIMARY KEY"
     blob = "BLOB" if dialect == "sqlite" else "BYTEA"
+    # Keyed tables clustered on their key: one B-tree to write per insert instead of two.
+    without_rowid = " WITHOUT ROWID" if dialect == "sqlite" else ""
     return [
-        """CREATE TABLE IF NOT EXISTS choreo_inbox (
+        f"""CREATE TABLE IF NOT EXISTS choreo_inbox (
             consumer TEXT NOT NULL,
             event_id TEXT NOT NULL,
             handled_at DOUBLE PRECISION NOT NULL,
-            PRIMARY KEY (consumer, event_id))""",
+            PRIMARY KEY (consumer, event_id)){without_rowid}""",
         "CREATE INDEX IF NOT EXISTS choreo_inbox_age ON choreo_inbox (handled_at)",
         f"""CREATE TABLE IF NOT EXISTS choreo_outbox (
             seq {serial},
@@ -27,16 +31,16 @@ def runtime_schema(dialect: str) -> list[str]:
             headers TEXT NOT NULL,
             body {blob} NOT NULL,
             created_at DOUBLE PRECISION NOT NULL)""",
-        """CREATE TABLE IF NOT EXISTS choreo_aggregate_versions (
+        f"""CREATE TABLE IF NOT EXISTS choreo_aggregate_versions (
             aggregate_type TEXT NOT NULL,
             aggregate_id TEXT NOT NULL,
             version BIGINT NOT NULL,
-            PRIMARY KEY (aggregate_type, aggregate_id))""",
-        """CREATE TABLE IF NOT EXISTS choreo_positions (
+            PRIMARY KEY (aggregate_type, aggregate_id)){without_rowid}""",
+        f"""CREATE TABLE IF NOT EXISTS choreo_positions (
             consumer TEXT NOT NULL,
             aggregate_type TEXT NOT NULL,
             aggregate_id TEXT NOT NULL,
             version BIGINT NOT NULL,
             updated_at DOUBLE PRECISION NOT NULL,
-            PRIMARY KEY (consumer, aggregate_type, aggregate_id))""",
+            PRIMARY KEY (consumer, aggregate_type, aggregate_id)){without_rowid}""",
     ]
