@@ -8,6 +8,13 @@ holding a transaction (call external providers before touching ``ctx.tx``).
 ``synchronous=NORMAL`` in WAL mode survives a process crash (SIGKILL) without losing a commit;
 only a power loss can drop the last transactions. Set ``?synchronous=FULL`` in the URL for that.
 
+Group commit: each ``transaction()`` is a SAVEPOINT inside a write transaction that stays
+open until the end of the current event-loop step, so the units that finish in one step
+(handlers of one fetched batch, other consumers, a gRPC command) share a single ``COMMIT``.
+A unit that fails rolls back to its savepoint alone. ``transaction()`` still returns only
+once its unit is committed, so callers ack or answer exactly as before; if the shared
+``COMMIT`` fails, every unit in it raises.
+
 Checkpoints (copying the WAL back into the database file, with an fsync) run in a thread of
 their own instead of inside whichever ``COMMIT`` crosses SQLite's 1000-page mark: that commit
 would otherwise stall the event loop for milliseconds, and every handler with it.
@@ -58,7 +65,10 @@ class SqliteDatabase:
         self._connection.execute("PRAGMA busy_timeout=5000")
         self._connection.execute("PRAGMA foreign_keys=ON")
         self._connection.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer does it
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one unit at a time inside the open transaction
+        self._group: list[asyncio.Future[None]] | None = None  # units awaiting the COMMIT
+        self._commit_scheduled = False
+        self.commits = 0  # COMMITs run (units / commits = how well group commit groups)
         # WAL lets a second connection read the last committed state while the first writes.
         self._reader = sqlite3.connect(
             f"file:{path.resolve()}?mode=ro",
@@ -88,13 +98,47 @@ class SqliteDatabase:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
         async with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE")
+            if self._group is None:
+                self._connection.execute("BEGIN IMMEDIATE")
+                self._group = []
+            self._connection.execute("SAVEPOINT unit")
             try:
                 yield SqliteTransaction(self._connection)
             except BaseException:
-                self._connection.execute("ROLLBACK")
+                self._connection.execute("ROLLBACK TO unit")
+                self._connection.execute("RELEASE unit")
+                self._schedule_commit()
                 raise
+            self._connection.execute("RELEASE unit")
+            committed = asyncio.get_running_loop().create_future()
+            self._group.append(committed)
+            self._schedule_commit()
+        await committed
+
+    def _schedule_commit(self) -> None:
+        if not self._commit_scheduled:
+            self._commit_scheduled = True
+            asyncio.get_running_loop().call_soon(self._commit_group)
+
+    def _commit_group(self) -> None:
+        """Commit the open transaction for every unit that finished in it (a loop callback)."""
+        self._commit_scheduled = False
+        if self._group is None or self._lock.locked():
+            return  # nothing open, or a unit is inside: it schedules the commit when it ends
+        waiters, self._group = self._group, None
+        try:
             self._connection.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._connection.execute("ROLLBACK")
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[SqliteTransaction]:
@@ -113,6 +157,13 @@ class SqliteDatabase:
     async def close(self) -> None:
         self._checkpointer.stop()
         async with self._lock, self._read_lock:
+            if self._group is not None:  # units awaiting their commit get it now
+                self._connection.execute("COMMIT")
+                self.commits += 1
+                for waiter in self._group:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                self._group = None
             self._reader.close()
             self._connection.close()
 
