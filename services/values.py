@@ -82,6 +82,18 @@ class Address:
     country_code: str
     line2: str = ""
 
+    def as_dict(self) -> dict[str, str]:
+        """The fields by name (what ``dataclasses.asdict`` gives, at a fraction of its cost on
+        the PlaceOrder path)."""
+        return {
+            "recipient_name": self.recipient_name,
+            "line1": self.line1,
+            "city": self.city,
+            "postal_code": self.postal_code,
+            "country_code": self.country_code,
+            "line2": self.line2,
+        }
+
 
 def total_of(lines: tuple[Line, ...] | list[Line], currency: str) -> Money:
     """Sum of quantity * unit price; raises OverflowError past the 64-bit bound."""

@@ -11,7 +11,7 @@ import enum
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from services.catalog import Catalog
@@ -148,11 +148,12 @@ def price_lines(lines: Sequence[PlaceOrderLine], catalog: Catalog) -> tuple[Line
 
 def fingerprint(request: PlaceOrder) -> str:
     """A stable hash of what was asked (the key itself excluded), to tell a retry from a reuse."""
+    address = request.shipping_address
     normalized = {
         "customer_id": request.customer_id,
         "lines": [[line.sku, line.quantity] for line in request.lines],
         "currency_code": request.currency_code,
-        "shipping_address": asdict(request.shipping_address) if request.shipping_address else None,
+        "shipping_address": address.as_dict() if address else None,
         "payment_token": request.payment_token,
     }
     canonical = json.dumps(normalized, sort_keys=True, separators=(",", ":"), ensure_ascii=True)

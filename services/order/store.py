@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 
 from choreo.store.port import Row, Transaction
@@ -82,7 +82,7 @@ def _values(o: Order) -> tuple[object, ...]:
         json.dumps(lines),
         o.total.amount_minor,
         o.total.currency,
-        json.dumps(asdict(o.shipping_address)),
+        json.dumps(o.shipping_address.as_dict()),
         o.cancellation_reason.value if o.cancellation_reason else "",
         o.cancellation_detail,
         int(o.customer_notified),

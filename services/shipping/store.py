@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from datetime import datetime
 
 from choreo.store.port import Row, Transaction
@@ -48,7 +47,7 @@ async def insert_shipment(tx: Transaction, shipment: Shipment, now: datetime) ->
         (
             s.order_id,
             s.status.value,
-            json.dumps(asdict(s.destination)),
+            json.dumps(s.destination.as_dict()),
             s.shipment_id,
             s.tracking_id,
             s.carrier,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -313,3 +314,10 @@ async def test_a_page_token_we_did_not_hand_out_is_refused(tx: SqliteTx) -> None
     await tx.migrate(store.SCHEMA)
     with pytest.raises(store.InvalidPageToken):
         await store.list_orders(tx, page_token="not-a-token")
+
+
+def test_an_address_as_a_dict_has_every_field_by_name() -> None:
+    # The fingerprint and the stored row use as_dict: a field added to Address must show up.
+    address = Address("Ada", "1 Main St", "Springfield", "12345", "US", "Apt 2")
+    assert address.as_dict() == dataclasses.asdict(address)
+    assert Address(**address.as_dict()) == address
