@@ -189,7 +189,7 @@ class Bench:
     def __init__(self, console: Console, args: argparse.Namespace) -> None:
         self.console = console
         self.quick: bool = args.quick
-        self.levels = [4, 16, 48] if self.quick else [1, 8, 32, 64]
+        self.levels = [4, 16, 48] if self.quick else [1, 8, 32, 64, 128]
         self.seconds = 3.0 if self.quick else 6.0
         self.warmup = 1.5 if self.quick else 3.0
         self.soak: int = args.soak
