@@ -95,21 +95,23 @@ class SqliteDatabase:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
         async with self._lock:
-            if self._group is None:
-                self._connection.execute("BEGIN IMMEDIATE")
-                self._group = []
-            self._connection.execute("SAVEPOINT unit")
             try:
-                yield SqliteTransaction(self._connection)
-            except BaseException:
-                self._connection.execute("ROLLBACK TO unit")
+                if self._group is None:
+                    self._connection.execute("BEGIN IMMEDIATE")
+                    self._group = []
+                self._connection.execute("SAVEPOINT unit")
+                try:
+                    yield SqliteTransaction(self._connection)
+                except BaseException:
+                    self._connection.execute("ROLLBACK TO unit")
+                    self._connection.execute("RELEASE unit")
+                    raise
                 self._connection.execute("RELEASE unit")
+                committed = asyncio.get_running_loop().create_future()
+                self._group.append(committed)
+            finally:
+                # However this unit ended, the units before it must not wait forever.
                 self._schedule_commit()
-                raise
-            self._connection.execute("RELEASE unit")
-            committed = asyncio.get_running_loop().create_future()
-            self._group.append(committed)
-            self._schedule_commit()
         await committed
 
     def _schedule_commit(self) -> None:
