@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from choreo import dlq, faults, subjects
+from choreo import dlq, faults
 from choreo.broker import EmbeddedBroker
 from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, stream_count, wait_for
 from tests.runtime import probe
+from tests.runtime.probe_process import DURABLE, consumer_ready, exited, start_probe_process
 
-REPO = Path(__file__).resolve().parents[2]
-DURABLE = subjects.durable_name("probe", "choreo.order.v1.OrderCreated")
 RESERVED = "choreo.inventory.v1.InventoryReserved"
 
 
@@ -53,37 +49,6 @@ async def runtime(broker: EmbeddedBroker, tmp_path: Path) -> AsyncIterator[Servi
     await service.start()
     yield service
     await service.stop()
-
-
-def start_probe_process(broker: EmbeddedBroker, db: Path, **env: str) -> subprocess.Popen[bytes]:
-    environ = {
-        **os.environ,
-        "CHOREO_NATS_URL": broker.url,
-        "CHOREO_DATABASE_URL": f"sqlite:///{db}",
-        "CHOREO_ACK_WAIT_S": "2",
-        "CHOREO_FETCH_TIMEOUT_S": "0.2",
-        "CHOREO_RELAY_SWEEP_INTERVAL_S": "0.2",
-        **env,
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.runtime.probe"],
-        cwd=REPO,
-        env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-async def consumer_ready(js: Any) -> bool:
-    try:
-        info = await js.consumer_info("CHOREO_ORDER", DURABLE)
-    except Exception:
-        return False
-    return bool(info.num_waiting)
-
-
-async def exited(process: subprocess.Popen[bytes]) -> bool:
-    return process.poll() is not None
 
 
 def order_created(order_id: str) -> order_events.OrderCreated:

@@ -19,7 +19,7 @@ from choreo.telemetry import configure_tracing
 from choreo.testing import publish_event, stream_count, wait_for
 from choreo.tracing import current_trace_headers, trace_id_of
 from tests.runtime import probe
-from tests.runtime.test_delivery import consumer_ready, start_probe_process
+from tests.runtime.probe_process import consumer_ready, start_probe_process
 
 
 async def test_a_handled_event_and_what_it_emits_stay_in_the_publishers_trace(
