@@ -162,6 +162,8 @@ class OutboxRelay:
         """Publish rows committed at least ``min_age_s`` ago that are still in the table."""
         published = 0
         while True:
+            # Rows published but not yet deleted would be read (and sent) again: delete first.
+            await self.delete_published()
             async with self._db.read() as tx:
                 found = await tx.fetchall(
                     "SELECT event_id, subject, headers, body FROM choreo_outbox"
@@ -170,7 +172,6 @@ class OutboxRelay:
                 )
             if not found:
                 return published
-            await self.delete_published()  # so the sweep does not see them again
             rows = [OutboxRow(e, s, json.loads(h), bytes(b)) for e, s, h, b in found]
             done = await self._publish(rows)
             published += done

@@ -62,6 +62,17 @@ class FakeExternal:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: one consistent view that never takes the write lock, so an
+        auditor reading the ledger from another process cannot stall the service's loop."""
+        conn = self._connection()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("ROLLBACK")
+
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)

@@ -7,9 +7,10 @@ same size — and acks after the publish. No decoding, storage, tracing or logic
 the cost of the broker, the client library and the hops, which is what a saga cannot beat.
 
 With ``--durable-db FILE`` it adds only what exactly-once effects cannot do without, the way the
-runtime does it: per message, one SQLite transaction that records the event id in the inbox
-and the emitted event in the outbox (the runtime's own tables, WAL, ``synchronous=NORMAL``);
-the published rows are deleted in one statement per batch. Still no decoding, state or logic:
+runtime does it: for each message the event id in the inbox and the emitted event in the
+outbox (the runtime's own tables, WAL, ``synchronous=NORMAL``), a savepoint per message and one
+transaction per fetched batch, as the runtime's group commit does; the published rows are
+deleted in one statement per batch. Still no decoding, state or logic:
 the gap between this line and the plain one is the price of durability, and the gap between
 it and the saga is what choreo's runtime and the services' logic cost.
 
@@ -63,6 +64,9 @@ def happy_reactions(service: str) -> dict[str, str | None]:
     return reactions
 
 
+Emitted = tuple[str, str, dict[str, str], bytes]  # event id, subject, headers, body
+
+
 class DurableLog:
     """The runtime's inbox and outbox tables in one SQLite file, written synchronously."""
 
@@ -73,23 +77,25 @@ class DurableLog:
         for statement in runtime_schema("sqlite"):
             self._db.execute(statement)
 
-    def record(
-        self, consumer: str, event_id: str, emitted: tuple[str, str, dict[str, str], bytes] | None
-    ) -> None:
-        """One transaction: the handled event in the inbox, what it emits in the outbox."""
+    def record(self, consumer: str, handled: list[tuple[str, Emitted | None]]) -> None:
+        """A fetched batch the way the runtime's group commit writes it: one transaction, a
+        savepoint per message with its inbox row and the outbox row of what it emits."""
         self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute(
-            "INSERT INTO choreo_inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)"
-            " ON CONFLICT DO NOTHING",
-            (consumer, event_id, time.time()),
-        )
-        if emitted is not None:
-            out_id, subject, headers, body = emitted
+        for event_id, emitted in handled:
+            self._db.execute("SAVEPOINT unit")
             self._db.execute(
-                "INSERT INTO choreo_outbox (event_id, subject, headers, body, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (out_id, subject, json.dumps(headers), body, time.time()),
+                "INSERT INTO choreo_inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (consumer, event_id, time.time()),
             )
+            if emitted is not None:
+                out_id, subject, headers, body = emitted
+                self._db.execute(
+                    "INSERT INTO choreo_outbox (event_id, subject, headers, body, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (out_id, subject, json.dumps(headers), body, time.time()),
+                )
+            self._db.execute("RELEASE unit")
         self._db.execute("COMMIT")
 
     def published(self, event_ids: list[str]) -> None:
@@ -126,6 +132,7 @@ async def relay_one_trigger(
         except TimeoutError:  # nats raises both its own and asyncio.TimeoutError
             continue
         emitted: list[tuple[str, dict[str, str]]] = []
+        handled: list[tuple[str, Emitted | None]] = []
         for msg in msgs:
             headers = dict(msg.headers or {})
             if emit is not None:
@@ -140,9 +147,10 @@ async def relay_one_trigger(
                     }
                 )
                 emitted.append((event_id, headers))
-            if durable_log is not None:
-                row = (event_id, emit, headers, body) if emit is not None else None
-                durable_log.record(durable, (msg.headers or {}).get(H_ID, ""), row)
+            row = (event_id, emit, headers, body) if emit is not None else None
+            handled.append(((msg.headers or {}).get(H_ID, ""), row))
+        if durable_log is not None:
+            durable_log.record(durable, handled)
         if emitted:
             futures = [
                 await js.publish_async(emit, body, headers=headers) for _, headers in emitted

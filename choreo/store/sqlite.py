@@ -13,7 +13,10 @@ open until the end of the current event-loop step, so the units that finish in o
 (handlers of one fetched batch, other consumers, a gRPC command) share a single ``COMMIT``.
 A unit that fails rolls back to its savepoint alone. ``transaction()`` still returns only
 once its unit is committed, so callers ack or answer exactly as before; if the shared
-``COMMIT`` fails, every unit in it raises.
+``COMMIT`` fails, every unit in it raises. A unit that fails waits for that ``COMMIT`` too, since
+it may have read what the units before it wrote. A unit that awaits something slow inside
+its transaction delays the commit of those before it (one more reason not to). A caller
+cancelled while it waits may still see its unit committed, as after a crash before an ack.
 
 Checkpoints stay SQLite's own (in the ``COMMIT`` that crosses 1000 WAL pages). A checkpoint
 thread was tried and dropped: under steady writes it never won the race to reset the WAL,
@@ -94,15 +97,21 @@ class SqliteDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
+        failure: Exception | None = None
         async with self._lock:
             try:
                 if self._group is None:
+                    if self._connection.in_transaction:  # a failed ROLLBACK left one open
+                        self._connection.execute("ROLLBACK")
                     self._connection.execute("BEGIN IMMEDIATE")
                     self._group = []
                 self._connection.execute("SAVEPOINT unit")
                 try:
                     yield SqliteTransaction(self._connection)
-                except BaseException:
+                except Exception as exc:
+                    failure = exc
+                    self._connection.execute("ROLLBACK TO unit")
+                except BaseException:  # cancelled: nothing to decide, leave at once
                     self._connection.execute("ROLLBACK TO unit")
                     self._connection.execute("RELEASE unit")
                     raise
@@ -112,7 +121,12 @@ class SqliteDatabase:
             finally:
                 # However this unit ended, the units before it must not wait forever.
                 self._schedule_commit()
+        # A failed unit waits too: it may have read what earlier units of the group wrote, so
+        # its verdict (dead letter, duplicate) only stands once that is committed. If the
+        # COMMIT fails, the COMMIT's error is what every unit raises.
         await committed
+        if failure is not None:
+            raise failure
 
     def _schedule_commit(self) -> None:
         if not self._commit_scheduled:
@@ -125,6 +139,9 @@ class SqliteDatabase:
         if self._group is None or self._lock.locked():
             return  # nothing open, or a unit is inside: it schedules the commit when it ends
         waiters, self._group = self._group, None
+        self._finish_group(waiters)
+
+    def _finish_group(self, waiters: list[asyncio.Future[None]]) -> None:
         try:
             self._connection.execute("COMMIT")
             self.commits += 1
@@ -155,12 +172,10 @@ class SqliteDatabase:
 
     async def close(self) -> None:
         async with self._lock, self._read_lock:
-            if self._group is not None:  # units awaiting their commit get it now
-                self._connection.execute("COMMIT")
-                self.commits += 1
-                for waiter in self._group:
-                    if not waiter.done():
-                        waiter.set_result(None)
-                self._group = None
-            self._reader.close()
-            self._connection.close()
+            try:
+                if self._group is not None:  # units awaiting their commit get it now
+                    waiters, self._group = self._group, None
+                    self._finish_group(waiters)
+            finally:
+                self._reader.close()
+                self._connection.close()

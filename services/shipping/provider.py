@@ -137,7 +137,7 @@ class FakeShippingProvider(FakeExternal):
         return Booking(f"shp_{ident.hex}", f"{prefix}{ident.int % 10**12:012d}", carrier)
 
     def _counts(self) -> ShippingLedgerCounts:
-        with self._transaction() as conn:
+        with self._snapshot() as conn:
             counts = ShippingLedgerCounts()
             for order_id, ok, n in conn.execute(
                 "SELECT order_id, shipment_id IS NOT NULL, COUNT(*) FROM bookings"

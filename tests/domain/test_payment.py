@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -165,6 +166,24 @@ async def test_refunds_free_the_credit_they_used(tmp_path: Path) -> None:
     charge = await gw.charge("k1", "low", usd(1000), "tok_ok", order_id="o1")
     await gw.refund("r1", charge.charge_id)
     assert (await gw.charge("k2", "low", usd(1000), "tok_ok", order_id="o2")).approved
+
+
+async def test_a_ledger_from_before_the_balances_table_keeps_its_customers_credit(
+    tmp_path: Path,
+) -> None:
+    # Charges and refunds written by an older gateway: the credit they used still counts.
+    gw = gateway(tmp_path)
+    kept = await gw.charge("k1", "low", usd(600), "tok_ok", order_id="o1")
+    refunded = await gw.charge("k2", "low", usd(300), "tok_ok", order_id="o2")
+    await gw.refund("r2", refunded.charge_id)
+    with sqlite3.connect(tmp_path / "gateway.db") as conn:
+        conn.execute("DROP TABLE balances")  # the older schema had none
+
+    reopened = gateway(tmp_path)
+    assert kept.approved
+    over = await reopened.charge("k3", "low", usd(500), "tok_ok", order_id="o3")
+    assert over.decline_reason is DeclineReason.CREDIT_LIMIT_EXCEEDED  # 600 + 500 > 1000
+    assert (await reopened.charge("k4", "low", usd(400), "tok_ok", order_id="o4")).approved
 
 
 async def test_another_currency_is_declined(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ async def test_submitted_rows_are_published_then_deleted_together_after_the_dela
     js: Any, db: Database
 ) -> None:
     await ensure_streams(js, RuntimeSettings())
-    relay = outbox.OutboxRelay(db, js, delete_delay_s=0.5, sweep_interval_s=30)
+    relay = outbox.OutboxRelay(db, js, delete_delay_s=3.0, sweep_interval_s=30)
     stopping = asyncio.Event()
     running = asyncio.create_task(relay.run(stopping))
     try:
@@ -59,7 +59,7 @@ async def test_submitted_rows_are_published_then_deleted_together_after_the_dela
         await wait_for(lambda: _has(js, 5), what="5 messages on the stream")
         # Published, but the delete waits for more ids to share its transaction.
         assert await outbox_size(db) == 5
-        await wait_for(lambda: _empty(db), timeout=5, what="the outbox to be emptied")
+        await wait_for(lambda: _empty(db), timeout=10, what="the outbox to be emptied")
     finally:
         stopping.set()
         await running
@@ -75,6 +75,19 @@ async def test_flush_publishes_and_deletes_everything_at_once(js: Any, db: Datab
     await relay.flush(timeout_s=10)
     assert await outbox_size(db) == 0
     assert await stream_count(js, STREAM, SUBJECT) == 5
+
+
+async def test_a_sweep_of_a_backlog_larger_than_a_batch_sends_each_row_once(
+    js: Any, db: Database
+) -> None:
+    await ensure_streams(js, RuntimeSettings())
+    relay = outbox.OutboxRelay(db, js, batch=4, delete_delay_s=60)
+    await commit_events(db, 10)  # a backlog, as after a crash or a broker outage
+    assert await relay.sweep(min_age_s=0.0) == 10
+    assert relay.duplicates_dropped == 0
+    await relay.flush(timeout_s=10)
+    assert await outbox_size(db) == 0
+    assert await stream_count(js, STREAM, SUBJECT) == 10
 
 
 async def test_a_row_published_twice_is_stored_once(js: Any, db: Database) -> None:

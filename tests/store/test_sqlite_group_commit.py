@@ -76,6 +76,23 @@ async def test_a_failed_commit_fails_every_unit_in_it_and_keeps_none(
     assert committed_names(db.path) == {"next"}
 
 
+async def test_a_failed_unit_waits_for_the_commit_and_reports_its_failure(
+    db: SqliteDatabase,
+) -> None:
+    # The failing unit read what "orphan" wrote; that COMMIT fails, so its own verdict (which
+    # might have been "duplicate" or "dead letter") must not stand: it gets the COMMIT's error.
+    async def failing_after_reading() -> None:
+        async with db.transaction() as tx:
+            assert await tx.fetchone("SELECT 1 FROM item WHERE name = 'orphan'")
+            raise RuntimeError("decided on uncommitted data")
+
+    results = await asyncio.gather(
+        insert(db, "orphan", parent_id=42), failing_after_reading(), return_exceptions=True
+    )
+    assert all(isinstance(r, sqlite3.IntegrityError) for r in results), results
+    assert committed_names(db.path) == set()
+
+
 async def test_close_commits_units_still_waiting(tmp_path: Path) -> None:
     database = SqliteDatabase(tmp_path / "close.db")
     await database.migrate(["CREATE TABLE item (name TEXT PRIMARY KEY, parent_id INTEGER)"])
@@ -110,3 +127,24 @@ async def test_the_wal_stays_bounded_under_steady_writes_and_reads(tmp_path: Pat
         assert wal_mb < 6, f"WAL is {wal_mb:.1f} MB after {written_mb:.0f} MB written"
     finally:
         await database.close()
+
+
+async def test_close_closes_the_connections_even_when_the_last_commit_fails(
+    tmp_path: Path,
+) -> None:
+    database = SqliteDatabase(tmp_path / "close-fail.db")
+    await database.migrate(
+        [
+            "CREATE TABLE parent (id INTEGER PRIMARY KEY)",
+            "CREATE TABLE item (name TEXT PRIMARY KEY,"
+            " parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
+        ]
+    )
+    waiting = asyncio.create_task(insert(database, "orphan", parent_id=42))
+    await asyncio.sleep(0)
+    await database.close()
+    with pytest.raises(sqlite3.IntegrityError):
+        await waiting
+    with pytest.raises(sqlite3.ProgrammingError):  # closed
+        async with database.read() as tx:
+            await tx.fetchone("SELECT 1")
