@@ -7,6 +7,10 @@ end-to-end tests, ``make demo`` and ``choreo chaos``; every violation names its 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ from choreo.streamread import StoredMessage, read_stream
 from choreo.streams import CONTEXTS
 from services.catalog import Catalog, load_catalog
 from services.payment.gateway import FakePaymentGateway
+from services.registry import SERVICE_NAMES
 from services.settings import SagaSettings
 from services.shipping.provider import FakeShippingProvider
 
@@ -263,22 +268,71 @@ def _check_reactions(
                 )
 
 
-async def _check_consumers(report: AuditReport, js: Any) -> None:
-    """5. Every durable consumer of every service has taken and acked everything (a message
-    that could not be handled was dead-lettered, and then acked)."""
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    durable: str
+    stream: str
+    pending: int  # never delivered
+    unacked: int  # delivered, not acked yet
+
+
+async def consumer_backlogs(js: Any) -> list[Backlog]:
+    """What every service's durable consumer still has to take or ack (tools' readers and
+    the benchmark's raw chain left out)."""
+    backlogs = []
     for context in CONTEXTS:
         stream = subjects.stream_name(context)
         for info in await js.consumers_info(stream):
             durable = info.config.durable_name or ""
             if "__" not in durable or durable.startswith("raw_"):
-                continue  # not a service's consumer (e.g. a tool's ephemeral reader)
-            if info.num_pending or info.num_ack_pending:
-                report.violated(
-                    5,
-                    "",
-                    f"consumer {durable} on {stream}: {info.num_pending} never delivered,"
-                    f" {info.num_ack_pending} delivered but not acked",
-                )
+                continue
+            backlogs.append(Backlog(durable, stream, info.num_pending, info.num_ack_pending))
+    return backlogs
+
+
+def outbox_rows(data_dir: Path) -> int:
+    """Events committed by the services under ``data_dir`` and not yet published."""
+    rows = 0
+    for name in SERVICE_NAMES:
+        path = data_dir / f"{name}.db"
+        if path.exists():
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                rows += db.execute("SELECT COUNT(*) FROM choreo_outbox").fetchone()[0]
+    return rows
+
+
+async def wait_for_quiescence(
+    js: Any, data_dir: Path, *, timeout_s: float = 30.0, interval_s: float = 0.2
+) -> bool:
+    """Wait until nothing is in flight: every consumer has acked everything and every outbox
+    is empty, at two looks in a row (an event can move from an outbox to a stream between
+    the two halves of one look). The invariants are about this state; a final order status
+    alone does not mean the compensations around it (a refund, a release) have landed.
+    False when ``timeout_s`` passed first; the audit then names what is still pending."""
+    deadline = time.monotonic() + timeout_s
+    quiet_looks = 0
+    while time.monotonic() < deadline:
+        busy = outbox_rows(data_dir) or any(
+            b.pending or b.unacked for b in await consumer_backlogs(js)
+        )
+        quiet_looks = 0 if busy else quiet_looks + 1
+        if quiet_looks == 2:
+            return True
+        await asyncio.sleep(interval_s)
+    return False
+
+
+async def _check_consumers(report: AuditReport, js: Any) -> None:
+    """5. Every durable consumer of every service has taken and acked everything (a message
+    that could not be handled was dead-lettered, and then acked)."""
+    for backlog in await consumer_backlogs(js):
+        if backlog.pending or backlog.unacked:
+            report.violated(
+                5,
+                "",
+                f"consumer {backlog.durable} on {backlog.stream}: {backlog.pending} never"
+                f" delivered, {backlog.unacked} delivered but not acked",
+            )
 
 
 async def _check_stock(report: AuditReport, address: str, catalog: Catalog) -> None:

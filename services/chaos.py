@@ -38,7 +38,7 @@ from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.streamread import StoredMessage, read_stream
 from choreo.streams import CONTEXTS
 from choreo.testing import envelope_for
-from services.audit import audit, read_ledgers
+from services.audit import audit, read_ledgers, wait_for_quiescence
 from services.catalog import load_catalog
 from services.registry import SERVICE_NAMES
 from services.settings import REPO_ROOT, SagaSettings
@@ -405,7 +405,7 @@ class Chaos:
                     self.report.violations.append(
                         f"invariant 1: order {item.order_id} ({item.path}) ended as {item.status}"
                     )
-            await asyncio.sleep(2.0)  # let the last reactions (e.g. stock leaving) land
+            await wait_for_quiescence(js, self.workdir, timeout_s=60)  # last reactions land
             saga = SagaSettings(catalog_path=CHAOS_CATALOG)
             audited = await audit(
                 js=js,

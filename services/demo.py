@@ -23,7 +23,7 @@ from rich.table import Table
 from choreo import grpc_errors, timeline
 from choreo.order.v1 import order_service_pb2 as order_pb
 from choreo.order.v1 import order_service_pb2_grpc as order_grpc
-from services.audit import AuditReport, audit, read_ledgers
+from services.audit import AuditReport, audit, read_ledgers, wait_for_quiescence
 from services.catalog import load_catalog
 from services.settings import SagaSettings
 from services.system import System, SystemConfig
@@ -160,6 +160,7 @@ async def _run(console: Console, system: System, args: argparse.Namespace, data:
     nc = await nats.connect(system.nats_url)
     try:
         js = nc.jetstream()
+        await wait_for_quiescence(js, data)  # compensations may still be landing
         report = await audit(
             js=js,
             addresses=system.addresses,

@@ -18,7 +18,7 @@ from choreo.order.v1 import order_service_pb2 as order_pb
 from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.payment.v1 import payment_service_pb2 as payment_pb
 from choreo.payment.v1 import payment_service_pb2_grpc as payment_grpc
-from services.audit import audit, read_ledgers
+from services.audit import audit, read_ledgers, wait_for_quiescence
 from services.catalog import load_catalog
 from services.demo import check_bad_input
 from services.settings import SagaSettings
@@ -162,6 +162,7 @@ async def test_a_concurrent_batch_of_mixed_orders_all_end_and_invariants_hold(
     saga = SagaSettings()
     nc = await nats.connect(system.nats_url)
     try:
+        assert await wait_for_quiescence(nc.jetstream(), system.config.data_dir)
         report = await audit(
             js=nc.jetstream(),
             addresses=system.addresses,
