@@ -94,8 +94,9 @@ class System:
                 log_file=self.config.data_dir / "logs" / "nats-server.log",
             )
             self.broker.start()
-        self.supervisor = Supervisor(self.specs())
         try:
+            # Building the specs checks the gRPC ports: a taken one must not leave the broker.
+            self.supervisor = Supervisor(self.specs())
             await self.supervisor.start_all()
         except BaseException:
             self.stop()

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +39,17 @@ def test_up_with_a_taken_grpc_port_names_the_port_and_the_flag(
     assert result.returncode == 2
     assert f"gRPC port {taken_port}" in result.stderr
     assert "--grpc-base-port" in result.stderr
+    assert processes_using(tmp_path) == [], "the broker it started must not outlive it"
+
+
+def processes_using(folder: Path) -> list[str]:
+    """Command lines of live processes that name ``folder`` (e.g. an orphaned nats-server)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if str(folder) in cmdline:
+            found.append(cmdline)
+    return found
 
 
 def test_up_with_a_taken_nats_port_names_the_port_and_the_flag(
