@@ -298,16 +298,13 @@ class Consumer:
         # Unordered subscriptions skip this read: the inbox insert that opens the handler's
         # transaction catches a duplicate anyway, and duplicates are rare; one round trip to the
         # database per event is not. Ordered ones need the position before running the handler.
-        strict = self.subscription.ordering is Ordering.STRICT
-        if not strict:
+        if self.subscription.ordering is not Ordering.STRICT:
             return None
         async with self._db.read() as tx:
             if not self._settings.unsafe_disable_inbox and await inbox.already_handled(
                 tx, self.name, envelope.event_id
             ):
                 return Outcome.DUPLICATE
-            if not strict:
-                return None
             applied = await inbox.position(
                 tx, self.name, envelope.aggregate_type, envelope.aggregate_id
             )

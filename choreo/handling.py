@@ -114,7 +114,26 @@ class _Emitter:
         self._pending.clear()
 
 
-class HandlerContext:
+class _EmitsEvents:
+    """``emit`` and what it led to, for both a handler's context and a command's unit of work."""
+
+    _emitter: _Emitter
+
+    @property
+    def emitted(self) -> list[Envelope]:
+        return self._emitter.emitted
+
+    @property
+    def outbox_rows(self) -> list[outbox.OutboxRow]:
+        """What the committed transaction wrote to the outbox, for the relay's fast path."""
+        return self._emitter.rows
+
+    def emit(self, message: Message, *, aggregate_id: str) -> None:
+        """Publish ``message`` once this transaction commits."""
+        self._emitter.emit(message, aggregate_id=aggregate_id)
+
+
+class HandlerContext(_EmitsEvents):
     """What a handler gets besides the event: the transaction, the envelope, ``emit``."""
 
     def __init__(
@@ -139,19 +158,6 @@ class HandlerContext:
     @property
     def tx(self) -> Transaction:
         return self._tx
-
-    @property
-    def emitted(self) -> list[Envelope]:
-        return self._emitter.emitted
-
-    @property
-    def outbox_rows(self) -> list[outbox.OutboxRow]:
-        """What the committed transaction wrote to the outbox, for the relay's fast path."""
-        return self._emitter.rows
-
-    def emit(self, message: Message, *, aggregate_id: str) -> None:
-        """Publish ``message`` once this handler's transaction commits."""
-        self._emitter.emit(message, aggregate_id=aggregate_id)
 
     async def _record_in_inbox(self, tx: Transaction) -> None:
         if self._use_inbox and not await inbox.record_handled(
@@ -185,7 +191,7 @@ class HandlerContext:
         )
 
 
-class UnitOfWork:
+class UnitOfWork(_EmitsEvents):
     """A command's transaction (e.g. a gRPC ``PlaceOrder``): state and events commit together."""
 
     def __init__(
@@ -200,17 +206,6 @@ class UnitOfWork:
         self._service = service
         self._correlation_id = correlation_id
         self._emitter = _Emitter(aggregate_type_of)
-
-    @property
-    def emitted(self) -> list[Envelope]:
-        return self._emitter.emitted
-
-    @property
-    def outbox_rows(self) -> list[outbox.OutboxRow]:
-        return self._emitter.rows
-
-    def emit(self, message: Message, *, aggregate_id: str) -> None:
-        self._emitter.emit(message, aggregate_id=aggregate_id)
 
     async def write_outbox(self) -> None:
         await self._emitter.write(self.tx, self._root_envelope)

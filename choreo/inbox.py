@@ -14,13 +14,16 @@ async def already_handled(tx: Transaction, consumer: str, event_id: str) -> bool
     return row is not None
 
 
+# Parameters: consumer, event id, handled at (epoch seconds).
+RECORD_HANDLED_SQL = (
+    "INSERT INTO choreo_inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
+)
+
+
 async def record_handled(tx: Transaction, consumer: str, event_id: str) -> bool:
     """Record the event as handled; False when it already was (a unique-key clash)."""
-    inserted = await tx.execute(
-        "INSERT INTO choreo_inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)"
-        " ON CONFLICT DO NOTHING",
-        (consumer, event_id, time.time()),
-    )
+    inserted = await tx.execute(RECORD_HANDLED_SQL, (consumer, event_id, time.time()))
     return inserted == 1
 
 

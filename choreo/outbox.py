@@ -48,12 +48,17 @@ class OutboxRow:
     body: bytes
 
 
+# Parameters: event id, subject, headers (JSON), body, created at (epoch seconds).
+ENQUEUE_SQL = (
+    "INSERT INTO choreo_outbox (event_id, subject, headers, body, created_at)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+
+
 async def enqueue(tx: Transaction, envelope: Envelope, body: bytes) -> OutboxRow:
     row = OutboxRow(envelope.event_id, envelope.subject, envelope.to_headers(), body)
     await tx.execute(
-        "INSERT INTO choreo_outbox (event_id, subject, headers, body, created_at)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (row.event_id, row.subject, json.dumps(row.headers), body, time.time()),
+        ENQUEUE_SQL, (row.event_id, row.subject, json.dumps(row.headers), body, time.time())
     )
     return row
 

@@ -32,7 +32,7 @@ import nats
 import nats.errors
 from nats.js import api
 
-from choreo import contracts, subjects
+from choreo import contracts, inbox, outbox, subjects
 from choreo.envelope import H_CAUSATION_ID, H_ID, H_MSG_ID, H_SOURCE, H_TYPE
 from choreo.store.schema import runtime_schema
 
@@ -83,17 +83,11 @@ class DurableLog:
         self._db.execute("BEGIN IMMEDIATE")
         for event_id, emitted in handled:
             self._db.execute("SAVEPOINT unit")
-            self._db.execute(
-                "INSERT INTO choreo_inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (consumer, event_id, time.time()),
-            )
+            self._db.execute(inbox.RECORD_HANDLED_SQL, (consumer, event_id, time.time()))
             if emitted is not None:
                 out_id, subject, headers, body = emitted
                 self._db.execute(
-                    "INSERT INTO choreo_outbox (event_id, subject, headers, body, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (out_id, subject, json.dumps(headers), body, time.time()),
+                    outbox.ENQUEUE_SQL, (out_id, subject, json.dumps(headers), body, time.time())
                 )
             self._db.execute("RELEASE unit")
         self._db.execute("COMMIT")
