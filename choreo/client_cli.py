@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import uuid
 from typing import cast
 
@@ -10,8 +11,11 @@ import grpc
 
 from choreo.common.v1 import address_pb2, order_line_pb2
 from choreo.errors import ConfigurationError
+from choreo.grpc_tls import open_channel
 from choreo.order.v1 import order_service_pb2 as pb
 from choreo.order.v1 import order_service_pb2_grpc as pb_grpc
+from choreo.status import resolve_address
+from choreo.telemetry import configure_tracing, shutdown_tracing
 
 
 def describe(order: pb.Order) -> str:
@@ -33,7 +37,7 @@ def describe(order: pb.Order) -> str:
 def parse_line(raw: str) -> order_line_pb2.OrderLine:
     sku, _, quantity = raw.partition(":")
     if not sku or not quantity.isdigit():
-        raise ConfigurationError(f"--line {raw!r}: write SKU:QUANTITY, e.g. --line SKU-APPLE:2")
+        raise ConfigurationError(f"--line {raw!r}: write SKU:QUANTITY, e.g. --line SKU-MUG:2")
     return order_line_pb2.OrderLine(sku=sku, quantity=int(quantity))
 
 
@@ -60,7 +64,30 @@ async def watch(stub: pb_grpc.OrderServiceAsyncStub, order_id: str) -> None:
 
 
 async def run_order_command(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    configure_tracing("cli")  # the OTEL_* variables, as for the services
+    try:
+        return await _order_command(args)
+    finally:
+        shutdown_tracing()
+
+
+def order_json(order: pb.Order) -> dict[str, object]:
+    return {
+        "order_id": order.order_id,
+        "status": pb.OrderStatus.Name(order.status).removeprefix("ORDER_STATUS_"),
+        "customer_id": order.customer_id,
+        "total_minor": order.total.amount_minor,
+        "currency": order.total.currency_code,
+        "lines": [{"sku": line.sku, "quantity": line.quantity} for line in order.lines],
+        "cancellation_detail": order.cancellation_detail,
+        "tracking_id": order.tracking_id,
+        "customer_notified": order.customer_notified,
+    }
+
+
+async def _order_command(args: argparse.Namespace) -> int:
+    address = resolve_address(args.address, "CHOREO_ORDER_ADDRESS", "order", args.data_dir)
+    async with open_channel(address) as channel:
         stub = cast("pb_grpc.OrderServiceAsyncStub", pb_grpc.OrderServiceStub(channel))
         try:
             if args.order_command == "place":
@@ -78,12 +105,15 @@ async def run_order_command(args: argparse.Namespace) -> int:
                 if args.status:
                     request.status = pb.OrderStatus.Value(f"ORDER_STATUS_{args.status.upper()}")
                 listed = await stub.ListOrders(request, timeout=10)
-                for order in listed.orders:
-                    print(describe(order))
+                if args.json:
+                    print(json.dumps([order_json(order) for order in listed.orders], indent=2))
+                else:
+                    for order in listed.orders:
+                        print(describe(order))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 raise ConfigurationError(
-                    f"no order service at {args.address}: start the system with `choreo up`"
+                    f"no order service at {address}: start the system with `choreo up`"
                     " or pass --address / CHOREO_ORDER_ADDRESS"
                 ) from None
             print(f"{exc.code().name}: {exc.details()}")

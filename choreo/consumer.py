@@ -1,4 +1,4 @@
-"""Durable pull consumers: fetch in batches, handle, commit, then ack.
+"""Durable pull consumers: pull continuously (choreo.pull), handle in batches, commit, ack.
 
 One consumer per (service, subscription). Messages of a batch are grouped by aggregate id:
 groups run concurrently, each group in stream order, so one aggregate's events stay in order
@@ -9,9 +9,14 @@ The failure policy, in order of precedence:
   dead-lettered at once and acked: retrying cannot help and must not block the stream;
 - a duplicate (event id already in the inbox) is acked and does nothing;
 - on an ordered subscription, a stale version is skipped and a version ahead of a gap is held
-  back (nak with delay) up to ``gap_hold_max`` times, then dead-lettered;
-- a handler error naks with exponential backoff, and after ``max_deliveries`` is dead-lettered;
-  ``PermanentError`` is dead-lettered at once.
+  back (nak with a growing delay) for longer than its predecessor's whole retry budget, then
+  parked in the dead-letter stream with an alarm;
+- a handler error (a timeout included) naks with exponential backoff; after ``max_deliveries``
+  attempts, or at once on ``PermanentError``, or when a message arrives with more deliveries
+  than that (its earlier deliveries crashed or hung the process), the step *gives up*: the
+  letter is filed, and the subscription's give-up handler for the event type, if it has one,
+  compensates and emits the step's failure event in one transaction with the inbox record;
+  without one the letter carries an alarm for operators.
 The ack is sent only after the commit; a crash in between means a redelivery that the inbox
 turns into a no-op.
 """
@@ -21,20 +26,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import Message
 from nats.js import api
 
-from choreo import dlq, faults, inbox, subjects
-from choreo.envelope import H_SUBJECT, Envelope, EventRegistry, decode
-from choreo.errors import PermanentError, PoisonMessage
-from choreo.handling import AggregateTypeOf, AlreadyHandled, Handler, HandlerContext
+from choreo import dlq, faults, inbox, logs, subjects
+from choreo.envelope import (
+    H_CORRELATION_ID,
+    H_ID,
+    H_SUBJECT,
+    Envelope,
+    EventRegistry,
+    decode,
+)
+from choreo.errors import CallTimedOut, PermanentError, PoisonMessage
+from choreo.handling import (
+    AggregateTypeOf,
+    AlreadyHandled,
+    GaveUp,
+    GiveUpHandler,
+    Handler,
+    HandlerContext,
+)
 from choreo.outbox import OutboxRow
+from choreo.pull import ContinuousPull
 from choreo.settings import RuntimeSettings
 from choreo.store.port import Database, Transaction
 from choreo.tracing import consume_span
@@ -44,6 +66,8 @@ log = logging.getLogger(__name__)
 
 # After this many empty fetches in a row, ask the server whether messages are waiting.
 STALL_CHECK_EVERY = 10
+# How long one pull request stays open on the server; a lost one is renewed after this.
+PULL_EXPIRES_S = 5.0
 
 
 class Ordering(enum.Enum):
@@ -63,19 +87,22 @@ class Subscription:
     handlers: Mapping[type[Message], Handler]
     name: str = ""
     ordering: Ordering = Ordering.NONE
+    # Event class -> what to do when its handler gives up (see choreo.handling.GiveUpHandler).
+    give_ups: Mapping[type[Message], GiveUpHandler] = field(default_factory=dict)
 
-    @property
+    # Cached: the consumer reads these on every event.
+    @functools.cached_property
     def event_types(self) -> list[str]:
         return sorted(cls.DESCRIPTOR.full_name for cls in self.handlers)
 
-    @property
+    @functools.cached_property
     def durable(self) -> str:
         if self.name:
             return f"{self.service}__{self.name}"
         (only,) = self.event_types
         return subjects.durable_name(self.service, only)
 
-    @property
+    @functools.cached_property
     def stream(self) -> str:
         contexts = {subjects.context_of(t) for t in self.event_types}
         if len(contexts) != 1:
@@ -84,9 +111,21 @@ class Subscription:
 
 
 def one_subscription_per_event(
-    service: str, handlers: Mapping[type[Message], Handler]
+    service: str,
+    handlers: Mapping[type[Message], Handler],
+    give_ups: Mapping[type[Message], GiveUpHandler] | None = None,
 ) -> list[Subscription]:
-    return [Subscription(service, {cls: handler}) for cls, handler in handlers.items()]
+    give_ups = give_ups or {}
+    unknown = set(give_ups) - set(handlers)
+    if unknown:
+        names = sorted(cls.DESCRIPTOR.full_name for cls in unknown)
+        raise ValueError(f"{service}: give-up handlers for events it does not handle: {names}")
+    return [
+        Subscription(
+            service, {cls: handler}, give_ups={cls: give_ups[cls]} if cls in give_ups else {}
+        )
+        for cls, handler in handlers.items()
+    ]
 
 
 class Outcome(enum.Enum):
@@ -96,6 +135,7 @@ class Outcome(enum.Enum):
     HELD = "held"
     RETRY = "retry"
     DEAD_LETTERED = "dead_lettered"
+    COMPENSATED = "compensated"  # given up, and the give-up handler emitted the failure event
 
 
 @dataclass
@@ -117,6 +157,7 @@ class Consumer:
         aggregate_type_of: AggregateTypeOf,
         settings: RuntimeSettings,
         on_commit: Callable[[list[OutboxRow]], None] | None = None,
+        on_handled: Callable[[str, float], None] | None = None,
     ) -> None:
         self._js = js
         self._db = db
@@ -126,22 +167,36 @@ class Consumer:
         self._settings = settings
         self._on_commit: Callable[[list[OutboxRow]], None] = on_commit or (lambda rows: None)
         self._handlers = {cls.DESCRIPTOR.full_name: h for cls, h in subscription.handlers.items()}
+        self._give_ups = {cls.DESCRIPTOR.full_name: g for cls, g in subscription.give_ups.items()}
+        # Holds per stream sequence of the messages held back right now: a hold is a delivery
+        # too, and must count neither as an attempt nor towards the next hold's delay twice.
+        # In memory only: after a restart a held message starts its holds again, and the
+        # server's max_deliver (which covers every hold) still bounds it.
+        self._holds: dict[int, int] = {}
         self.stats = ConsumerStats()
         self._sub: Any = None
+        # Metrics: (consumer name, seconds) for every event handled and committed.
+        self._on_handled = on_handled
+        # When the run loop last finished a fetch (with messages or empty): health tells a
+        # stalled consumer by this not moving while the connection is up.
+        self.last_cycle = time.monotonic()
 
     def consumer_config(self) -> api.ConsumerConfig:
-        types = self.subscription.event_types
+        filters = [subjects.event_type_filter(t) for t in self.subscription.event_types]
         return api.ConsumerConfig(
             durable_name=self.subscription.durable,
             ack_policy=api.AckPolicy.EXPLICIT,
             deliver_policy=api.DeliverPolicy.ALL,
             ack_wait=self._settings.ack_wait_s,
-            # Unbounded on the server: this consumer decides when to give up (dead letter), so
-            # no message is ever silently parked by the broker's own max_deliver.
-            max_deliver=-1,
+            # This consumer decides when to give up, before the server would: the bound is above
+            # every attempt and hold it may ask for. It matters only when a message keeps
+            # killing or hanging the process before it can give up (see ``handle``).
+            max_deliver=self._settings.server_max_deliver(
+                self.subscription.ordering is Ordering.STRICT
+            ),
             max_ack_pending=max(1000, self._settings.fetch_batch * 4),
-            filter_subject=types[0] if len(types) == 1 else None,
-            filter_subjects=types if len(types) > 1 else None,
+            filter_subject=filters[0] if len(filters) == 1 else None,
+            filter_subjects=filters if len(filters) > 1 else None,
         )
 
     async def bind(self) -> None:
@@ -149,9 +204,16 @@ class Consumer:
         # Creating a durable that exists with the same config is a no-op; with an editable
         # difference (e.g. ack_wait) the server updates it.
         await self._js.add_consumer(self.subscription.stream, self.consumer_config())
-        self._sub = await self._js.pull_subscribe_bind(
-            durable=self.subscription.durable, stream=self.subscription.stream
+        pull = ContinuousPull(
+            self._js._nc,
+            self._js._prefix,
+            self.subscription.stream,
+            self.subscription.durable,
+            batch=self._settings.fetch_batch,
+            expires_s=PULL_EXPIRES_S,
         )
+        await pull.start()
+        self._sub = pull
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Fetch and handle until ``stopping`` is set; survives broker restarts by re-binding."""
@@ -161,11 +223,12 @@ class Consumer:
             try:
                 if self._sub is None:
                     await self.bind()
-                msgs = await self._sub.fetch(
+                msgs = await self._sub.next_batch(
                     self._settings.fetch_batch, timeout=self._settings.fetch_timeout_s
                 )
                 failures = empty_fetches = 0
             except TimeoutError:  # nats raises both its own and asyncio.TimeoutError
+                self.last_cycle = time.monotonic()
                 empty_fetches += 1
                 if empty_fetches % STALL_CHECK_EVERY == 0 and await self._stalled():
                     log.warning("%s: messages pending but none fetched; re-binding", self.name)
@@ -181,6 +244,8 @@ class Consumer:
                 await asyncio.sleep(delay)
                 continue
             await self.handle_batch(msgs)
+            self.last_cycle = time.monotonic()
+        await self._drop_subscription()  # hands back what arrived but was not handled
 
     @property
     def name(self) -> str:
@@ -200,7 +265,7 @@ class Consumer:
         if sub is not None:
             # The connection may be gone already; there is nothing left to clean up then.
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await sub.stop()
 
     async def handle_batch(self, msgs: list[Any]) -> None:
         groups: OrderedDict[str, list[Any]] = OrderedDict()
@@ -220,8 +285,22 @@ class Consumer:
             self.stats.count(outcome)
 
     async def handle(self, msg: Any) -> Outcome:
+        started = time.perf_counter()
+        headers = msg.headers or {}
+        # Every log line written while this event is handled (the handler's, the runtime's
+        # retries and give-ups) names the saga and the event, with or without a tracer.
+        with logs.bound(order_id=headers.get(H_CORRELATION_ID, ""), event_id=headers.get(H_ID, "")):
+            outcome = await self._handle(msg)
+        if outcome is Outcome.HANDLED and self._on_handled is not None:
+            self._on_handled(self.name, time.perf_counter() - started)
+        if outcome is not Outcome.HELD and outcome is not Outcome.RETRY:
+            self._holds.pop(msg.metadata.sequence.stream, None)
+        return outcome
+
+    async def _handle(self, msg: Any) -> Outcome:
         settings = self._settings
         deliveries = msg.metadata.num_delivered
+        seq = msg.metadata.sequence.stream
         try:
             envelope, event = decode(msg.headers, msg.data, self._registry)
             if envelope.chain_depth > settings.max_chain_depth:
@@ -243,33 +322,54 @@ class Consumer:
             await msg.ack()
             return verdict
         if verdict is Outcome.HELD:
-            if deliveries > settings.gap_hold_max:
+            holds = self._holds.get(seq, 0) + 1
+            if holds > settings.gap_holds:
+                # Longer than the predecessor could still be retried: it is lost (or parked
+                # itself). Parked with an alarm; replaying it once the gap is filled works.
                 return await self._dead_letter(
                     msg,
                     dlq.GAP_NOT_FILLED,
                     f"version {envelope.aggregate_version} of {envelope.aggregate_type}"
-                    f" {envelope.aggregate_id} waited {deliveries} times for its predecessor",
+                    f" {envelope.aggregate_id} waited {holds - 1} times for its predecessor",
+                    alarm=True,
                 )
-            await msg.nak(delay=settings.gap_hold_delay_s)
+            self._holds[seq] = holds
+            await msg.nak(delay=settings.gap_hold_delay(holds))
             return Outcome.HELD
+
+        attempts = deliveries - self._holds.get(seq, 0)
+        if attempts > settings.max_deliveries and await self._handled(envelope):
+            # Handled long ago, only its acks were lost (e.g. the broker was frozen): a
+            # duplicate, not a message to give up on.
+            await msg.ack()
+            return Outcome.DUPLICATE
+        if attempts > settings.max_deliveries:
+            # The runtime never lets a message get this far by itself: earlier deliveries ended
+            # without an outcome (the process crashed or hung). Running the handler again could
+            # crash it again, so the step gives up without it.
+            return await self._give_up(
+                msg,
+                envelope,
+                event,
+                GaveUp(
+                    dlq.DELIVERY_LIMIT,
+                    f"delivered {deliveries} times ({attempts} attempts) without an outcome:"
+                    " earlier deliveries crashed or hung the process",
+                    deliveries,
+                ),
+            )
 
         if settings.unsafe_ack_before_handling:
             # The classic auto-ack bug, kept as a switch so chaos runs can show they catch it.
             await msg.ack()
             faults.crash_point(faults.AFTER_ACK_BEFORE_COMMIT)
 
-        context = HandlerContext(
-            service=self.subscription.service,
-            consumer=self.name,
-            envelope=envelope,
-            db=self._db,
-            settings=settings,
-            aggregate_type_of=self._aggregate_type_of,
-            use_inbox=not settings.unsafe_disable_inbox,
-        )
+        context = self._context(envelope)
         try:
             with consume_span(self.subscription.service, envelope):
-                await handler(context, event)
+                faults.crash_point(faults.IN_HANDLER)
+                faults.crash_on_marked_message(event)
+                await self._within_timeout(handler(context, event))
                 await context.commit(lambda tx: self._advance(tx, envelope))
         except AlreadyHandled as exc:
             await context.abort(exc)
@@ -277,15 +377,18 @@ class Consumer:
             return Outcome.DUPLICATE
         except PermanentError as exc:
             await context.abort(exc)
-            return await self._dead_letter(msg, dlq.REJECTED, repr(exc))
+            return await self._give_up(
+                msg, envelope, event, GaveUp(dlq.REJECTED, repr(exc), deliveries)
+            )
         except Exception as exc:
             await context.abort(exc)
-            if deliveries >= settings.max_deliveries:
-                return await self._dead_letter(
-                    msg, dlq.RETRIES_EXHAUSTED, f"after {deliveries} deliveries: {exc!r}"
+            if attempts >= settings.max_deliveries:
+                detail = f"after {attempts} attempts: {exc!r}"
+                return await self._give_up(
+                    msg, envelope, event, GaveUp(dlq.RETRIES_EXHAUSTED, detail, deliveries)
                 )
-            delay = settings.backoff(deliveries)
-            log.info("%s: %r; retry %d in %.2fs", self.name, exc, deliveries, delay)
+            delay = settings.backoff(attempts)
+            log.info("%s: %r; retry %d in %.2fs", self.name, exc, attempts, delay)
             await msg.nak(delay=delay)
             return Outcome.RETRY
         faults.crash_point(faults.AFTER_COMMIT_BEFORE_ACK)
@@ -293,6 +396,92 @@ class Consumer:
         if context.outbox_rows:
             self._on_commit(context.outbox_rows)
         return Outcome.HANDLED
+
+    def _context(self, envelope: Envelope) -> HandlerContext:
+        return HandlerContext(
+            service=self.subscription.service,
+            consumer=self.name,
+            envelope=envelope,
+            db=self._db,
+            settings=self._settings,
+            aggregate_type_of=self._aggregate_type_of,
+            use_inbox=not self._settings.unsafe_disable_inbox,
+        )
+
+    async def _within_timeout(self, call: Awaitable[None]) -> None:
+        """Run a handler, cancelling it after the handler timeout (a transient failure). Only
+        the handler's own code is timed, never the commit after it."""
+        limit = self._settings.handler_timeout
+        try:
+            # asyncio.timeout, not wait_for: no extra task and loop step per handled event.
+            async with asyncio.timeout(limit):
+                await call
+        except TimeoutError as exc:
+            raise CallTimedOut(f"handler timed out after {limit:.1f}s") from exc
+
+    async def _give_up(self, msg: Any, envelope: Envelope, event: Any, why: GaveUp) -> Outcome:
+        """Stop trying: compensate through the give-up handler if the step has one, else raise
+        an alarm. Either way the message is recorded in the dead-letter stream."""
+        give_up = self._give_ups.get(envelope.event_type)
+        if give_up is None:
+            return await self._dead_letter(msg, why.reason, why.detail, alarm=True)
+        context = self._context(envelope)
+        try:
+            with consume_span(self.subscription.service, envelope):
+                await self._within_timeout(give_up(context, event, why))
+                await context.commit(lambda tx: self._advance(tx, envelope))
+        except AlreadyHandled as exc:
+            await context.abort(exc)
+            await msg.ack()
+            return Outcome.DUPLICATE
+        except PermanentError as exc:
+            # Even the compensation cannot be done (e.g. the event itself is unusable).
+            await context.abort(exc)
+            detail = f"{why.detail}; giving up failed too: {exc!r}"
+            return await self._dead_letter(msg, why.reason, detail, alarm=True)
+        except Exception as exc:
+            # E.g. the provider is still down: try again later. The next delivery is over the
+            # attempt limit, so it comes straight back here without running the handler.
+            await context.abort(exc)
+            if why.deliveries >= self._settings.max_deliveries + self._settings.give_up_attempts:
+                # Out of compensation attempts too: an operator must look (and the saga
+                # deadline cancels the order meanwhile). Filed before the server stops
+                # delivering, so the message is never silently parked by the broker.
+                detail = f"{why.detail}; compensating failed too, last: {exc!r}"
+                return await self._dead_letter(msg, why.reason, detail, alarm=True)
+            delay = self._settings.backoff(self._settings.max_deliveries)
+            log.error(
+                "%s: giving up on %s failed (%r); again in %.1fs",
+                self.name,
+                envelope.event_id,
+                exc,
+                delay,
+            )
+            await msg.nak(delay=delay)
+            return Outcome.RETRY
+        if context.outbox_rows:
+            self._on_commit(context.outbox_rows)
+        # On record after the commit. Should filing fail, the message comes back, the inbox
+        # has it, and it is acked as a duplicate: the compensation stands, the record is lost
+        # (the failure event in the stream still tells the story).
+        if not await self._file(msg, why.reason, why.detail, compensated=True):
+            return Outcome.RETRY
+        log.warning(
+            "%s: gave up on %s %s (%s) and compensated: %s",
+            self.name,
+            envelope.event_type,
+            envelope.event_id,
+            why.reason,
+            why.detail,
+        )
+        await msg.ack()
+        return Outcome.COMPENSATED
+
+    async def _handled(self, envelope: Envelope) -> bool:
+        if self._settings.unsafe_disable_inbox:
+            return False
+        async with self._db.read() as tx:
+            return await inbox.already_handled(tx, self.name, envelope.event_id)
 
     async def _precheck(self, envelope: Envelope) -> Outcome | None:
         # Unordered subscriptions skip this read: the inbox insert that opens the handler's
@@ -324,7 +513,24 @@ class Consumer:
                 envelope.aggregate_version,
             )
 
-    async def _dead_letter(self, msg: Any, reason: str, detail: str) -> Outcome:
+    async def _dead_letter(
+        self, msg: Any, reason: str, detail: str, *, alarm: bool = False
+    ) -> Outcome:
+        if not await self._file(msg, reason, detail, alarm=alarm):
+            return Outcome.RETRY
+        await msg.ack()
+        return Outcome.DEAD_LETTERED
+
+    async def _file(
+        self,
+        msg: Any,
+        reason: str,
+        detail: str,
+        *,
+        alarm: bool = False,
+        compensated: bool = False,
+    ) -> bool:
+        """File the letter; False (and the message naked) when that failed."""
         try:
             await dlq.dead_letter(
                 self._js,
@@ -337,12 +543,17 @@ class Consumer:
                 stream=msg.metadata.stream,
                 stream_seq=msg.metadata.sequence.stream,
                 deliveries=msg.metadata.num_delivered,
+                alarm=alarm,
+                compensated=compensated,
             )
         except Exception as exc:
             # Not filed, so not acked: the broker will deliver it again and we try again.
             log.warning("%s: dead-lettering failed (%r); will retry", self.name, exc)
             await msg.nak(delay=1.0)
-            return Outcome.RETRY
-        log.warning("%s: dead letter (%s): %s", self.name, reason, detail)
-        await msg.ack()
-        return Outcome.DEAD_LETTERED
+            return False
+        if alarm:
+            # Nothing undoes this step by itself: an operator has to look (choreo dlq list).
+            log.error("%s: ALARM dead letter (%s) %s: %s", self.name, reason, msg.subject, detail)
+        else:
+            log.warning("%s: dead letter (%s): %s", self.name, reason, detail)
+        return True

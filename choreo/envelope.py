@@ -69,7 +69,7 @@ class Envelope:
 
     @property
     def subject(self) -> str:
-        return subjects.event_subject(self.event_type)
+        return subjects.event_subject(self.event_type, self.correlation_id)
 
     def to_headers(self) -> dict[str, str]:
         headers = {
@@ -212,10 +212,12 @@ class EventRegistry:
             cls, upcast = self._upcasters[event_type]
         else:
             try:
-                subjects.context_of(event_type)
+                subjects.parse_event_name(event_type)
             except ValueError:
                 raise PoisonMessage("unknown_event_type", f"{event_type!r}") from None
-            known_versions = sorted(name for name in self._classes if _same_event(name, event_type))
+            known_versions = sorted(
+                name for name in self._classes if subjects.same_event_type(name, event_type)
+            )
             if known_versions:
                 raise PoisonMessage(
                     "unsupported_schema_version",
@@ -228,12 +230,6 @@ class EventRegistry:
         except DecodeError as exc:
             raise PoisonMessage("undecodable_body", f"{event_type}: {exc}") from None
         return upcast(message) if upcast else message
-
-
-def _same_event(a: str, b: str) -> bool:
-    """Same context and event name, whatever the version."""
-    pa, pb = a.split("."), b.split(".")
-    return len(pa) == len(pb) == 4 and pa[1] == pb[1] and pa[3] == pb[3]
 
 
 def decode(

@@ -8,7 +8,12 @@ class TransientError(Exception):
 
 
 class PermanentError(Exception):
-    """Retrying cannot help: the message goes to the dead-letter stream at once."""
+    """Retrying cannot help: the step gives up at once (its give-up handler runs, if it has
+    one, and the message is recorded in the dead-letter stream)."""
+
+
+class CallTimedOut(TransientError):
+    """An external call or a handler took longer than its timeout: retried like any outage."""
 
 
 class PoisonMessage(Exception):

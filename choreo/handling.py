@@ -9,15 +9,17 @@ Events passed to ``emit`` are written to the outbox in the same transaction at t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
 from choreo import inbox, outbox
 from choreo.envelope import Envelope, root_envelope
+from choreo.errors import CallTimedOut
 from choreo.settings import RuntimeSettings
 from choreo.store.port import Database, Params, Row, Transaction
 from choreo.tracing import current_trace_headers
@@ -30,7 +32,26 @@ class AlreadyHandled(Exception):
 Handler = Callable[["HandlerContext", Any], Awaitable[None]]
 # A service's reactions, written as data: event class -> handler.
 Handlers = Mapping[type[Message], Handler]
+
+
+@dataclass(frozen=True, slots=True)
+class GaveUp:
+    """Why the runtime stopped trying a handler: a dead-letter reason, its detail, and how
+    often the message had been delivered by then."""
+
+    reason: str
+    detail: str
+    deliveries: int
+
+
+# What a step does when its handler gives up (retries exhausted, PermanentError, a message that
+# kept crashing its process): make the outside world consistent, then emit the step's business
+# failure event, in one transaction with the inbox record, so the saga's usual compensations run.
+GiveUpHandler = Callable[["HandlerContext", Any, GaveUp], Awaitable[None]]
+# Written as data next to HANDLERS: event class -> give-up handler.
+GiveUps = Mapping[type[Message], GiveUpHandler]
 AggregateTypeOf = Callable[[type[Message]], str]
+T = TypeVar("T")
 
 
 @dataclass
@@ -158,6 +179,18 @@ class HandlerContext(_EmitsEvents):
     @property
     def tx(self) -> Transaction:
         return self._tx
+
+    async def call(self, call: Awaitable[T], what: str) -> T:
+        """Await an external call (a provider, a gateway) within ``settings.call_timeout``; a
+        hung call becomes ``CallTimedOut``, a transient failure that is retried. Call before
+        touching ``tx``, so no other handler waits on it."""
+        limit = self.settings.call_timeout
+        try:
+            # asyncio.timeout, not wait_for: no extra task and loop step per call.
+            async with asyncio.timeout(limit):
+                return await call
+        except TimeoutError as exc:
+            raise CallTimedOut(f"{what}: no answer within {limit:.1f}s") from exc
 
     async def _record_in_inbox(self, tx: Transaction) -> None:
         if self._use_inbox and not await inbox.record_handled(

@@ -4,6 +4,16 @@ Handlers never publish: they write events to ``choreo_outbox`` in their own tran
 relay publishes rows right after a commit (it is notified) and sweeps leftovers periodically,
 e.g. after a crash. Each publish carries ``Nats-Msg-Id`` = event id, so a re-send after a crash
 between publish and delete falls inside the stream's ``duplicate_window`` and the broker drops it.
+
+The relay must never wedge, whatever a row or the broker does:
+- a row that can never be published (over the server's ``max_payload`` with its headers, or
+  refused for good) is parked with its reason (``choreo.dlq``), never sent: an oversized
+  message makes the server close the connection. The rows behind it flow.
+- publishes go through a ``PublishWindow``: a bounded number awaiting their acks, each slot
+  given back however the publish ends (ack, error, timeout, send failure).
+- while the connection is down nothing is sent (the rows are in the table, the sweep sends
+  them when it is back), so a long outage cannot fill nats-py's reconnect buffer.
+- on Postgres, replicas sharing the database claim swept rows with ``FOR UPDATE SKIP LOCKED``.
 """
 
 from __future__ import annotations
@@ -14,11 +24,16 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from choreo import faults
+import nats.errors
+from nats.js import api
+from nats.js.errors import APIError
+
+from choreo import dlq, faults
+from choreo.broker import BrokerLink
 from choreo.envelope import Envelope
 from choreo.store.port import Database, Transaction
 from choreo.tracing import publish_span
@@ -63,43 +78,190 @@ async def enqueue(tx: Transaction, envelope: Envelope, body: bytes) -> OutboxRow
     return row
 
 
+# JetStream errors that a retry cannot fix: over the stream's max_msg_size (10054,
+# JSStreamMessageExceedsMaximumErr). Anything else (no stream yet, a leader election, a
+# timeout) is retried by the sweep.
+PERMANENT_API_ERRORS = frozenset({10054})
+# The server reads a publish's subject, reply inbox and sizes in one control line of at most
+# 4 KiB (its max_control_line default) and closes the connection over a longer one.
+MAX_SUBJECT_BYTES = 3072
+
+
+def header_block_size(headers: Mapping[str, str]) -> int:
+    """Bytes the headers add to a message, as nats-py writes them: the server counts them
+    with the body against ``max_payload``."""
+    size = len(b"NATS/1.0\r\n") + 2  # the status line, and the blank line closing the block
+    for key, value in headers.items():
+        size += len(key.strip().encode()) + 2 + len(value.strip().encode()) + 2
+    return size
+
+
+def header_block_bound(headers: Mapping[str, str]) -> int:
+    """An upper bound of ``header_block_size`` at a fraction of its cost (no encoding: a
+    character is at most 4 bytes in UTF-8), for the hot path: only rows near the limit pay
+    for the exact size."""
+    chars = sum(map(len, headers)) + sum(map(len, headers.values()))
+    return 12 + 4 * (chars + len(headers))
+
+
+class PublishWindow:
+    """JetStream publishes awaiting their acks on one connection, at most ``limit`` of them.
+
+    Like nats-py's ``publish_async`` (a reply inbox, one future per message), but every slot is
+    given back however the publish ends: the ack, an error reply, a cancelled future (a timeout)
+    or a send that raises (nats-py's own keeps the slot then, and after 4000 it blocks for good).
+    The number in flight is simply the number of futures registered, so it cannot drift.
+    """
+
+    def __init__(self, nc: Any, limit: int) -> None:
+        self._nc = nc
+        self._limit = limit
+        self._waiting: dict[str, asyncio.Future[api.PubAck]] = {}
+        self._freed = asyncio.Event()
+        self._prefix = ""
+        self._count = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting)
+
+    async def publish(
+        self, subject: str, body: bytes, headers: dict[str, str], wait_s: float
+    ) -> asyncio.Future[api.PubAck]:
+        """Send one message; the future resolves with its ack. Raises if it was not sent."""
+        if not self._prefix:
+            prefix = f"{self._nc.new_inbox()}."
+            await self._nc.subscribe(f"{prefix}*", cb=self._on_reply)
+            self._prefix = prefix
+        if len(self._waiting) >= self._limit:  # (no timer on the hot path: only when full)
+            async with asyncio.timeout(wait_s):
+                while len(self._waiting) >= self._limit:
+                    self._freed.clear()
+                    await self._freed.wait()
+        self._count += 1
+        token = str(self._count)
+        future: asyncio.Future[api.PubAck] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        future.add_done_callback(lambda _: self._settle(token))
+        try:
+            await self._nc.publish(subject, body, reply=self._prefix + token, headers=headers)
+        except BaseException:
+            self._settle(token)  # now, not in a later callback: the caller sees it at once
+            future.cancel()
+            raise
+        return future
+
+    def _settle(self, token: str) -> None:
+        if self._waiting.pop(token, None) is not None:
+            self._freed.set()
+
+    def give_back(self, futures: list[asyncio.Future[api.PubAck]]) -> None:
+        """Cancel the futures still waiting and free every settled slot now (done-callbacks
+        would only run on the next loop step)."""
+        for future in futures:
+            future.cancel()
+        for token, future in list(self._waiting.items()):
+            if future.done():
+                self._settle(token)
+
+    def cancel_all(self) -> None:
+        for future in list(self._waiting.values()):
+            future.cancel()
+        self._waiting.clear()
+        self._freed.set()
+
+    async def _on_reply(self, msg: Any) -> None:
+        future = self._waiting.get(msg.subject[len(self._prefix) :])
+        if future is None or future.done():
+            return  # timed out and given back already
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            reply = json.loads(msg.data)
+            if "error" in reply:
+                error = reply["error"]
+                future.set_exception(
+                    APIError(
+                        code=error.get("code"),
+                        description=error.get("description"),
+                        err_code=error.get("err_code"),
+                    )
+                )
+            else:
+                future.set_result(api.PubAck.from_response(reply))
+        except Exception as exc:  # a reply we cannot read: the row is retried
+            future.set_exception(exc)
+
+
+@dataclass
+class SendResult:
+    """What one batch's publish came to."""
+
+    done: list[str] = field(default_factory=list)  # acked (stored or a dropped duplicate)
+    unpublishable: list[tuple[OutboxRow, str, str]] = field(default_factory=list)  # reason, why
+    broker_gone: bool = False  # the connection failed mid-batch: stop, the sweep retries
+
+
 class OutboxRelay:
     """Publishes committed outbox rows, pipelined, and deletes them once the broker has them.
 
     The fast path: a committing handler hands its rows over in memory (``submit``), so the
     relay publishes right after the commit without reading them back. The slow path: a sweep
-    of the table publishes rows left behind by a crash or a failed publish (at start-up, then
-    every ``sweep_interval_s`` for rows older than that). Both can publish the same row; the
-    broker drops the second copy by its ``Nats-Msg-Id``.
+    of the table publishes rows left behind by a crash, a failed publish or a broker outage (at
+    start-up, then every ``sweep_interval_s`` for rows older than that). Both can publish the
+    same row; the broker drops the second copy by its ``Nats-Msg-Id``.
 
     Deleting published rows is batched: ids collect for up to ``delete_delay_s`` (or
     ``batch`` ids) and go in one statement, so a busy service pays one extra commit per batch
     instead of one per publish. A crash before the delete re-publishes those rows at start-up,
     well inside the stream's duplicate window, and the broker drops them.
+
+    On Postgres, where replicas of a service may share the database, a sweep claims its rows
+    (``FOR UPDATE SKIP LOCKED``) and deletes what it published in that same transaction, so two
+    replicas never sweep the same row. SQLite has a single process per file; its sweep reads.
     """
 
     def __init__(
         self,
         db: Database,
-        js: Any,
+        broker: BrokerLink,
         *,
+        service: str = "service",
         batch: int = 256,
         sweep_interval_s: float = 1.0,
         publish_timeout_s: float = 5.0,
         delete_delay_s: float = 0.2,
+        max_in_flight: int = 1024,
     ) -> None:
         self._db = db
-        self._js = js
+        self._broker = broker
+        self._service = service
         self._batch = batch
         self._sweep_interval_s = sweep_interval_s
         self._publish_timeout_s = publish_timeout_s
         self._delete_delay_s = delete_delay_s
+        self._max_in_flight = max_in_flight
+        self._window: PublishWindow | None = None
+        self._window_generation = -1
         self._queue: deque[OutboxRow] = deque()
         self._published_ids: list[str] = []  # published, not yet deleted from the table
         self._delete_due = 0.0  # when the oldest of those must be deleted
         self._wake = asyncio.Event()
+        self._broker_was_down = False
         self.published = 0
         self.duplicates_dropped = 0
+        self.parked = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Publishes sent and not yet settled (acked, failed or timed out)."""
+        return self._window.in_flight if self._window is not None else 0
+
+    @property
+    def queued(self) -> int:
+        """Rows handed over by committers and not yet taken by the relay."""
+        return len(self._queue)
 
     def submit(self, rows: list[OutboxRow]) -> None:
         """Rows just committed: publish them now, not at the next sweep."""
@@ -156,56 +318,214 @@ class OutboxRelay:
                 log.exception("outbox relay: flush failed")
                 await asyncio.sleep(0.2)
 
+    def _connected(self) -> bool:
+        nc = self._broker.nc
+        if nc is not None and nc.is_connected:
+            if self._broker_was_down:
+                log.warning("outbox relay: broker back; publishing the outbox")
+                self._broker_was_down = False
+            return True
+        if not self._broker_was_down:
+            log.warning("outbox relay: broker unreachable; rows wait in the outbox")
+            self._broker_was_down = True
+        return False
+
     async def publish_queued(self) -> int:
         published = 0
         while self._queue:
+            if not self._connected():
+                # Nothing is sent into a dead connection (it would only fill nats-py's
+                # reconnect buffer); the rows are in the table and the sweep sends them later.
+                self._queue.clear()
+                return published
             rows = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
-            published += await self._publish(rows)
+            result = await self._send(rows)
+            self._mark_published(result.done)
+            if result.unpublishable:
+                async with self._db.transaction() as tx:
+                    await self._park(tx, result.unpublishable)
+                await self._file_notices()
+            published += len(result.done)
         return published
 
     async def sweep(self, min_age_s: float) -> int:
-        """Publish rows committed at least ``min_age_s`` ago that are still in the table."""
+        """Publish rows committed at least ``min_age_s`` ago that are still in the table.
+
+        A row that fails stays for the next sweep; the rows behind it are still sent."""
+        if self._db.dialect == "postgres":
+            return await self._sweep_claiming(min_age_s)
         published = 0
-        while True:
+        after_seq = 0
+        while self._connected():
             # Rows published but not yet deleted would be read (and sent) again: delete first.
             await self.delete_published()
             async with self._db.read() as tx:
                 found = await tx.fetchall(
-                    "SELECT event_id, subject, headers, body FROM choreo_outbox"
-                    " WHERE created_at <= ? ORDER BY seq LIMIT ?",
-                    (time.time() - min_age_s, self._batch),
+                    f"SELECT {_ROW_COLUMNS} FROM choreo_outbox"
+                    " WHERE seq > ? AND created_at <= ? ORDER BY seq LIMIT ?",
+                    (after_seq, time.time() - min_age_s, self._batch),
                 )
             if not found:
-                return published
-            rows = [OutboxRow(e, s, json.loads(h), bytes(b)) for e, s, h, b in found]
-            done = await self._publish(rows)
-            published += done
-            if done < len(rows) or len(rows) < self._batch:
-                return published
+                break
+            after_seq = int(found[-1][0])
+            result = await self._send([_row(found_row) for found_row in found])
+            self._mark_published(result.done)
+            if result.unpublishable:
+                async with self._db.transaction() as tx:
+                    await self._park(tx, result.unpublishable)
+            published += len(result.done)
+            if result.broker_gone or len(found) < self._batch:
+                break
+        await self._file_notices()
+        return published
 
-    async def _publish(self, rows: list[OutboxRow]) -> int:
-        futures = []
-        for row in rows:
-            with publish_span(row.subject, row.headers) as headers:
-                futures.append(await self._js.publish_async(row.subject, row.body, headers=headers))
-        results = await asyncio.wait_for(
-            asyncio.gather(*futures, return_exceptions=True), self._publish_timeout_s
-        )
-        done: list[str] = []
-        for row, result in zip(rows, results, strict=True):
-            if isinstance(result, BaseException):
-                log.warning("outbox relay: publish to %s failed: %r", row.subject, result)
+    async def _sweep_claiming(self, min_age_s: float) -> int:
+        """The Postgres sweep: claim a batch (rows another replica is sweeping are skipped),
+        publish it, delete or park what is settled, then commit: the claim lasts exactly as
+        long as the publish. A replica that dies mid-way releases its claim with its
+        connection; the next sweep re-sends, and the broker drops what it already has."""
+        published = 0
+        after_seq = 0
+        while self._connected():
+            await self.delete_published()
+            async with self._db.transaction() as tx:
+                found = await tx.fetchall(
+                    f"SELECT {_ROW_COLUMNS} FROM choreo_outbox"
+                    " WHERE seq > ? AND created_at <= ? ORDER BY seq LIMIT ?"
+                    " FOR UPDATE SKIP LOCKED",
+                    (after_seq, time.time() - min_age_s, self._batch),
+                )
+                if not found:
+                    break
+                after_seq = int(found[-1][0])
+                result = await self._send([_row(found_row) for found_row in found])
+                if result.done:
+                    await tx.execute(
+                        "DELETE FROM choreo_outbox WHERE event_id = ANY(?::text[])",
+                        (result.done,),
+                    )
+                await self._park(tx, result.unpublishable)
+            published += len(result.done)
+            if result.broker_gone or len(found) < self._batch:
+                break
+        await self._file_notices()
+        return published
+
+    def _current_window(self) -> PublishWindow:
+        """The window of the current connection (a new one after the link re-created it)."""
+        if self._window is None or self._window_generation != self._broker.generation:
+            if self._window is not None:
+                self._window.cancel_all()  # their acks would come on the dead connection
+            self._window = PublishWindow(self._broker.nc, self._max_in_flight)
+            self._window_generation = self._broker.generation
+        return self._window
+
+    async def _send(self, rows: list[OutboxRow]) -> SendResult:
+        """Publish ``rows`` and wait (up to ``publish_timeout_s``) for their acks."""
+        result = SendResult()
+        window = self._current_window()
+        max_payload = int(self._broker.nc.max_payload)
+        sent: list[tuple[OutboxRow, asyncio.Future[api.PubAck]]] = []
+        try:
+            async with asyncio.timeout(self._publish_timeout_s):
+                for row in rows:
+                    with publish_span(row.subject, row.headers) as headers:
+                        size = len(row.body) + header_block_bound(headers)
+                        if size > max_payload:
+                            size = len(row.body) + header_block_size(headers)
+                        if size > max_payload:
+                            # Never sent: the server would close the connection over it.
+                            result.unpublishable.append(
+                                (
+                                    row,
+                                    dlq.TOO_LARGE,
+                                    f"{size} bytes with headers ({len(row.body)} body) >"
+                                    f" the broker's max_payload {max_payload}",
+                                )
+                            )
+                            continue
+                        if len(row.subject.encode()) > MAX_SUBJECT_BYTES:
+                            result.unpublishable.append(
+                                (
+                                    row,
+                                    dlq.REFUSED,
+                                    f"subject of {len(row.subject.encode())} bytes >"
+                                    f" {MAX_SUBJECT_BYTES}: over the server's control line",
+                                )
+                            )
+                            continue
+                        try:
+                            future = await window.publish(
+                                row.subject, row.body, headers, self._publish_timeout_s
+                            )
+                        except (nats.errors.BadSubjectError, nats.errors.BadHeaderError) as exc:
+                            result.unpublishable.append((row, dlq.REFUSED, repr(exc)))
+                            continue
+                        sent.append((row, future))
+                if sent:
+                    await asyncio.wait([future for _, future in sent])
+        except TimeoutError:
+            log.warning(
+                "outbox relay: no ack within %.1fs for some of %d rows; the sweep retries",
+                self._publish_timeout_s,
+                len(rows),
+            )
+        except nats.errors.Error as exc:
+            # The connection dropped (or its reconnect buffer is full) mid-batch.
+            log.warning("outbox relay: publish failed (%r); the sweep retries", exc)
+            result.broker_gone = True
+        finally:
+            window.give_back([future for _, future in sent])  # whatever happened above
+        for row, future in sent:
+            if future.cancelled():
                 continue
-            if result.duplicate:
-                self.duplicates_dropped += 1  # sent before (sweep and fast path, or a crash)
+            error = future.exception()
+            if error is None:
+                if future.result().duplicate:
+                    self.duplicates_dropped += 1  # sent before (sweep and fast path, a crash)
+                else:
+                    self.published += 1
+                result.done.append(row.event_id)
+            elif isinstance(error, APIError) and error.err_code in PERMANENT_API_ERRORS:
+                result.unpublishable.append((row, dlq.REFUSED, str(error)))
             else:
-                self.published += 1
-            done.append(row.event_id)
+                log.warning("outbox relay: publish to %s failed: %r", row.subject, error)
         faults.crash_point(faults.AFTER_PUBLISH_BEFORE_MARK)
-        if done and not self._published_ids:
+        return result
+
+    def _mark_published(self, ids: list[str]) -> None:
+        if ids and not self._published_ids:
             self._delete_due = time.monotonic() + self._delete_delay_s
-        self._published_ids.extend(done)
-        return len(done)
+        self._published_ids.extend(ids)
+
+    async def _park(self, tx: Transaction, rows: list[tuple[OutboxRow, str, str]]) -> None:
+        for row, reason, detail in rows:
+            if await dlq.park(
+                tx, event_id=row.event_id, service=self._service, reason=reason, detail=detail
+            ):
+                self.parked += 1
+                log.error(
+                    "outbox relay: event %s on %s can never be published (%s: %s); parked in"
+                    " choreo_outbox_parked, see `choreo dlq parked`",
+                    row.event_id,
+                    row.subject,
+                    reason,
+                    detail,
+                )
+
+    async def _file_notices(self) -> None:
+        """File the DLQ notice of every parked row that has none yet (retried each sweep)."""
+        if not self._connected():
+            return
+        for parked in await dlq.list_parked(self._db, unnoticed_only=True):
+            try:
+                await dlq.file_parked_notice(
+                    self._broker.js, parked, timeout_s=self._publish_timeout_s
+                )
+            except Exception as exc:
+                log.warning("outbox relay: DLQ notice for %s not filed (%r)", parked.event_id, exc)
+                return
+            await dlq.mark_notice_filed(self._db, parked.event_id)
 
     async def delete_published(self) -> int:
         """Delete the rows the broker has acknowledged, in one transaction."""
@@ -225,3 +545,11 @@ class OutboxRelay:
             self._delete_due = time.monotonic() + self._delete_delay_s
             raise
         return len(ids)
+
+
+_ROW_COLUMNS = "seq, event_id, subject, headers, body"
+
+
+def _row(found: tuple[Any, ...]) -> OutboxRow:
+    _, event_id, subject, headers, body = found
+    return OutboxRow(event_id, subject, json.loads(headers), bytes(body))

@@ -14,8 +14,9 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,25 +24,35 @@ import nats
 import nats.errors
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from choreo import contracts, faults, inbox
+from choreo.broker import BrokerLink
+from choreo.cluster import seed_urls
 from choreo.consumer import Consumer, Subscription, one_subscription_per_event
 from choreo.envelope import EventRegistry
 from choreo.errors import ConfigurationError
-from choreo.handling import Handler, UnitOfWork
+from choreo.grpc_tls import server_credentials
+from choreo.handling import GiveUpHandler, Handler, UnitOfWork
+from choreo.health import HealthMonitor, outbox_backlog
+from choreo.metrics import RpcMetricsInterceptor, ServiceMetrics, Snapshot, start_metrics
 from choreo.outbox import OutboxRelay
+from choreo.permissions import Credentials, inbox_prefix, read_credentials
+from choreo.redact import redact_url
+from choreo.reflection import enable_server_reflection
 from choreo.settings import RuntimeSettings
 from choreo.store import open_database
 from choreo.store.port import Database
 from choreo.store.schema import runtime_schema
 from choreo.streams import ensure_streams
-from choreo.telemetry import configure_tracing
+from choreo.telemetry import configure_tracing, shutdown_tracing
+from choreo.tracing import TraceContextInterceptor
 
 log = logging.getLogger(__name__)
 
 AddServicer = Callable[[grpc.aio.Server, "ServiceRuntime"], None]
 StartHook = Callable[["ServiceRuntime"], Awaitable[None]]
+# A periodic job of the service (e.g. the order saga's deadline): runs until the event is set.
+BackgroundTask = Callable[["ServiceRuntime", asyncio.Event], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
@@ -56,9 +67,14 @@ class ServiceDefinition:
     on_start: StartHook | None = None
     extra_subscriptions: Sequence[Subscription] = ()
     resources: dict[str, Any] = field(default_factory=dict)  # e.g. fake providers
+    # Event class -> what its step does when the handler gives up (compensate, emit a failure).
+    give_ups: Mapping[type[Message], GiveUpHandler] = field(default_factory=dict)
+    background: Sequence[BackgroundTask] = ()
 
     def subscriptions(self) -> list[Subscription]:
-        return one_subscription_per_event(self.name, self.handlers) + list(self.extra_subscriptions)
+        return one_subscription_per_event(self.name, self.handlers, self.give_ups) + list(
+            self.extra_subscriptions
+        )
 
 
 def default_registry() -> EventRegistry:
@@ -68,7 +84,17 @@ def default_registry() -> EventRegistry:
     return registry
 
 
-async def connect_nats(url: str, name: str, wait_s: float = 0.0) -> Any:
+class BrokerLoginRefused(ConfigurationError):
+    """The broker answered but refused the login (no, or wrong, credentials)."""
+
+
+async def connect_nats(
+    url: str,
+    name: str,
+    wait_s: float = 0.0,
+    pending_size: int = 2 * 1024 * 1024,
+    credentials: Credentials | None = None,
+) -> Any:
     """Connect with endless reconnects: a broker restart must not need a service restart.
 
     The first connection is retried for ``wait_s`` (at least a few seconds): a service started
@@ -76,13 +102,33 @@ async def connect_nats(url: str, name: str, wait_s: float = 0.0) -> Any:
     command-line tool pointed at nothing says so quickly.
     """
 
+    refused: list[Exception] = []
+    first_connect_done = False
+
     async def log_error(error: Exception) -> None:
+        if "authorization violation" in str(error).lower():
+            refused.append(error)  # a login problem, not an unreachable broker: said below
+            if not first_connect_done:
+                # nats-py retries a refused login forever, and the timeout below cannot always
+                # stop it: Python 3.11's wait_for can lose a cancellation that lands as nats-py's
+                # own inner wait_for finishes (a CLI then hung for good). Raised here, the
+                # error leaves nats.connect at once.
+                raise error
         log.warning("%s: NATS connection problem: %r", name, error)
 
+    # A broker with per-service users: log in, and take replies on the user's private inbox.
+    auth: dict[str, Any] = {}
+    if credentials is not None:
+        auth = {
+            "user": credentials.user,
+            "password": credentials.password,
+            "inbox_prefix": inbox_prefix(credentials.user),
+        }
+
     try:
-        return await asyncio.wait_for(
+        nc = await asyncio.wait_for(
             nats.connect(
-                url,
+                seed_urls(url),  # one URL, or a cluster's comma-separated seeds
                 name=name,
                 connect_timeout=2,
                 allow_reconnect=True,
@@ -91,14 +137,40 @@ async def connect_nats(url: str, name: str, wait_s: float = 0.0) -> Any:
                 ping_interval=5,
                 max_outstanding_pings=3,
                 error_cb=log_error,
+                # What nats-py buffers while reconnecting; the relay sends nothing then anyway.
+                pending_size=pending_size,
+                **auth,
             ),
             timeout=max(wait_s, 3.0),
         )
+        first_connect_done = True
+        return nc
     except Exception as exc:
+        if refused:
+            who = (
+                f"the login of user {credentials.user!r}"
+                if credentials
+                else "a client without login"
+            )
+            raise BrokerLoginRefused(
+                f"the NATS broker at {redact_url(url)} refused {who} (Authorization"
+                " Violation): set CHOREO_NATS_CREDENTIALS_FILE to the broker's credentials file"
+                " (`choreo up --secure` writes <data dir>/secrets/nats-credentials.json) and"
+                " CHOREO_NATS_USER to a user in it"
+            ) from exc
         raise ConfigurationError(
-            f"NATS broker unreachable at {url} ({exc!r}): start one (`choreo up` embeds one)"
+            f"NATS broker unreachable at {redact_url(url)} ({redact_url(repr(exc))}): start one"
+            " (`choreo up` embeds one)"
             " or set --nats-url / CHOREO_NATS_URL"
         ) from exc
+
+
+def nats_credentials(settings: RuntimeSettings, default_user: str) -> Credentials | None:
+    """The broker login from the credentials file the settings name, if any."""
+    if not settings.nats_credentials_file:
+        return None
+    user = settings.nats_user or default_user
+    return read_credentials(Path(settings.nats_credentials_file), user)
 
 
 class ServiceRuntime:
@@ -107,12 +179,17 @@ class ServiceRuntime:
         self.settings = settings
         self.registry = default_registry()
         self.db: Database
-        self.nc: Any = None
+        self.link: BrokerLink | None = None  # the NATS connection, re-created if closed for good
         self.js: Any = None
         self.relay: OutboxRelay
         self.consumers: list[Consumer] = []
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int = settings.grpc_port
+        # Set when CHOREO_METRICS_PORT is: services record their own figures through it
+        # (e.g. the order saga's duration); None means metrics are off.
+        self.metrics: ServiceMetrics | None = None
+        self.metrics_port: int = 0
+        self.health: HealthMonitor | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -120,23 +197,49 @@ class ServiceRuntime:
     def name(self) -> str:
         return self.definition.name
 
+    @property
+    def nc(self) -> Any:
+        """The current NATS connection."""
+        return self.link.nc if self.link is not None else None
+
     def aggregate_type_of(self, cls: type[Message]) -> str:
         return contracts.aggregate_type(cls)
 
     async def start(self) -> None:
         settings = self.settings
-        self.db = await open_database(settings.database_url)
-        await self.db.migrate(runtime_schema(self.db.dialect) + list(self.definition.schema))
-        self.nc = await connect_nats(
-            settings.nats_url, f"choreo-{self.name}", wait_s=settings.connect_wait_s
+        self.db = await open_database(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            acquire_timeout_s=settings.database_acquire_timeout_s,
         )
-        self.js = self.nc.jetstream()
+        await self.db.migrate(runtime_schema(self.db.dialect) + list(self.definition.schema))
+        credentials = nats_credentials(settings, default_user=self.name)
+        self.link = BrokerLink(
+            lambda: connect_nats(
+                settings.nats_url,
+                f"choreo-{self.name}",
+                wait_s=settings.connect_wait_s,
+                pending_size=settings.nats_pending_size,
+                credentials=credentials,
+            )
+        )
+        await self.link.open()
+        if settings.metrics_port:
+            self.metrics, self.metrics_port = start_metrics(
+                self.name, settings.grpc_host, settings.metrics_port
+            )
+        # Always the current connection's context: after the link re-creates the connection,
+        # consumers (whose fetch then fails and re-binds) and dead-lettering follow.
+        self.js = self.link.js
         await self._until_broker_answers(lambda: ensure_streams(self.js, settings))
         self.relay = OutboxRelay(
             self.db,
-            self.js,
+            self.link,
+            service=self.name,
             batch=settings.relay_batch,
             sweep_interval_s=settings.relay_sweep_interval_s,
+            publish_timeout_s=settings.relay_publish_timeout_s,
+            max_in_flight=settings.relay_max_in_flight,
         )
         for subscription in self.definition.subscriptions():
             consumer = Consumer(
@@ -147,16 +250,72 @@ class ServiceRuntime:
                 aggregate_type_of=self.aggregate_type_of,
                 settings=settings,
                 on_commit=self.relay.submit,
+                on_handled=self._record_handled if self.metrics is not None else None,
             )
             await self._until_broker_answers(consumer.bind)
             self.consumers.append(consumer)
         if self.definition.on_start is not None:
             await self.definition.on_start(self)
         await self._start_grpc()
+        self._tasks.append(asyncio.create_task(self.link.keep_open(self._stopping)))
         self._tasks.append(asyncio.create_task(self.relay.run(self._stopping)))
         self._tasks += [asyncio.create_task(c.run(self._stopping)) for c in self.consumers]
         self._tasks.append(asyncio.create_task(self._prune_inbox()))
+        self.health = HealthMonitor(
+            service=self.name,
+            broker_connected=lambda: self.nc is not None and bool(self.nc.is_connected),
+            last_cycles=lambda: {c.name: c.last_cycle for c in self.consumers},
+            db=self.db,
+            set_status=self._set_serving,
+            consumer_stall_s=settings.health_consumer_stall_s,
+            outbox_max_age_s=settings.health_outbox_max_age_s,
+        )
+        self._tasks.append(asyncio.create_task(self.health.run(self._stopping)))
+        if self.metrics is not None:
+            self._observe(self.metrics)
+            self._tasks.append(
+                asyncio.create_task(
+                    self.metrics.refresh_forever(self._refresh_metrics, self._stopping)
+                )
+            )
+        self._tasks += [
+            asyncio.create_task(task(self, self._stopping)) for task in self.definition.background
+        ]
         log.info("%s: started (gRPC on %s:%s)", self.name, settings.grpc_host, self.grpc_port)
+        if self.metrics is not None:
+            log.info(
+                "%s: metrics on http://%s:%s/metrics",
+                self.name,
+                settings.grpc_host,
+                self.metrics_port,
+            )
+
+    def _record_handled(self, consumer: str, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.handler_duration.record(seconds, {"consumer": consumer})
+
+    def _observe(self, metrics: ServiceMetrics) -> None:
+        """Counters the runtime keeps anyway are read at scrape time, not counted twice."""
+        metrics.observe_outcomes(lambda: [(c.name, dict(c.stats.outcomes)) for c in self.consumers])
+        metrics.observe_published(lambda: self.relay.published)
+
+    async def _refresh_metrics(self, snapshot: Snapshot) -> None:
+        for consumer in self.consumers:
+            info = await self.js.consumer_info(consumer.subscription.stream, consumer.name)
+            snapshot.pending[consumer.name] = int(info.num_pending or 0)
+            snapshot.ack_pending[consumer.name] = int(info.num_ack_pending or 0)
+        snapshot.outbox_backlog, snapshot.outbox_oldest_created_at = await outbox_backlog(self.db)
+
+    async def _set_serving(self, serving: bool) -> None:
+        if self.grpc_server is None or self._stopping.is_set():
+            return  # shutting down: enter_graceful_shutdown has the last word
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service_name in ["", *self.definition.grpc_services]:
+            await self._health_servicer.set(service_name, status)
 
     async def _until_broker_answers(self, step: Callable[[], Awaitable[None]]) -> None:
         """Retry a start-up call to JetStream while the broker is restarting, up to
@@ -173,21 +332,29 @@ class ServiceRuntime:
                 await asyncio.sleep(0.5)
 
     async def _start_grpc(self) -> None:
-        interceptors = []
+        interceptors: list[grpc.aio.ServerInterceptor] = [TraceContextInterceptor()]
+        if self.metrics is not None:
+            interceptors.append(RpcMetricsInterceptor(self.metrics))
         if configure_tracing(self.name):
-            from opentelemetry.instrumentation.grpc import aio_server_interceptor
+            from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
-            interceptors.append(aio_server_interceptor())
+            # Health checks are polled every few seconds: spans of them would bury the sagas.
+            health_checks = filters.negate(filters.health_check())
+            interceptors.append(aio_server_interceptor(filter_=health_checks))
         server = grpc.aio.server(interceptors=interceptors)
         if self.definition.add_servicer is not None:
             self.definition.add_servicer(server, self)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        names = [*self.definition.grpc_services, health.SERVICE_NAME, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, server)
+        # Reflection v1 and v1alpha (choreo.reflection).
+        enable_server_reflection([*self.definition.grpc_services, health.SERVICE_NAME], server)
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        credentials = server_credentials(self.settings)
         try:
-            self.grpc_port = server.add_insecure_port(address)
+            if credentials is None:
+                self.grpc_port = server.add_insecure_port(address)
+            else:
+                self.grpc_port = server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise ConfigurationError(
                 f"{self.name}: cannot listen for gRPC on {address} (taken?): choose another"
@@ -250,6 +417,7 @@ class ServiceRuntime:
                 await self.nc.flush(timeout=2)
             await self.nc.close()
         await self.db.close()
+        shutdown_tracing()  # batched spans leave before the process does
         log.info("%s: stopped", self.name)
 
     async def run_until_signal(self) -> None:

@@ -1,53 +1,164 @@
 """The subject and naming scheme, written down in one place.
 
-- An event's subject is its full Protobuf name, ``choreo.<context>.<version>.<EventType>``,
-  so a subject carries the context, the schema version and the event type.
-- One stream per bounded context: ``CHOREO_<CONTEXT>`` holding ``choreo.<context>.>``.
+- An event's subject is its full Protobuf name followed by the saga's correlation id (the order
+  id in the reference system): ``<namespace>.v<N>.<EventType>.<correlation id>``, e.g.
+  ``choreo.order.v1.OrderCreated.<order id>`` or ``acme.loyalty.v1.PointsAwarded.<order id>``.
+  So a subject carries the context, the schema version and the event type, and one saga's
+  events are read with a filter on the last token instead of a scan of whole streams.
+  Consumers filter on ``<full name>.>``; permissions are granted per context
+  (``<namespace>.>``).
+- The *namespace* is the Protobuf package without its version (``choreo.order``,
+  ``acme.loyalty``); it has at least two tokens, an organisation and a context. The *context*
+  names it for short: this project's own packages drop the ``choreo.`` prefix (``order``), any
+  other package keeps its namespace whole (``acme.loyalty``). So a context without a dot is
+  ``choreo.<context>``, and every name below is a pure function of an event's full name.
+- The service that owns a context, and publishes its events, is named by the context's last
+  token (``order``, ``loyalty``): its durables, dead letters and broker user carry that name.
+- A correlation id that is not a safe subject token (``[A-Za-z0-9_-]``, at most 128 long) is
+  replaced by ``h-`` and a hash of it: the header still carries it exactly, the subject only
+  has to narrow a look-up.
+- One stream per context: the namespace in capitals with ``_`` for ``.`` (``CHOREO_ORDER``,
+  ``ACME_LOYALTY``), holding ``<namespace>.>``.
 - Dead letters: stream ``CHOREO_DLQ`` holding ``choreo.dlq.<service>.<original subject>``.
-- Durable consumers: ``<service>__<context>_<version>_<EventType>``. These names are stable
-  on purpose: renaming a durable makes JetStream deliver the whole stream again.
+- Durable consumers: ``<service>__<context>_<version>_<EventType>`` (``.`` in the context
+  becomes ``_``). These names are stable on purpose: renaming a durable makes JetStream
+  deliver the whole stream again.
 """
 
 from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from collections.abc import Iterable
 
 PREFIX = "choreo"
 DLQ_STREAM = "CHOREO_DLQ"
 DLQ_PREFIX = f"{PREFIX}.dlq"
 
 
-def event_subject(full_name: str) -> str:
-    """``choreo.order.v1.OrderCreated`` is both the Protobuf name and the subject."""
-    context_of(full_name)  # validates the shape
-    return full_name
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_VERSION = re.compile(r"v[0-9]+")
+_PROTO_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def subject_token(correlation_id: str) -> str:
+    """The correlation id as the subject's last token (hashed when it is not a safe token)."""
+    if _SAFE_TOKEN.fullmatch(correlation_id):
+        return correlation_id
+    return "h-" + hashlib.sha256(correlation_id.encode()).hexdigest()[:32]
+
+
+def event_subject(full_name: str, correlation_id: str) -> str:
+    """``choreo.order.v1.OrderCreated.<order id>``: the Protobuf name, then the saga."""
+    parse_event_name(full_name)  # validates the shape
+    return f"{full_name}.{subject_token(correlation_id)}"
+
+
+def event_type_filter(full_name: str) -> str:
+    """Every event of one type, whatever saga it belongs to."""
+    return f"{full_name}.>"
+
+
+def saga_filter(context: str, correlation_id: str) -> str:
+    """Every event of one saga in one context's stream."""
+    return f"{namespace_of(context)}.*.*.{subject_token(correlation_id)}"
+
+
+def event_type_of_subject(subject: str) -> str:
+    """``choreo.order.v1.OrderCreated.<id>`` -> ``choreo.order.v1.OrderCreated`` (a bare event
+    name is returned as it is)."""
+    tokens = subject.split(".")
+    if len(tokens) >= 2 and _VERSION.fullmatch(tokens[-2]):
+        return subject
+    return ".".join(tokens[:-1])
+
+
+# A handful of names, parsed several times per event otherwise; bounded, since names also come
+# off the wire.
+@functools.lru_cache(maxsize=4096)
+def parse_event_name(full_name: str) -> tuple[str, str, str]:
+    """``acme.loyalty.v1.PointsAwarded`` -> ``("acme.loyalty", "v1", "PointsAwarded")``.
+
+    Raises ``ValueError`` saying the expected form when the name is not an event name.
+    """
+    tokens = full_name.split(".")
+    if (
+        len(tokens) < 4
+        or not _VERSION.fullmatch(tokens[-2])
+        or not all(_PROTO_TOKEN.fullmatch(token) for token in tokens)
+    ):
+        raise ValueError(
+            f"event name {full_name!r} is not of the form <organisation>.<context>.v<N>.<EventType>"
+            " (a message in a versioned Protobuf package of at least two names, e.g."
+            " choreo.order.v1.OrderCreated or acme.loyalty.v1.PointsAwarded)"
+        )
+    return ".".join(tokens[:-2]), tokens[-2], tokens[-1]
 
 
 def context_of(full_name: str) -> str:
-    """The bounded context of an event: ``choreo.order.v1.OrderCreated`` -> ``order``."""
-    parts = full_name.split(".")
-    if len(parts) != 4 or parts[0] != PREFIX or not parts[2].startswith("v"):
-        raise ValueError(
-            f"event name {full_name!r} is not of the form choreo.<context>.v<N>.<EventType>"
-        )
-    return parts[1]
+    """The context of an event: ``choreo.order.v1.OrderCreated`` -> ``order``,
+    ``acme.loyalty.v1.PointsAwarded`` -> ``acme.loyalty``."""
+    namespace, _, _ = parse_event_name(full_name)
+    return context_of_namespace(namespace)
+
+
+def context_of_namespace(namespace: str) -> str:
+    """``choreo.order`` -> ``order``; any other namespace is its own context."""
+    organisation, _, rest = namespace.partition(".")
+    if organisation == PREFIX and rest and "." not in rest:
+        return rest
+    return namespace
+
+
+def namespace_of(context: str) -> str:
+    """``order`` -> ``choreo.order``; ``acme.loyalty`` -> ``acme.loyalty``."""
+    return context if "." in context else f"{PREFIX}.{context}"
+
+
+def service_of(context: str) -> str:
+    """The service that owns a context: ``order`` -> ``order``, ``acme.loyalty`` -> ``loyalty``."""
+    return context.rsplit(".", 1)[-1]
 
 
 def version_of(full_name: str) -> int:
     """The schema version of an event: ``choreo.order.v1.OrderCreated`` -> ``1``."""
-    return int(full_name.split(".")[2].removeprefix("v"))
+    _, version, _ = parse_event_name(full_name)
+    return int(version.removeprefix("v"))
+
+
+def same_event_type(a: str, b: str) -> bool:
+    """Same context and event type, whatever the version (False for names that are not events)."""
+    try:
+        namespace_a, _, type_a = parse_event_name(a)
+        namespace_b, _, type_b = parse_event_name(b)
+    except ValueError:
+        return False
+    return namespace_a == namespace_b and type_a == type_b
 
 
 def stream_name(context: str) -> str:
-    return f"{PREFIX.upper()}_{context.upper()}"
+    return namespace_of(context).upper().replace(".", "_")
 
 
 def stream_subjects(context: str) -> list[str]:
-    return [f"{PREFIX}.{context}.>"]
+    return [f"{namespace_of(context)}.>"]
 
 
+@functools.lru_cache(maxsize=4096)
 def durable_name(service: str, full_name: str) -> str:
-    _, context, version, event_type = full_name.split(".")
+    namespace, version, event_type = parse_event_name(full_name)
+    context = context_of_namespace(namespace).replace(".", "_")
     return f"{service}__{context}_{version}_{event_type}"
 
 
 def dlq_subject(service: str, original_subject: str) -> str:
     return f"{DLQ_PREFIX}.{service}.{original_subject}"
+
+
+def dlq_saga_filters(contexts: Iterable[str], correlation_id: str, service: str = "*") -> list[str]:
+    """The dead letters of one saga: ``choreo.dlq.<service>.<namespace>.v<N>.<Type>.<id>``,
+    one filter per context (a namespace may have any number of tokens, so no single wildcard
+    pattern ends on the id for all of them)."""
+    token = subject_token(correlation_id)
+    return [f"{DLQ_PREFIX}.{service}.{namespace_of(c)}.*.*.{token}" for c in contexts]

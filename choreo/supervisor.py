@@ -2,6 +2,12 @@
 
 Used by ``choreo up``, the end-to-end tests, the benchmark and chaos runs, so they all run the
 system the same way: real processes talking over real sockets.
+
+Restarts follow a :class:`RestartPolicy`: a failed restart is tried again after a delay that
+doubles each time, and a process is given up on (:class:`GaveUp`) after too many failed
+restarts in a row, or when it keeps dying soon after each successful one (a crash loop).
+Giving up is the supervisor's way to say "a human must look": ``choreo up`` then stops every
+process it started rather than run half a system.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import os
 import signal
 import subprocess
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +85,81 @@ class ManagedProcess:
         return self.process.returncode
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How hard to try before giving up on a process (env ``CHOREO_RESTART_*``)."""
+
+    attempts: int = 5  # failed restarts in a row before giving up
+    backoff_s: float = 0.5  # delay after the first failed restart; doubles each time
+    max_backoff_s: float = 15.0
+    crash_loop: int = 5  # more successful restarts than this within window_s: a crash loop
+    window_s: float = 120.0
+    ready_timeout_s: float = 60.0  # a restarted service must answer SERVING within this
+
+    @classmethod
+    def from_env(cls) -> RestartPolicy:
+        def number(name: str, default: float) -> float:
+            raw = os.environ.get(name, "")
+            try:
+                return float(raw) if raw else default
+            except ValueError:
+                raise ValueError(f"{name}={raw!r} is not a number") from None
+
+        base = cls()
+        return cls(
+            attempts=int(number("CHOREO_RESTART_ATTEMPTS", base.attempts)),
+            backoff_s=number("CHOREO_RESTART_BACKOFF_S", base.backoff_s),
+            max_backoff_s=number("CHOREO_RESTART_MAX_BACKOFF_S", base.max_backoff_s),
+            crash_loop=int(number("CHOREO_RESTART_CRASH_LOOP", base.crash_loop)),
+            window_s=number("CHOREO_RESTART_WINDOW_S", base.window_s),
+            ready_timeout_s=number("CHOREO_RESTART_READY_TIMEOUT_S", base.ready_timeout_s),
+        )
+
+
+class GaveUp(Exception):
+    """A process could not be kept running; whoever supervises must stop everything."""
+
+
+@dataclass
+class RestartTracker:
+    """One process's restart record under a policy: when the next try is due, when to give up."""
+
+    name: str
+    policy: RestartPolicy
+    failures: int = 0  # failed restarts in a row
+    next_try_at: float = 0.0  # monotonic
+    restarts: deque[float] = field(default_factory=deque)  # successful ones, monotonic
+    last_error: str = ""
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_try_at
+
+    def succeeded(self, now: float) -> None:
+        self.failures = 0
+        self.next_try_at = 0.0
+        self.restarts.append(now)
+        while self.restarts and self.restarts[0] < now - self.policy.window_s:
+            self.restarts.popleft()
+        if len(self.restarts) > self.policy.crash_loop:
+            raise GaveUp(
+                f"{self.name} died {len(self.restarts)} times within"
+                f" {self.policy.window_s:.0f}s after being restarted (a crash loop)"
+            )
+
+    def failed(self, now: float, error: BaseException) -> float:
+        """Record a failed restart; returns the delay before the next try, or raises GaveUp."""
+        self.failures += 1
+        self.last_error = str(error) or type(error).__name__
+        if self.failures >= self.policy.attempts:
+            raise GaveUp(
+                f"{self.name} could not be restarted ({self.failures} attempts in a row);"
+                f" last error: {self.last_error}"
+            )
+        delay = min(self.policy.max_backoff_s, self.policy.backoff_s * 2 ** (self.failures - 1))
+        self.next_try_at = now + delay
+        return delay
+
+
 async def wait_healthy(address: str, timeout: float = 30.0, service: str = "") -> None:
     """Wait until ``grpc.health.v1.Health/Check`` answers SERVING at ``address``."""
     deadline = time.monotonic() + timeout
@@ -99,8 +182,10 @@ async def wait_healthy(address: str, timeout: float = 30.0, service: str = "") -
 class Supervisor:
     """A set of processes started and stopped together."""
 
-    def __init__(self, specs: list[ProcessSpec]) -> None:
+    def __init__(self, specs: list[ProcessSpec], policy: RestartPolicy | None = None) -> None:
         self.processes = {spec.name: ManagedProcess(spec) for spec in specs}
+        self.policy = policy or RestartPolicy()
+        self.trackers = {spec.name: RestartTracker(spec.name, self.policy) for spec in specs}
 
     async def start_all(self, timeout: float = 60.0) -> None:
         for managed in self.processes.values():
@@ -112,18 +197,22 @@ class Supervisor:
         if managed.spec.grpc_address is None:
             return
         task = asyncio.create_task(wait_healthy(managed.spec.grpc_address, timeout))
-        while not task.done():
-            if not managed.alive():
+        try:
+            while not task.done():
+                if not managed.alive():
+                    status = managed.process.returncode if managed.process else None
+                    raise RuntimeError(
+                        f"service {name} exited with status {status} during start-up;"
+                        f" see {managed.spec.log_path or 'its output'}"
+                    )
+                await asyncio.sleep(0.05)
+            await task
+        finally:
+            # Exited, or this wait was cancelled (Ctrl-C): stop polling its health.
+            if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                status = managed.process.returncode if managed.process else None
-                raise RuntimeError(
-                    f"service {name} exited with status {status} during start-up;"
-                    f" see {managed.spec.log_path or 'its output'}"
-                )
-            await asyncio.sleep(0.05)
-        await task
 
     def kill(self, name: str) -> None:
         self.processes[name].kill()
@@ -137,6 +226,32 @@ class Supervisor:
 
     def dead(self) -> list[str]:
         return [name for name, managed in self.processes.items() if not managed.alive()]
+
+    async def restart_dead(self, say: Callable[[str], None] = print) -> list[str]:
+        """Restart every dead process whose backoff delay has passed; returns those restarted.
+
+        A restart that fails (the process exits during start-up, or is not healthy in time)
+        is tried again later with a longer delay; :class:`GaveUp` when the policy says stop.
+        """
+        restarted = []
+        for name in self.dead():
+            tracker = self.trackers[name]
+            if not tracker.due(time.monotonic()):
+                continue
+            managed = self.processes[name]
+            code = managed.process.returncode if managed.process else None
+            say(f"{name} exited (status {code}); restarting")
+            try:
+                await self.restart(name, self.policy.ready_timeout_s)
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                managed.kill()  # not healthy in time: do not leave it half-started
+                delay = tracker.failed(time.monotonic(), exc)
+                say(f"{name} restart failed ({exc}); next try in {delay:.1f}s")
+                continue
+            tracker.succeeded(time.monotonic())
+            restarted.append(name)
+            say(f"{name} is back (pid {managed.pid})")
+        return restarted
 
     def stop_all(self, timeout: float = 15.0) -> dict[str, int | None]:
         """SIGTERM every process at once (each drains in parallel), then wait for each; a

@@ -5,8 +5,18 @@ every handled event is a CONSUMER span, every relay publish a PRODUCER span, gRP
 SERVER spans (the grpc instrumentation), and the context travels in the events' W3C
 ``traceparent`` header from service to service.
 
-``CHOREO_TRACE_FILE=/path/spans.jsonl`` writes finished spans as JSON lines (one file per
-service is simplest); any other exporter (OTLP to a collector) can be passed in code.
+Export is configured the standard OpenTelemetry way, from the environment:
+- ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``), or
+  ``OTEL_TRACES_EXPORTER=otlp``: OTLP over gRPC to a collector, in batches (the exporter reads
+  the other ``OTEL_EXPORTER_OTLP_*`` variables itself: headers, TLS, timeout; the batch
+  processor reads ``OTEL_BSP_*``);
+- ``OTEL_TRACES_EXPORTER=console``: spans printed to standard output;
+- ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none``: nothing is exported;
+- ``service.name`` is ``OTEL_SERVICE_NAME`` when set, else ``choreo-<service>``;
+  ``OTEL_RESOURCE_ATTRIBUTES`` adds attributes.
+``CHOREO_TRACE_FILE=/path/spans.jsonl`` (this project's own format, for tests and quick looks)
+writes finished spans as JSON lines. Whatever is exported, W3C trace context always travels in
+the events' headers (see ``choreo.tracing``).
 """
 
 from __future__ import annotations
@@ -22,10 +32,14 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
     SimpleSpanProcessor,
     SpanExporter,
     SpanExportResult,
 )
+
+from choreo.tracing import forget_recording
 
 _configured = False
 
@@ -68,19 +82,57 @@ class JsonLinesExporter(SpanExporter):
             self._file.close()
 
 
+def _exporter_from_environment() -> tuple[SpanExporter, bool] | None:
+    """The exporter the environment asks for, and whether to batch it; None for none."""
+    env = os.environ
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    path = env.get("CHOREO_TRACE_FILE")
+    if path:
+        return JsonLinesExporter(Path(path)), False
+    kind = env.get("OTEL_TRACES_EXPORTER", "").split(",")[0].strip().lower()
+    if kind == "none":
+        return None
+    if kind == "console":
+        return ConsoleSpanExporter(), False
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if kind == "otlp" or endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(), True  # reads the OTEL_EXPORTER_OTLP_* variables itself
+    return None
+
+
 def configure_tracing(service: str, exporter: SpanExporter | None = None) -> bool:
     """Install an SDK tracer provider for ``service``; returns whether tracing is on.
 
-    Uses ``exporter`` if given, else ``CHOREO_TRACE_FILE`` if set, else leaves tracing off.
+    Uses ``exporter`` if given, else what the environment asks for (see the module's
+    docstring), else leaves tracing off.
     """
     global _configured
+    if _configured and exporter is None:
+        return True
+    batched = False
     if exporter is None:
-        path = os.environ.get("CHOREO_TRACE_FILE")
-        if not path:
+        chosen = _exporter_from_environment()
+        if chosen is None:
             return _configured
-        exporter = JsonLinesExporter(Path(path))
-    provider = TracerProvider(resource=Resource.create({"service.name": f"choreo-{service}"}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+        exporter, batched = chosen
+    name = os.environ.get("OTEL_SERVICE_NAME") or f"choreo-{service}"
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    processor = BatchSpanProcessor(exporter) if batched else SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
+    forget_recording()  # spans start with the next event, not a second later
     _configured = True
     return True
+
+
+def shutdown_tracing() -> None:
+    """Flush batched spans before the process exits (a SIGTERM must not lose the last ones)."""
+    provider = trace.get_tracer_provider()
+    shutdown = getattr(provider, "shutdown", None)
+    if callable(shutdown):
+        shutdown()

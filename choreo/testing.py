@@ -14,7 +14,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from choreo import contracts
+from choreo import contracts, subjects
 from choreo.envelope import Envelope, new_event_id
 
 
@@ -79,9 +79,11 @@ async def wait_for(
 
 
 async def stream_count(js: Any, stream: str, subject: str | None = None) -> int:
-    """Messages in a stream (optionally on one subject)."""
-    info = await js.stream_info(stream, subjects_filter=subject) if subject else None
-    if info is not None:
-        return int((info.state.subjects or {}).get(subject, 0))
+    """Messages in a stream (optionally of one event type, e.g. ``choreo.order.v1.OrderCreated``,
+    or on one exact subject)."""
+    if subject:
+        wanted = subject if subject.count(".") >= 4 else subjects.event_type_filter(subject)
+        info = await js.stream_info(stream, subjects_filter=wanted)
+        return sum(int(n) for n in (info.state.subjects or {}).values())
     info = await js.stream_info(stream)
     return int(info.state.messages)

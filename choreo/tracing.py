@@ -4,13 +4,20 @@ Only the API is used here. ``choreo.telemetry.configure_tracing`` installs an SD
 deployment wants traces. Without one, every span would be a no-op that hands the incoming
 context on unchanged, so the span machinery is skipped altogether (it costs some 20 us per
 event): envelopes then carry the ``traceparent`` they arrived with, exactly as no-op spans do.
+A gRPC command (``PlaceOrder``) has no envelope to arrive with: :class:`TraceContextInterceptor`
+keeps the caller's ``traceparent`` metadata for the call, so the first event of a saga
+continues the client's trace even in a service that exports nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
+from typing import Any
 
+import grpc
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -20,12 +27,34 @@ from choreo.envelope import H_TRACEPARENT, H_TRACESTATE, Envelope
 _propagator = TraceContextTextMapPropagator()
 _tracer = trace.get_tracer("choreo")
 _NO_SPAN = nullcontext(trace.INVALID_SPAN)
+# The W3C trace context a gRPC caller sent, for the duration of its call (no SDK installed).
+_incoming_call_trace: ContextVar[tuple[str | None, str | None]] = ContextVar(
+    "choreo_incoming_call_trace", default=(None, None)
+)
+
+
+_RECHECK_S = 1.0
+_recording = (False, -_RECHECK_S)  # (answer, when it was found)
 
 
 def recording() -> bool:
-    """Whether a tracer provider (an SDK) is installed; checked per call, so installing one
-    later takes effect at once."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    """Whether a tracer provider (an SDK) is installed. Looked up at most once a second (the
+    lookup reads the environment, and this runs several times per event); one installed later
+    takes effect within that second."""
+    global _recording
+    answer, found_at = _recording
+    now = time.monotonic()
+    if now - found_at < _RECHECK_S:
+        return answer
+    answer = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    _recording = (answer, now)
+    return answer
+
+
+def forget_recording() -> None:
+    """Look the provider up again on the next call (after installing one)."""
+    global _recording
+    _recording = (False, -_RECHECK_S)
 
 
 def consume_span(service: str, envelope: Envelope) -> AbstractContextManager[Span]:
@@ -63,7 +92,8 @@ def _consume_span(service: str, envelope: Envelope) -> Iterator[Span]:
 def current_trace_headers() -> tuple[str | None, str | None]:
     """``traceparent``/``tracestate`` of the current span, for an event being emitted."""
     if not recording():
-        return None, None  # the emitted envelope keeps its cause's trace context
+        # A handler's envelope keeps its cause's trace context; a command takes its caller's.
+        return _incoming_call_trace.get()
     carrier: dict[str, str] = {}
     _propagator.inject(carrier)
     return carrier.get(H_TRACEPARENT), carrier.get(H_TRACESTATE)
@@ -100,3 +130,21 @@ def _publish_span(subject: str, headers: dict[str, str]) -> Iterator[dict[str, s
         outgoing = dict(headers)
         _propagator.inject(outgoing)
         yield outgoing
+
+
+class TraceContextInterceptor(grpc.aio.ServerInterceptor):
+    """Keeps a caller's ``traceparent``/``tracestate`` metadata for the call, so that events a
+    command emits continue the caller's trace without an SDK. (With an SDK installed, the
+    OpenTelemetry gRPC instrumentation's server span does this, and more.)"""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        metadata: Any = handler_call_details.invocation_metadata or ()
+        found = {key: value for key, value in metadata if key in (H_TRACEPARENT, H_TRACESTATE)}
+        traceparent = found.get(H_TRACEPARENT)
+        if traceparent and not recording():
+            _incoming_call_trace.set((str(traceparent), found.get(H_TRACESTATE)))
+        return await continuation(handler_call_details)

@@ -1,4 +1,4 @@
-"""The invariant auditor: checks invariants 1-6 of DESIGN.md on a running (quiet) system.
+"""The invariant auditor: checks invariants 1-6 (README, "The invariants") on a quiet system.
 
 It reads the system the way an operator can: the gRPC APIs of the services, the event streams,
 the dead-letter stream, and the fake providers' own ledgers (the "bank statement"). Used by the
@@ -17,15 +17,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 
 from choreo import contracts, dlq, subjects
-from choreo.envelope import H_CAUSATION_ID, H_CORRELATION_ID, H_ID, H_SOURCE, H_SUBJECT, H_TYPE
+from choreo.envelope import (
+    H_AGGREGATE_VERSION,
+    H_CAUSATION_ID,
+    H_CORRELATION_ID,
+    H_ID,
+    H_SOURCE,
+    H_SUBJECT,
+    H_TYPE,
+)
 from choreo.inventory.v1 import inventory_service_pb2 as inventory_pb
 from choreo.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from choreo.order.v1 import events_pb2 as order_events
 from choreo.order.v1 import order_service_pb2 as order_pb
 from choreo.order.v1 import order_service_pb2_grpc as order_grpc
+from choreo.store.sqlite import path_of as sqlite_path_of
 from choreo.streamread import StoredMessage, read_stream
 from choreo.streams import CONTEXTS
 from services.catalog import Catalog, load_catalog
@@ -37,7 +47,8 @@ from services.shipping.provider import FakeShippingProvider
 SHIPPED = order_pb.ORDER_STATUS_SHIPPED
 CANCELLED = order_pb.ORDER_STATUS_CANCELLED
 
-# DESIGN.md's required compensations: trigger => events that must follow for the same order.
+# The required compensations (README, "The saga"): trigger => events that must follow for the
+# same order.
 REQUIRED_COMPENSATIONS: dict[str, tuple[str, ...]] = {
     "InventoryReservationFailed": ("OrderCancelled",),
     "PaymentFailed": ("InventoryReleased", "OrderCancelled"),
@@ -66,6 +77,7 @@ class Event:
     correlation_id: str
     causation_id: str
     stream_seq: int
+    aggregate_version: int = 0
 
 
 @dataclass
@@ -114,6 +126,7 @@ def _events(messages: Iterable[StoredMessage]) -> list[Event]:
                 correlation_id=headers.get(H_CORRELATION_ID, ""),
                 causation_id=headers.get(H_CAUSATION_ID, ""),
                 stream_seq=message.seq,
+                aggregate_version=int(headers.get(H_AGGREGATE_VERSION, "0") or 0),
             )
         )
     return events
@@ -160,9 +173,14 @@ async def audit(
     for context in CONTEXTS:
         messages += await read_stream(js, subjects.stream_name(context))
     letters = await dlq.list_dead_letters(js)
-    # A dead-lettered message was never an event of the saga (poison, or accounted for by the
-    # DLQ check of whoever injected it); leave it out of the per-order books.
-    dead_ids = {letter.headers.get(H_ID, "") for letter in letters}
+    # A poison message was never an event of the saga (it is accounted for by the DLQ check of
+    # whoever injected it); leave it out of the per-order books. A step that gave up (its
+    # letter is compensated or an alarm) met a real event of the saga: that one stays.
+    dead_ids = {
+        letter.headers.get(H_ID, "")
+        for letter in letters
+        if not letter.compensated and not letter.alarm
+    }
     events = [event for event in _events(messages) if event.event_id not in dead_ids]
     for letter in letters:
         report.dead_letters[letter.reason] += 1
@@ -188,6 +206,26 @@ async def audit(
     await _check_consumers(report, js)
     await _check_stock(report, addresses["inventory"], catalog)
     return report
+
+
+def _check_confirmed_first(report: AuditReport, order: order_pb.Order, events: list[Event]) -> None:
+    """1. A paid order publishes OrderConfirmed once, at a lower aggregate version than its
+    OrderShipped or OrderCancelled. An order the deadline cancelled before it heard of the
+    payment is the one exception (payment voids or refunds that charge)."""
+    if not any(e.event_type == "PaymentCompleted" for e in events):
+        return
+    if order.cancellation_reason == order_events.CANCELLATION_REASON_DEADLINE_EXCEEDED:
+        return
+    versions = {e.event_type: e.aggregate_version for e in events if e.source == "order"}
+    confirmed = [e for e in events if e.event_type == "OrderConfirmed"]
+    if len(confirmed) != 1:
+        report.violated(1, order.order_id, f"paid, but {len(confirmed)} OrderConfirmed")
+        return
+    for final in ("OrderShipped", "OrderCancelled"):
+        if final in versions and versions[final] <= confirmed[0].aggregate_version:
+            report.violated(
+                1, order.order_id, f"{final} (version {versions[final]}) before OrderConfirmed"
+            )
 
 
 def _check_order(
@@ -217,6 +255,7 @@ def _check_order(
                         order_id,
                         f"{trigger} needs one {compensation}, saw {types[compensation]}",
                     )
+    _check_confirmed_first(report, order, events)
     for event in events:
         if event.correlation_id != order.correlation_id:
             report.violated(
@@ -241,25 +280,43 @@ def _check_order(
         report.violated(4, order_id, f"{types['NotificationSent']} notifications, expected 1")
 
 
-# Reactions that may rightly emit nothing: an order cancelled (ShippingFailed won the race) or
-# already shipped ignores a late PaymentCompleted. Their delivery is proven by the consumer
-# check instead (every durable consumer fully acked).
-MAY_BE_NO_OP = {("PaymentCompleted", "order")}
+# Reactions that may rightly emit nothing: an order that an overtaking ShipmentCreated or
+# ShippingFailed already confirmed (then shipped or cancelled), or that its deadline cancelled,
+# ignores the late PaymentCompleted. Their delivery is proven by the consumer check instead
+# (every durable consumer fully acked).
+# The deadline compensations react to every OrderCancelled but emit only for a cancellation at
+# the saga deadline (and only when something was reserved or charged).
+MAY_BE_NO_OP = {
+    ("PaymentCompleted", "order"),
+    ("OrderCancelled", "inventory"),
+    ("OrderCancelled", "payment"),
+}
 
 
 def _check_reactions(
     report: AuditReport, events: list[Event], letters: list[dlq.DeadLetter]
 ) -> None:
-    """5. Every event reached every subscriber: its reaction exists, or it is a dead letter."""
-    reacting: dict[str, list[str]] = defaultdict(list)
+    """5. Every event reached every subscriber: its reaction exists, or it is a dead letter.
+
+    An event published in two schema versions at once (OrderCreated v1 and v2 during a
+    migration window) is one fact: a reaction to either version answers both."""
+    reacting: dict[str, set[str]] = defaultdict(set)
     for edge in contracts.choreography():
         if edge.emits and (edge.trigger.rsplit(".", 1)[-1], edge.service) not in MAY_BE_NO_OP:
-            reacting[edge.trigger.rsplit(".", 1)[-1]].append(edge.service)
+            reacting[edge.trigger.rsplit(".", 1)[-1]].add(edge.service)
+    by_id = {event.event_id: event for event in events}
     reactions = {(event.causation_id, event.source) for event in events}
+    answered = {
+        (by_id[cause].order_id, by_id[cause].event_type, service)
+        for cause, service in reactions
+        if cause in by_id
+    }
     dead = {(letter.headers.get(H_ID, ""), letter.service) for letter in letters}
     for event in events:
-        for service in reacting.get(event.event_type, []):
-            if (event.event_id, service) not in reactions and (event.event_id, service) not in dead:
+        for service in sorted(reacting.get(event.event_type, ())):
+            if (event.event_id, service) in dead:
+                continue
+            if (event.order_id, event.event_type, service) not in answered:
                 report.violated(
                     5,
                     event.order_id,
@@ -294,15 +351,48 @@ def outbox_rows(data_dir: Path) -> int:
     """Events committed by the services under ``data_dir`` and not yet published."""
     rows = 0
     for name in SERVICE_NAMES:
-        path = data_dir / f"{name}.db"
-        if path.exists():
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-                rows += db.execute("SELECT COUNT(*) FROM choreo_outbox").fetchone()[0]
+        rows += _sqlite_outbox_rows(data_dir / f"{name}.db")
+    return rows
+
+
+def _sqlite_outbox_rows(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM choreo_outbox").fetchone()[0])
+
+
+async def _postgres_outbox_rows(url: str) -> int:
+    try:
+        connection = await asyncpg.connect(url)
+    except asyncpg.InvalidCatalogNameError:
+        return 0  # the database is not created yet: nothing committed there
+    try:
+        return int(await connection.fetchval("SELECT COUNT(*) FROM choreo_outbox"))
+    except asyncpg.UndefinedTableError:
+        return 0  # the service has not migrated yet
+    finally:
+        await connection.close()
+
+
+async def database_outbox_rows(databases: Mapping[str, str]) -> int:
+    """Unpublished events in the services' databases, given by URL (SQLite or Postgres)."""
+    rows = 0
+    for url in databases.values():
+        if url.startswith(("postgresql:", "postgres:")):
+            rows += await _postgres_outbox_rows(url)
+        else:
+            rows += _sqlite_outbox_rows(sqlite_path_of(url))
     return rows
 
 
 async def wait_for_quiescence(
-    js: Any, data_dir: Path, *, timeout_s: float = 30.0, interval_s: float = 0.2
+    js: Any,
+    data_dir: Path,
+    *,
+    timeout_s: float = 30.0,
+    interval_s: float = 0.2,
+    databases: Mapping[str, str] | None = None,
 ) -> bool:
     """Wait until nothing is in flight: every consumer has acked everything and every outbox
     is empty, at two looks in a row (an event can move from an outbox to a stream between
@@ -312,9 +402,14 @@ async def wait_for_quiescence(
     deadline = time.monotonic() + timeout_s
     quiet_looks = 0
     while time.monotonic() < deadline:
-        busy = outbox_rows(data_dir) or any(
-            b.pending or b.unacked for b in await consumer_backlogs(js)
+        # The services' databases: given by URL (``System.database_urls``, any store), or the
+        # SQLite files under ``data_dir``.
+        unpublished = (
+            await database_outbox_rows(databases)
+            if databases is not None
+            else outbox_rows(data_dir)
         )
+        busy = unpublished or any(b.pending or b.unacked for b in await consumer_backlogs(js))
         quiet_looks = 0 if busy else quiet_looks + 1
         if quiet_looks == 2:
             return True

@@ -3,6 +3,9 @@
 For each broker fsync setting (the default, and ``sync_interval: always``) it runs, on a fresh
 embedded broker with the same stream settings:
 - the **saga**: the five real services as processes, orders placed over gRPC;
+- the **naive build**: ``services.naive``, the same services' handlers, stores and gRPC API on
+  plain nats-py, acking after the handler, with no inbox, outbox or dedup: what a team writes
+  first. ``saga / naive`` is the headline: what choreo's guarantees cost;
 - the **raw chain**: ``services.rawchain``, one no-logic process per service with the same
   subscriptions, fan-out and message sizes, orders started by publishing ``OrderCreated``;
 - the **durable raw chain**: the same, plus the runtime's inbox and outbox rows in SQLite per
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import random
@@ -25,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from choreo import subjects
 from choreo.broker import EmbeddedBroker
 from choreo.order.v1 import events_pb2 as order_events
 from choreo.order.v1 import order_service_pb2_grpc as order_grpc
@@ -50,6 +55,8 @@ from services.system import System, SystemConfig
 from services.workload import SagaPath, request_for
 
 BENCH_CATALOG = REPO_ROOT / "catalog" / "bench.json"
+SERVE_ARGV = ("-m", "choreo.cli", "serve")
+NAIVE_ARGV = ("-m", "services.naive")  # the same saga without inbox, outbox or dedup
 DONE_SUBJECT = "choreo.notification.v1.NotificationSent"
 
 
@@ -75,7 +82,7 @@ class LoopResult:
 
 @dataclass
 class RunResult:
-    mode: str  # "saga", "raw" or "durable" (raw chain + inbox/outbox)
+    mode: str  # "saga", "naive" (no inbox/outbox/dedup), "raw" or "durable" (raw + inbox/outbox)
     sync_always: bool
     closed: list[LoopResult] = field(default_factory=list)
     open_loop: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +122,71 @@ class Completions:
 
 
 Starter = Callable[[], Awaitable[str]]  # starts one saga, returns its correlation id
+
+
+async def _completions(nc: Any) -> Completions:
+    completions = Completions()
+    await nc.subscribe(subjects.event_type_filter(DONE_SUBJECT), cb=completions.on_message)
+    return completions
+
+
+def bench_config(workdir: Path, argv: tuple[str, ...] = SERVE_ARGV, **options: Any) -> SystemConfig:
+    """The system every bench line runs: free ports, the bench catalog, and the runtime's
+    default of no /metrics (it costs some 15% of sagas/s here; see the README). Tracing is off
+    too unless OTEL_* is set."""
+    return SystemConfig(
+        data_dir=workdir,
+        grpc_base_port=None,
+        env={"CHOREO_CATALOG": str(BENCH_CATALOG), "CHOREO_METRICS_PORT": "0"},
+        service_argv=argv,
+        **options,
+    )
+
+
+@contextlib.asynccontextmanager
+async def happy_path_load(system: System) -> AsyncIterator[tuple[Starter, Completions]]:
+    """Against a running system: a starter that places happy-path orders over gRPC, and the
+    completions it waits on (``NotificationSent``, seen on core NATS)."""
+    nc = await system.connect()
+    try:
+        completions = await _completions(nc)
+        rng = random.Random(5)
+        counter = iter(range(10**9))
+        async with grpc.aio.insecure_channel(system.addresses["order"]) as channel:
+            stub: order_grpc.OrderServiceAsyncStub = order_grpc.OrderServiceStub(channel)
+
+            async def start() -> str:
+                request = request_for(SagaPath.HAPPY, next(counter), rng)
+                return (await stub.PlaceOrder(request, timeout=30)).order.order_id
+
+            yield start, completions
+    finally:
+        await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def raw_chain_load(url: str) -> AsyncIterator[tuple[Starter, Completions]]:
+    """For the raw chains: a starter that publishes ``OrderCreated`` of the saga's size."""
+    nc = await nats.connect(url)
+    try:
+        completions = await _completions(nc)
+        js = nc.jetstream()
+        body = order_events.OrderCreated(
+            order_id=str(uuid.uuid4()), customer_id="cust-000001", payment_token="tok_visa"
+        )
+
+        async def start() -> str:
+            order_id = str(uuid.uuid4())
+            envelope = envelope_for(
+                body, aggregate_id=order_id, correlation_id=order_id, source="order"
+            )
+            payload = b"\x00" * 190
+            await js.publish(envelope.subject, payload, headers=envelope.to_headers())
+            return order_id
+
+        yield start, completions
+    finally:
+        await nc.close()
 
 
 async def one_saga(start: Starter, completions: Completions, timeout: float = 60) -> float:
@@ -202,15 +274,9 @@ class Bench:
         broker: EmbeddedBroker | None = None
         supervisor: Supervisor | None = None
         try:
-            if mode == "saga":
-                system = System(
-                    SystemConfig(
-                        data_dir=workdir,
-                        grpc_base_port=None,
-                        sync_always=sync_always,
-                        env={"CHOREO_CATALOG": str(BENCH_CATALOG)},
-                    )
-                )
+            if mode in ("saga", "naive"):
+                argv = NAIVE_ARGV if mode == "naive" else SERVE_ARGV
+                system = System(bench_config(workdir, argv, sync_always=sync_always))
                 await system.start()
                 assert system.broker and system.supervisor
                 broker = system.broker
@@ -268,34 +334,8 @@ class Bench:
         pids: dict[str, int],
         rate: float | None,
     ) -> None:
-        nc = await nats.connect(url)
-        completions = Completions()
-        await nc.subscribe(DONE_SUBJECT, cb=completions.on_message)
-        js = nc.jetstream()
-        channel = grpc.aio.insecure_channel(system.addresses["order"]) if system else None
-        counter = iter(range(10**9))
-        try:
-            if channel is not None:
-                stub: order_grpc.OrderServiceAsyncStub = order_grpc.OrderServiceStub(channel)
-                rng = random.Random(5)
-
-                async def start() -> str:
-                    request = request_for(SagaPath.HAPPY, next(counter), rng)
-                    return (await stub.PlaceOrder(request, timeout=30)).order.order_id
-            else:
-                body = order_events.OrderCreated(
-                    order_id=str(uuid.uuid4()), customer_id="cust-000001", payment_token="tok_visa"
-                )
-
-                async def start() -> str:
-                    order_id = str(uuid.uuid4())
-                    envelope = envelope_for(
-                        body, aggregate_id=order_id, correlation_id=order_id, source="order"
-                    )
-                    payload = b"\x00" * 190
-                    await js.publish(envelope.subject, payload, headers=envelope.to_headers())
-                    return order_id
-
+        load = happy_path_load(system) if system is not None else raw_chain_load(url)
+        async with load as (start, completions):
             label = f"{mode:<4} sync={'always' if result.sync_always else 'default'}"
             await closed_loop(start, completions, self.levels[-1], self.warmup)  # warm-up
             cpu_before, result.rss_mb_before = process_stats(pids)
@@ -325,10 +365,6 @@ class Bench:
             if self.soak and mode == "saga":
                 await self._soak(result, start, completions, pids)
             _, result.rss_mb_after = process_stats(pids)
-        finally:
-            if channel is not None:
-                await channel.close()
-            await nc.close()
 
     async def _soak(
         self, result: RunResult, start: Starter, completions: Completions, pids: dict[str, int]
@@ -366,9 +402,13 @@ def run_of(runs: list[RunResult], mode: str, sync_always: bool) -> RunResult:
 
 
 def best_ratios(runs: list[RunResult], sync_always: bool) -> dict[str, float]:
-    """saga/raw (the figure the issue asks for), durable/raw and saga/durable, best vs best."""
-    saga, raw, durable = (run_of(runs, m, sync_always) for m in ("saga", "raw", "durable"))
+    """saga/naive (the guarantees' price against what a team writes first), saga/raw,
+    durable/raw and saga/durable, best level vs best level."""
+    saga, naive, raw, durable = (
+        run_of(runs, m, sync_always) for m in ("saga", "naive", "raw", "durable")
+    )
     return {
+        "saga_vs_naive": round(saga.best / max(1e-9, naive.best), 3),
         "saga_vs_raw": round(saga.best / max(1e-9, raw.best), 3),
         "durable_vs_raw": round(durable.best / max(1e-9, raw.best), 3),
         "saga_vs_durable": round(saga.best / max(1e-9, durable.best), 3),
@@ -376,13 +416,17 @@ def best_ratios(runs: list[RunResult], sync_always: bool) -> dict[str, float]:
 
 
 def ratio_table(runs: list[RunResult]) -> Table:
-    table = Table(title="Sagas/s: choreo saga vs the raw JetStream chain (same run, same broker)")
+    table = Table(
+        title="Sagas/s: choreo vs the naive build and the raw JetStream chain (same run, broker)"
+    )
     for column in (
         "fsync",
         "clients",
         "saga/s",
+        "naive/s",
+        "saga/naive",
         "raw/s",
-        "ratio",
+        "saga/raw",
         "durable raw/s",
         "saga p50/p99 ms",
         "raw p50/p99 ms",
@@ -390,12 +434,16 @@ def ratio_table(runs: list[RunResult]) -> Table:
         table.add_column(column, justify="right")
     for sync_always in (False, True):
         fsync = "always" if sync_always else "default"
-        saga, raw, durable = (run_of(runs, m, sync_always) for m in ("saga", "raw", "durable"))
-        for s, r, d in zip(saga.closed, raw.closed, durable.closed, strict=True):
+        saga, naive, raw, durable = (
+            run_of(runs, m, sync_always) for m in ("saga", "naive", "raw", "durable")
+        )
+        for s, n, r, d in zip(saga.closed, naive.closed, raw.closed, durable.closed, strict=True):
             table.add_row(
                 fsync,
                 str(s.concurrency),
                 f"{s.throughput:.1f}",
+                f"{n.throughput:.1f}",
+                f"{s.throughput / n.throughput:.2f}" if n.throughput else "-",
                 f"{r.throughput:.1f}",
                 f"{s.throughput / r.throughput:.2f}" if r.throughput else "-",
                 f"{d.throughput:.1f}",
@@ -407,8 +455,10 @@ def ratio_table(runs: list[RunResult]) -> Table:
             fsync,
             "best",
             f"{saga.best:.1f}",
+            f"{naive.best:.1f}",
+            f"[bold]{ratios['saga_vs_naive']:.2f}[/bold]",
             f"{raw.best:.1f}",
-            f"[bold]{ratios['saga_vs_raw']:.2f}[/bold]",
+            f"{ratios['saga_vs_raw']:.2f}",
             f"{durable.best:.1f} ({ratios['durable_vs_raw']:.2f} of raw)",
             "",
             "",
@@ -425,7 +475,7 @@ def plot(runs: list[RunResult], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for run in runs:
         label = f"{run.mode} ({'fsync always' if run.sync_always else 'default fsync'})"
-        style = {"saga": "-", "raw": "--", "durable": ":"}[run.mode]
+        style = {"saga": "-", "naive": "-.", "raw": "--", "durable": ":"}[run.mode]
         left.plot(
             [r.concurrency for r in run.closed],
             [r.throughput for r in run.closed],
@@ -461,13 +511,15 @@ def plot(runs: list[RunResult], path: Path) -> None:
 
 
 async def run_bench(args: argparse.Namespace) -> int:
-    console = Console()
+    # Wide enough for the tables when the output is a file, not a terminal.
+    console = Console(width=max(140, Console().width))
     bench = Bench(console, args)
     runs: list[RunResult] = []
     for sync_always in (False, True):
         saga = await bench.run("saga", sync_always, None)
         runs.append(saga)
-        # The raw chains get the same open-loop rate as the saga, for a like-for-like CDF.
+        # The baselines get the same open-loop rate as the saga, for a like-for-like CDF.
+        runs.append(await bench.run("naive", sync_always, saga.best / 2))
         runs.append(await bench.run("raw", sync_always, saga.best / 2))
         runs.append(await bench.run("durable", sync_always, saga.best / 2))
         bench.soak = 0  # one soak is enough
@@ -487,13 +539,28 @@ async def run_bench(args: argparse.Namespace) -> int:
             ("always" if s else "default"): best_ratios(runs, s)["saga_vs_raw"]
             for s in (False, True)
         },
+        # The headline: the saga against the naive build (no inbox, outbox or dedup).
+        "saga_vs_naive": {
+            ("always" if s else "default"): best_ratios(runs, s)["saga_vs_naive"]
+            for s in (False, True)
+        },
         "ratios_detail": {
             ("always" if s else "default"): best_ratios(runs, s) for s in (False, True)
         },
     }
+    topologies = None
+    if not args.skip_topologies:
+        # The same saga by store and broker topology, in this run (issue: production topology).
+        from services.topology_bench import measure_topologies
+
+        topologies, figures["by_topology"] = await measure_topologies(console, args.quick)
     (output / "bench.json").write_text(json.dumps(figures, indent=2))
     plot(runs, output / "bench.png")
     console.print(ratio_table(runs))
+    if topologies is not None:
+        from services.topology_bench import topology_table
+
+        console.print(topology_table(topologies))
     for run in runs:
         if run.mode == "saga":
             ol = run.open_loop

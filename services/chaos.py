@@ -5,11 +5,22 @@ While N mixed orders are placed, a seeded schedule injects: SIGKILLs of random s
 point: after commit before ack, after publish before marking sent, after a command's commit),
 broker crashes and restarts on the same file store, broker freezes (SIGSTOP), duplicates (same
 ``Nats-Msg-Id``, and new ones; with a short ``duplicate_window``, replays after it passed),
-poison on the event subjects, bad gRPC requests, and slow/failing fake providers. Then it waits
-(bounded) for every saga to end and checks invariants 1-6 through the gRPC APIs, the streams
-and the providers' ledgers. The report lists faults by kind, sagas by final state, dead letters
-by reason (which must equal exactly the injected poison) and every violation; any violation
-makes the exit status non-zero.
+poison on the event subjects, bad gRPC requests (oversized, near the broker's max_payload,
+with a NUL), and slow/failing fake providers. Beyond crashes, it also injects: a provider down
+for longer than the retry budget (the step gives up, voids what the provider may have taken and
+emits its failure event), a hung provider (calls time out), a message that crashes its consumer
+on every delivery (the server's delivery count ends it), and a broker outage long enough to
+fill the client's reconnect buffer many times. Then it waits (bounded) for every saga to end
+and checks invariants 1-6 through the gRPC APIs, the streams and the providers' ledgers, and
+that every saga was final within the saga deadline plus a stated bound. Alarmed dead letters
+(a step that gave up with no failure event to emit, e.g. a refund during a payment outage) are
+replayed once the outage is over, as an operator would. The report lists faults by kind, sagas
+by final state, dead letters by kind (poison must equal exactly what was injected) and every
+violation; any violation makes the exit status non-zero.
+
+The services run on SQLite files (the default) or, with ``store="postgres"``, on fresh
+databases of their own on a Postgres server (``<name>_chaos_<random>_<service>``, dropped by
+:meth:`Chaos.cleanup`), where the quiescence check reads every service's outbox.
 """
 
 from __future__ import annotations
@@ -21,31 +32,54 @@ import random
 import shutil
 import tempfile
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import nats
 from rich.console import Console
 from rich.table import Table
 
-from choreo import contracts, faults, grpc_errors, subjects
-from choreo.envelope import H_ID, H_MSG_ID, H_SUBJECT, H_TIME, H_TYPE
+from choreo import contracts, dlq, faults, grpc_errors, sealing, subjects
+from choreo.envelope import H_CORRELATION_ID, H_ID, H_MSG_ID, H_SUBJECT, H_TIME, H_TYPE
+from choreo.errors import ConfigurationError
+from choreo.order.v1 import events_pb2 as order_events
+from choreo.order.v1 import order_service_pb2 as order_pb
 from choreo.order.v1 import order_service_pb2_grpc as order_grpc
+from choreo.redact import redact_url
+from choreo.settings import RuntimeSettings
 from choreo.streamread import StoredMessage, read_stream
 from choreo.streams import CONTEXTS
 from choreo.testing import envelope_for
+from services import payment_token
 from services.audit import audit, read_ledgers, wait_for_quiescence
 from services.catalog import load_catalog
 from services.registry import SERVICE_NAMES
 from services.settings import REPO_ROOT, SagaSettings
-from services.system import System, SystemConfig
-from services.workload import Placed, bad_requests, mixed_paths, place_all, wait_until_final
+from services.system import (
+    DEFAULT_POSTGRES_URL,
+    STORES,
+    System,
+    SystemConfig,
+    drop_postgres_databases,
+)
+from services.workload import (
+    Placed,
+    SagaPath,
+    bad_requests,
+    mixed_paths,
+    place_all,
+    request_for,
+    wait_until_final,
+)
 
 CHAOS_CATALOG = REPO_ROOT / "catalog" / "chaos.json"
+CRASH_CUSTOMER = "cust-crash"  # its PaymentCompleted kills shipping on every delivery
 CRASH_POINTS = {
     "kill_after_commit_before_ack": faults.AFTER_COMMIT_BEFORE_ACK,
     "kill_after_publish_before_mark": faults.AFTER_PUBLISH_BEFORE_MARK,
@@ -55,6 +89,10 @@ POISON_SUBJECTS = (
     "choreo.payment.v1.PaymentCompleted",
     "choreo.shipping.v1.ShipmentCreated",
 )
+
+
+# Orders the run places itself in each phase of a schema migration (v1+v2, then v2 alone).
+ORDERS_PER_MIGRATION_PHASE = 4
 
 
 @dataclass
@@ -67,14 +105,43 @@ class ChaosConfig:
     broker_pauses: int = 1
     duplicates: int = 20
     poison: int = 6
-    bad_requests: int = 7
+    bad_requests: int = 11
     duplicate_window_s: float = 120.0
     provider_failure_rate: float = 0.05
     provider_latency_ms: int = 2
+    # Faults beyond crashes (issue "every saga ends").
+    provider_outages: int = 1  # a provider down for longer than the retry budget
+    hung_providers: int = 1  # a provider whose calls never answer, for a while
+    crash_messages: int = 1  # an order whose PaymentCompleted kills shipping on every delivery
+    long_broker_outages: int = 1  # a broker down long enough to fill the client buffer
+    # A rolling OrderCreated v1 -> v2 migration mid-run, inventory killed inside the window.
+    schema_migrations: int = 1
+    # The payment token's key pair rotated mid-run, with tokens sealed for the old key in flight.
+    key_rotations: int = 1
+    long_outage_s: float = 8.0
+    nats_pending_size: int = 16 * 1024  # small, so a long outage fills it many times over
+    saga_deadline_s: float = 150.0
+    # Every saga must be final within the deadline plus this (the deadline scan, compensations).
+    final_bound_s: float = 60.0
     duration_s: float = 240.0
     # Deliberately broken builds: the run must then report violations.
     disable_inbox: bool = False
     ack_before_handling: bool = False
+    # Where the services keep their state: "sqlite" files, or "postgres" databases on the
+    # server of ``database_url`` (fresh ones, named after its database).
+    store: str = "sqlite"
+    database_url: str = DEFAULT_POSTGRES_URL
+    # Connections per service process on Postgres: kills and restarts briefly overlap a dead
+    # process's connections with its successor's, on a server other runs share.
+    postgres_pool_size: int = 5
+
+
+def chaos_database_url(base_url: str) -> str:
+    """``base_url`` with a database prefix no other run uses (the system appends
+    ``_<service>``), so a chaos run never audits, or drops, anyone else's data."""
+    parts = urlsplit(base_url)
+    prefix = parts.path.strip("/") or "choreo"
+    return urlunsplit(parts._replace(path=f"/{prefix}_chaos_{uuid.uuid4().hex[:8]}"))
 
 
 @dataclass
@@ -85,8 +152,14 @@ class ChaosReport:
     expected_dead_letters: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
     recovery_s: list[float] = field(default_factory=list)
+    gave_up: Counter[str] = field(default_factory=Counter)
+    alarms_replayed: Counter[str] = field(default_factory=Counter)
+    caught_by_provider_faults: int = 0
+    gave_up_under_kills: int = 0
+    max_saga_s: float = 0.0
     sagas: int = 0
     seconds: float = 0.0
+    store: str = "sqlite"
 
     @property
     def ok(self) -> bool:
@@ -95,6 +168,7 @@ class ChaosReport:
     def as_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "store": self.store,
             "sagas": self.sagas,
             "seconds": round(self.seconds, 1),
             "faults": dict(self.faults),
@@ -102,6 +176,11 @@ class ChaosReport:
             "dead_letters": dict(self.dead_letters),
             "expected_dead_letters": dict(self.expected_dead_letters),
             "recovery_after_broker_restart_s": self.recovery_s,
+            "gave_up_and_compensated": dict(self.gave_up),
+            "alarms_replayed": dict(self.alarms_replayed),
+            "orders_cancelled_by_provider_faults": self.caught_by_provider_faults,
+            "orders_cancelled_by_give_ups_under_kills": self.gave_up_under_kills,
+            "max_saga_seconds": round(self.max_saga_s, 1),
             "violations": self.violations,
         }
 
@@ -132,6 +211,8 @@ class Chaos:
             "CHOREO_PAYMENT_LATENCY_MS": str(config.provider_latency_ms),
             "CHOREO_SHIPPING_LATENCY_MS": str(config.provider_latency_ms),
             "CHOREO_SEED": str(config.seed),
+            "CHOREO_NATS_PENDING_SIZE": str(config.nats_pending_size),
+            "CHOREO_SAGA_DEADLINE_S": str(config.saga_deadline_s),
             # Ample stock of everyday items, so only SKU-RARE runs out, however long the run.
             "CHOREO_CATALOG": str(CHAOS_CATALOG),
         }
@@ -139,19 +220,40 @@ class Chaos:
             env["CHOREO_UNSAFE_DISABLE_INBOX"] = "1"
         if config.ack_before_handling:
             env["CHOREO_UNSAFE_ACK_BEFORE_HANDLING"] = "1"
-        self.system = System(SystemConfig(data_dir=self.workdir, grpc_base_port=None, env=env))
+        system_config = SystemConfig(data_dir=self.workdir, grpc_base_port=None, env=env)
+        if config.store not in STORES:
+            raise ConfigurationError(
+                f"store {config.store!r} is not known: use --store sqlite or --store postgres"
+            )
+        if config.store == "postgres":
+            system_config.store = "postgres"
+            system_config.database_url = chaos_database_url(config.database_url)
+            env["CHOREO_DATABASE_POOL_SIZE"] = str(config.postgres_pool_size)
+        self.system = System(system_config)
+        self.report.store = config.store
         self.completions: list[float] = []
         self.restarts_at: list[float] = []
+        # (start, end) of each provider outage or hang: orders in flight then may be cancelled.
+        self.provider_fault_windows: list[tuple[float, float]] = []
+        self.crash_orders: set[str] = set()
+        self.extra_orders: list[Placed] = []
+        self.busy: set[str] = set()  # services a fault is taking down and up on purpose
+        self.stub: order_grpc.OrderServiceAsyncStub | None = None
+        self.base_env: dict[str, dict[str, str]] = {}
 
     # --- faults ---------------------------------------------------------------------------
 
     async def kill_random_service(self) -> None:
         assert self.system.supervisor is not None
         name = self.rng.choice(SERVICE_NAMES)
-        self.system.supervisor.kill(name)
-        self.report.faults["sigkill"] += 1
-        await asyncio.sleep(self.rng.uniform(0.2, 1.5))
-        await self._restart(name)
+        self.busy.add(name)
+        try:
+            self.system.supervisor.kill(name)
+            self.report.faults["sigkill"] += 1
+            await asyncio.sleep(self.rng.uniform(0.2, 1.5))
+            await self._restart(name)
+        finally:
+            self.busy.discard(name)
 
     async def kill_at_worst_moment(self) -> None:
         """Re-arm a service with a crash point; it kills itself there; start it clean."""
@@ -167,6 +269,7 @@ class Chaos:
                 "order",
             )
         managed = self.system.supervisor.processes[name]
+        self.busy.add(name)
         clean_env = dict(managed.spec.env)
         managed.spec.env = {
             **clean_env,
@@ -185,17 +288,36 @@ class Chaos:
         else:
             self.report.faults[f"{kind}_not_reached"] += 1
         await asyncio.sleep(self.rng.uniform(0.1, 1.0))
-        await self._restart(name)
+        try:
+            await self._restart(name)
+        finally:
+            self.busy.discard(name)
+
+    def restart_bound_s(self) -> float:
+        """How long a service is restarted before that counts as a violation. A message that
+        crashes its consumer is delivered up to max_deliveries times, ack_wait apart, and a
+        restart in between may die on it again (sooner when start-up is slow, as on a loaded
+        Postgres): restarting must outlast that, as an operator's supervisor does."""
+        env = self.system.config.env
+        deliveries = int(env.get("CHOREO_MAX_DELIVERIES", "10"))
+        return deliveries * float(env.get("CHOREO_ACK_WAIT_S", "4")) + 30.0
 
     async def _restart(self, name: str) -> None:
         assert self.system.supervisor is not None
-        for attempt in range(5):
+        deadline = time.monotonic() + self.restart_bound_s()
+        attempt = 0
+        while True:
             try:
                 await self.system.supervisor.restart(name, timeout=30)
                 return
-            except (RuntimeError, TimeoutError):
-                await asyncio.sleep(0.5 * (attempt + 1))
-        self.report.violations.append(f"service {name} could not be restarted")
+            except (RuntimeError, TimeoutError) as exc:
+                attempt += 1
+                if time.monotonic() >= deadline:
+                    self.report.violations.append(
+                        f"service {name} could not be restarted ({attempt} attempts): {exc!r}"
+                    )
+                    return
+                await asyncio.sleep(min(2.0, 0.5 * attempt))
 
     async def restart_broker(self) -> None:
         broker = self.system.broker
@@ -205,6 +327,7 @@ class Chaos:
         await asyncio.sleep(self.rng.uniform(0.5, 2.0))
         await asyncio.to_thread(broker.start)
         self.restarts_at.append(time.monotonic())
+        await self.place_probe_order()
 
     async def pause_broker(self) -> None:
         broker = self.system.broker
@@ -275,7 +398,7 @@ class Chaos:
             headers[H_TYPE] = subject.rsplit(".", 1)[0] + ".Teleported"
         else:
             headers[H_TYPE] = subject.replace(".v1.", ".v7.")
-        await js.publish(subject, body, headers=headers)
+        await js.publish(envelope.subject, body, headers=headers)
         self.report.faults[f"poison_{kind}"] += 1
         for service in subscribers(subject):
             self.report.expected_dead_letters[f"{service}:{kind}"] += 1
@@ -295,6 +418,229 @@ class Chaos:
                     )
             self.report.faults["bad_grpc_request"] += 1
 
+    def retry_budget_s(self) -> float:
+        """How long a step keeps retrying before it gives up, with this run's settings."""
+        settings = RuntimeSettings(
+            max_deliveries=int(self.system.config.env["CHOREO_MAX_DELIVERIES"]),
+            backoff_base_s=float(self.system.config.env["CHOREO_BACKOFF_BASE_S"]),
+            backoff_max_s=float(self.system.config.env["CHOREO_BACKOFF_MAX_S"]),
+        )
+        return sum(settings.backoff(d) for d in range(1, settings.max_deliveries))
+
+    async def _restart_with(self, name: str, extra_env: dict[str, str]) -> None:
+        assert self.system.supervisor is not None
+        managed = self.system.supervisor.processes[name]
+        managed.spec.env = {**self.base_env[name], **extra_env}
+        await self._restart(name)
+
+    async def provider_outage(self, index: int) -> None:
+        """A provider fails every call (half of them after taking the charge or booking, as a
+        lost answer) for longer than the retry budget: the step must give up cleanly."""
+        name = ("payment", "shipping")[index % 2]
+        self.busy.add(name)
+        started = time.monotonic()
+        try:
+            await self._restart_with(name, {f"CHOREO_{name.upper()}_FAILURE_RATE": "1.0"})
+            # One order meets the outage for sure, even if the run's load has ebbed by now:
+            # without it, a run whose sagas all passed the step before the outage shows
+            # nothing about giving up.
+            await self.place_probe_order()
+            await asyncio.sleep(self.retry_budget_s() + 4.0)
+            await self._restart_with(name, {})
+        finally:
+            self.busy.discard(name)
+        self.provider_fault_windows.append((started, time.monotonic()))
+        self.report.faults[f"provider_outage_{name}"] += 1
+
+    async def schema_migration(self, js: Any) -> None:
+        """A rolling OrderCreated migration in the middle of the run: the order service
+        publishes v1 and v2 of every order for a while, and inventory (which handles both) is
+        killed inside that window with both versions of some orders in flight; then v2 alone,
+        then v1 again. Every order must still reserve, charge and ship once (the audit)."""
+        assert self.system.supervisor is not None
+        self.busy.update({"order", "inventory"})
+        try:
+            await self._restart_with("order", {"CHOREO_ORDER_CREATED_VERSIONS": "1,2"})
+            await self._place_probe_orders(ORDERS_PER_MIGRATION_PHASE)
+            await asyncio.sleep(3.0)
+            self.system.supervisor.kill("inventory")
+            await asyncio.sleep(self.rng.uniform(0.2, 1.0))
+            await self._restart("inventory")
+            await asyncio.sleep(3.0)
+            await self._restart_with("order", {"CHOREO_ORDER_CREATED_VERSIONS": "2"})
+            await self._place_probe_orders(ORDERS_PER_MIGRATION_PHASE)
+            await asyncio.sleep(3.0)
+            await self._restart_with("order", {})
+        finally:
+            self.busy.difference_update({"order", "inventory"})
+        self.report.faults["schema_migration_window"] += 1
+        # What the window put on the wire: orders told in v2, and in both versions at once.
+        v2 = await self._orders_with(js, "choreo.order.v2.OrderCreated")
+        v1 = await self._orders_with(js, "choreo.order.v1.OrderCreated")
+        self.report.faults["schema_migration_orders_in_v2"] += len(v2)
+        self.report.faults["schema_migration_orders_in_both"] += len(v2 & v1)
+
+    async def _place_probe_orders(self, count: int) -> None:
+        """Orders that meet a phase of the run for sure, whatever the load is doing then."""
+        for _ in range(count):
+            await self.place_probe_order()
+
+    async def _orders_with(self, js: Any, event_type: str) -> set[str]:
+        """The order ids (the subject's last token) that have ``event_type`` in the stream."""
+        stream = subjects.stream_name(subjects.context_of(event_type))
+        messages = await read_stream(js, stream, subjects.event_type_filter(event_type))
+        return {message.subject.rsplit(".", 1)[-1] for message in messages}
+
+    async def rotate_payment_key(self) -> None:
+        """The payment token's key pair rotated with orders in flight, as the README says: payment
+        first (the new key, the old one retired), then the order service (the new public key).
+        An order sealed for the old key is placed between the two steps; every later restart
+        keeps the new keys."""
+        old_private = Path(
+            self.base_env["payment"].get(payment_token.PRIVATE_KEY_SETTING)
+            or payment_token.default_key_files(self.workdir.resolve())[0]
+        )
+        new_private = self.workdir / "rotated-secrets" / "payment-token-key.pem"
+        new_public = new_private.with_name("payment-token-public.pem")
+        sealing.write_keypair(new_private, new_public)
+        self.busy.update({"order", "payment"})
+        try:
+            self.base_env["payment"].update(
+                {
+                    payment_token.PRIVATE_KEY_SETTING: str(new_private),
+                    payment_token.RETIRED_KEYS_SETTING: str(old_private),
+                }
+            )
+            await self._restart_with("payment", {})
+            await self.place_probe_order()  # still sealed for the old key
+            self.base_env["order"][payment_token.PUBLIC_KEY_SETTING] = str(new_public)
+            await self._restart_with("order", {})
+            await self.place_probe_order()  # sealed for the new key
+        finally:
+            self.busy.difference_update({"order", "payment"})
+        self.report.faults["payment_key_rotation"] += 1
+
+    async def hang_provider(self, index: int) -> None:
+        """A provider whose calls never answer (10 minutes of latency) for a few seconds."""
+        name = ("shipping", "payment")[index % 2]
+        self.busy.add(name)
+        started = time.monotonic()
+        try:
+            await self._restart_with(name, {f"CHOREO_{name.upper()}_LATENCY_MS": "600000"})
+            await asyncio.sleep(6.0)
+            await self._restart_with(name, {})
+        finally:
+            self.busy.discard(name)
+        self.provider_fault_windows.append((started, time.monotonic()))
+        self.report.faults[f"hung_provider_{name}"] += 1
+
+    async def place_crashing_order(self, stub: order_grpc.OrderServiceAsyncStub) -> None:
+        """An order whose PaymentCompleted kills the shipping process on every delivery (it is
+        armed with CHOREO_CRASH_ON_CUSTOMER from the start). The broker counts the deliveries;
+        past the limit shipping gives up without running the handler, cancels any booking by
+        its key and emits ShippingFailed, so the order is cancelled and refunded."""
+        request = request_for(SagaPath.HAPPY, 0, self.rng)
+        request.customer_id = CRASH_CUSTOMER
+        request.shipping_address.country_code = "US"
+        response = await stub.PlaceOrder(request, timeout=10)
+        order_id = response.order.order_id
+        self.crash_orders.add(order_id)
+        self.extra_orders.append(Placed(order_id, SagaPath.HAPPY, time.monotonic()))
+        self.report.faults["message_that_crashes_its_consumer"] += 1
+
+    async def long_broker_outage(self) -> None:
+        """The broker down for longer than the client's reconnect buffer lasts."""
+        broker = self.system.broker
+        assert broker is not None
+        broker.kill()
+        self.report.faults["broker_outage_long"] += 1
+        await asyncio.sleep(self.config.long_outage_s)
+        await asyncio.to_thread(broker.start)
+        self.restarts_at.append(time.monotonic())
+        await self.place_probe_order()
+
+    async def place_probe_order(self) -> None:
+        """One more happy order right after a broker restart (the time to recover is measured
+        to the first saga that completes after it, and there must be one) or at the start of a
+        provider outage (it must be cancelled by the step's give-up) or of a schema migration's
+        phase."""
+        assert self.stub is not None
+        request = request_for(SagaPath.HAPPY, len(self.extra_orders), self.rng)
+        for attempt in range(10):
+            try:
+                response = await self.stub.PlaceOrder(request, timeout=10)
+                break
+            except grpc.aio.AioRpcError:
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(0.5)
+        self.extra_orders.append(Placed(response.order.order_id, SagaPath.HAPPY, time.monotonic()))
+
+    async def watchdog(self, stopping: asyncio.Event) -> None:
+        """Restart a service that died when no fault was taking it down: the crashing message
+        kills shipping on purpose; any other unplanned death is a violation."""
+        assert self.system.supervisor is not None
+        while not stopping.is_set():
+            await asyncio.sleep(0.3)
+            for name in self.system.supervisor.dead():
+                if name in self.busy:
+                    continue
+                if name == "shipping" and self.crash_orders:
+                    self.report.faults["crashed_by_the_message"] += 1
+                else:
+                    self.report.violations.append(f"service {name} died with no fault injected")
+                self.busy.add(name)
+                try:
+                    await self._restart(name)
+                finally:
+                    self.busy.discard(name)
+
+    async def replay_alarms(self, js: Any) -> None:
+        """An alarm is a step that gave up with no failure event to emit (a refund during a
+        payment outage, say): the operator replays it once the outage is over."""
+        for letter in await dlq.list_dead_letters(js):
+            if letter.alarm and not letter.headers.get(dlq.H_REPLAY_OF):
+                await dlq.replay(js, letter.seq)
+                self.report.alarms_replayed[f"{letter.service}:{letter.reason}"] += 1
+
+    def accept_outcome(self, item: Placed, gave_up_on: set[str]) -> str | None:
+        """Why an order's final state is wrong, or None when it is what the run allows.
+        ``gave_up_on``: the sagas in which a step gave up and compensated (its letter says so)."""
+        if item.order_id in self.crash_orders:
+            if item.status == order_pb.ORDER_STATUS_CANCELLED and (
+                item.cancellation_reason == order_events.CANCELLATION_REASON_SHIPPING_FAILED
+            ):
+                return None
+            return f"the order whose message crashes shipping ended as {item.status}"
+        if item.status == item.path.expected_status:
+            return None
+        # A step that gave up (a provider down past the retry budget, or a message delivered
+        # more often than allowed while its process kept being killed) cancels the order, as
+        # designed: accepted when the saga's dead letters show that give-up, or the deadline.
+        cancelled_by = item.cancellation_reason
+        gave_up = item.status == order_pb.ORDER_STATUS_CANCELLED and (
+            cancelled_by == order_events.CANCELLATION_REASON_DEADLINE_EXCEEDED
+            or (
+                item.order_id in gave_up_on
+                and cancelled_by
+                in (
+                    order_events.CANCELLATION_REASON_PAYMENT_FAILED,
+                    order_events.CANCELLATION_REASON_SHIPPING_FAILED,
+                )
+            )
+        )
+        if gave_up:
+            if any(item.placed_at <= end for _, end in self.provider_fault_windows):
+                self.report.caught_by_provider_faults += 1
+            else:
+                self.report.gave_up_under_kills += 1
+            return None
+        status = order_pb.OrderStatus.Name(order_pb.OrderStatus.ValueType(item.status))
+        reason = order_events.CancellationReason.Name(
+            order_events.CancellationReason.ValueType(cancelled_by)
+        )
+        return f"({item.path}) ended as {status} ({reason})"
+
     # --- the run --------------------------------------------------------------------------
 
     def schedule(self, spread_s: float) -> list[tuple[float, str]]:
@@ -307,12 +653,27 @@ class Chaos:
             + ["duplicates"] * max(1, c.duplicates // 8)
             + ["poison"] * c.poison
             + ["bad_requests"] * 2
+            + ["provider_outage"] * c.provider_outages
+            + ["hung_provider"] * c.hung_providers
+            + ["crash_message"] * c.crash_messages
+            + ["long_broker_outage"] * c.long_broker_outages
+            + ["schema_migration"] * c.schema_migrations
+            + ["key_rotation"] * c.key_rotations
         )
         if c.duplicate_window_s < 30:
             kinds.append("replay_after_window")
         # Broker faults land in the first two thirds, so sagas are still flowing afterwards
         # and the time to recover can be measured.
-        early = {"broker_restart", "broker_pause"}
+        early = {
+            "broker_restart",
+            "broker_pause",
+            "long_broker_outage",
+            "provider_outage",
+            "hung_provider",
+            "crash_message",
+            "schema_migration",
+            "key_rotation",
+        }
         return sorted(
             (self.rng.uniform(0.5, spread_s * (0.66 if kind in early else 1.0)), kind)
             for kind in kinds
@@ -322,7 +683,7 @@ class Chaos:
         self, js: Any, stub: order_grpc.OrderServiceAsyncStub, spread_s: float
     ) -> None:
         started = time.monotonic()
-        poison_index = 0
+        poison_index = outage_index = hang_index = 0
         # Faults that take a service or the broker away run one at a time, like incidents.
         for at, kind in self.schedule(spread_s):
             delay = started + at - time.monotonic()
@@ -346,6 +707,20 @@ class Chaos:
                     poison_index += 1
                 elif kind == "bad_requests":
                     await self.send_bad_requests(stub)
+                elif kind == "provider_outage":
+                    await self.provider_outage(outage_index)
+                    outage_index += 1
+                elif kind == "hung_provider":
+                    await self.hang_provider(hang_index)
+                    hang_index += 1
+                elif kind == "crash_message":
+                    await self.place_crashing_order(stub)
+                elif kind == "long_broker_outage":
+                    await self.long_broker_outage()
+                elif kind == "schema_migration":
+                    await self.schema_migration(js)
+                elif kind == "key_rotation":
+                    await self.rotate_payment_key()
             except Exception as exc:  # a fault that could not be injected is reported, not fatal
                 self.report.faults[f"{kind}_failed"] += 1
                 self.console.print(f"[yellow]could not inject {kind}: {exc!r}[/yellow]")
@@ -377,10 +752,16 @@ class Chaos:
         async def completed(_: Any) -> None:
             self.completions.append(time.monotonic())
 
-        await nc.subscribe("choreo.notification.v1.NotificationSent", cb=completed)
+        await nc.subscribe(
+            subjects.event_type_filter("choreo.notification.v1.NotificationSent"), cb=completed
+        )
         paths = mixed_paths(c.sagas, seed=c.seed)
+        await self.arm_processes()
         channel = grpc.aio.insecure_channel(self.system.addresses["order"])
         stub: order_grpc.OrderServiceAsyncStub = order_grpc.OrderServiceStub(channel)
+        self.stub = stub
+        watching = asyncio.Event()
+        watchdog = asyncio.create_task(self.watchdog(watching))
         try:
             # Orders arrive at a steady rate over the fault window, so every fault (a crash
             # point needs traffic to be reached) lands while sagas are in flight.
@@ -393,19 +774,30 @@ class Chaos:
             injecting = asyncio.create_task(self.inject(js, stub, spread))
             placed: list[Placed] = await placing
             await injecting
+            placed += self.extra_orders
             self.report.sagas = len(placed)
             self.console.print(f"placed {len(placed)} orders; waiting for quiescence ...")
             stuck = await wait_until_final(stub, placed, timeout=c.duration_s)
+            stuck_ids = {item.order_id for item in stuck}
             for item in stuck:
                 self.report.violations.append(f"invariant 1: order {item.order_id} never ended")
+            gave_up_on = {
+                letter.headers.get(H_CORRELATION_ID, "")
+                for letter in await dlq.list_dead_letters(js)
+                if letter.compensated
+            }
             for item in placed:
-                if item.order_id not in {s.order_id for s in stuck} and (
-                    item.status != item.path.expected_status
-                ):
-                    self.report.violations.append(
-                        f"invariant 1: order {item.order_id} ({item.path}) ended as {item.status}"
-                    )
-            await wait_for_quiescence(js, self.workdir, timeout_s=60)  # last reactions land
+                if item.order_id in stuck_ids:
+                    continue
+                wrong = self.accept_outcome(item, gave_up_on)
+                if wrong:
+                    self.report.violations.append(f"invariant 1: order {item.order_id} {wrong}")
+            # Every service's outbox, in its SQLite file or its Postgres database.
+            databases = self.system.database_urls
+            await wait_for_quiescence(js, self.workdir, timeout_s=60, databases=databases)
+            await self.replay_alarms(js)
+            # The last reactions land.
+            await wait_for_quiescence(js, self.workdir, timeout_s=60, databases=databases)
             saga = SagaSettings(catalog_path=CHAOS_CATALOG)
             audited = await audit(
                 js=js,
@@ -413,13 +805,26 @@ class Chaos:
                 catalog=load_catalog(saga.catalog_path),
                 ledgers=await read_ledgers(self.workdir, saga),
             )
+            durations = await saga_durations(js)
         finally:
+            watching.set()
+            await watchdog
             await channel.close()
-            letters = await _dead_letters(js)
+            letters = await dlq.list_dead_letters(js)
             await nc.close()
         self.report.final_states = audited.final_states
+        for order_id, took in durations.items():
+            self.report.max_saga_s = max(self.report.max_saga_s, took)
+            if took > c.saga_deadline_s + c.final_bound_s:
+                self.report.violations.append(
+                    f"invariant 1: order {order_id} took {took:.0f}s from OrderCreated to its"
+                    f" last event, more than the deadline {c.saga_deadline_s:.0f}s"
+                    f" + {c.final_bound_s:.0f}s"
+                )
         self.report.violations += [str(v) for v in audited.violations]
-        self.report.dead_letters = Counter(f"{s}:{r}" for s, r in letters)
+        poison = [x for x in letters if not x.compensated and not x.alarm]
+        self.report.dead_letters = Counter(f"{x.service}:{x.reason}" for x in poison)
+        self.report.gave_up = Counter(f"{x.service}:{x.reason}" for x in letters if x.compensated)
         if self.report.dead_letters != self.report.expected_dead_letters:
             self.report.violations.append(
                 f"dead letters {dict(self.report.dead_letters)} != injected poison"
@@ -427,15 +832,45 @@ class Chaos:
             )
         self.report.recovery_s = [self._recovery(at) for at in self.restarts_at]
 
+    async def arm_processes(self) -> None:
+        """Remember each service's environment; arm shipping for the crashing message."""
+        assert self.system.supervisor is not None
+        for name, managed in self.system.supervisor.processes.items():
+            self.base_env[name] = dict(managed.spec.env)
+        if self.config.crash_messages:
+            self.base_env["shipping"].update(
+                {
+                    "CHOREO_CRASH_ON_CUSTOMER": CRASH_CUSTOMER,
+                    "CHOREO_CRASH_ON_TYPE": "choreo.payment.v1.PaymentCompleted",
+                }
+            )
+            await self._restart_with("shipping", {})
+
+    async def cleanup(self) -> None:
+        """Remove what the run left: its data folder and, on Postgres, its databases."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.config.store == "postgres":
+            await drop_postgres_databases(self.system.database_urls.values())
+
     def _recovery(self, restarted_at: float) -> float:
         after = [t for t in self.completions if t >= restarted_at]
         return round(after[0] - restarted_at, 2) if after else -1.0
 
 
-async def _dead_letters(js: Any) -> list[tuple[str, str]]:
-    from choreo import dlq
-
-    return [(letter.service, letter.reason) for letter in await dlq.list_dead_letters(js)]
+async def saga_durations(js: Any) -> dict[str, float]:
+    """Per saga, seconds from its first event to its last (the events' own ``ce-time``): how
+    long it really took to end, whenever anyone looked."""
+    first: dict[str, datetime] = {}
+    last: dict[str, datetime] = {}
+    for context in CONTEXTS:
+        for message in await read_stream(js, subjects.stream_name(context)):
+            saga = message.headers.get(H_CORRELATION_ID)
+            if not saga or H_TIME not in message.headers:
+                continue
+            at = _published_at(message.headers)
+            first[saga] = min(first.get(saga, at), at)
+            last[saga] = max(last.get(saga, at), at)
+    return {saga: (last[saga] - first[saga]).total_seconds() for saga in first}
 
 
 def print_report(console: Console, report: ChaosReport) -> None:
@@ -448,7 +883,16 @@ def print_report(console: Console, report: ChaosReport) -> None:
         table.add_row(f"sagas: {name}", str(count))
     for name, count in sorted(report.dead_letters.items()):
         table.add_row(f"dead letters: {name}", str(count))
+    for name, count in sorted(report.gave_up.items()):
+        table.add_row(f"gave up and compensated: {name}", str(count))
+    for name, count in sorted(report.alarms_replayed.items()):
+        table.add_row(f"alarm replayed: {name}", str(count))
     console.print(table)
+    console.print(
+        f"orders cancelled by provider faults: {report.caught_by_provider_faults};"
+        f" by give-ups under kills: {report.gave_up_under_kills};"
+        f" longest saga: {report.max_saga_s:.1f}s"
+    )
     console.print(f"broker restart -> first completed saga after: {report.recovery_s} s")
     for violation in report.violations[:50]:
         console.print(f"[red]{violation}[/red]")
@@ -473,12 +917,25 @@ async def run_chaos(args: argparse.Namespace) -> int:
         disable_inbox=args.unsafe_disable_inbox,
         ack_before_handling=args.unsafe_ack_first,
     )
+    store = args.store or ("postgres" if args.database_url else "sqlite")
+    if args.database_url:
+        if store != "postgres":
+            raise ConfigurationError("--database-url is for --store postgres")
+        config.database_url = args.database_url
+    config.store = store
     chaos = Chaos(config, console)
+    if store == "postgres":
+        names = ", ".join(
+            redact_url(url).rsplit("/", 1)[-1] for url in chaos.system.database_urls.values()
+        )
+        console.print(f"Postgres databases for this run: {names}")
     try:
         report = await chaos.run()
     finally:
-        if not args.keep:
-            shutil.rmtree(chaos.workdir, ignore_errors=True)
+        if args.keep:
+            console.print(f"kept {chaos.workdir}")
+        else:
+            await chaos.cleanup()
     print_report(console, report)
     if args.output:
         args.output.write_text(json.dumps(report.as_json(), indent=2))

@@ -33,7 +33,7 @@ import nats.errors
 from nats.js import api
 
 from choreo import contracts, inbox, outbox, subjects
-from choreo.envelope import H_CAUSATION_ID, H_ID, H_MSG_ID, H_SOURCE, H_TYPE
+from choreo.envelope import H_CAUSATION_ID, H_CORRELATION_ID, H_ID, H_MSG_ID, H_SOURCE, H_TYPE
 from choreo.store.schema import runtime_schema
 
 # Body sizes of each event on the happy path, as the real services serialise them (measured
@@ -113,7 +113,7 @@ async def relay_one_trigger(
         api.ConsumerConfig(
             durable_name=durable,
             ack_policy=api.AckPolicy.EXPLICIT,
-            filter_subject=trigger,
+            filter_subject=subjects.event_type_filter(trigger),
             max_ack_pending=1000,
             ack_wait=30,
         ),
@@ -125,7 +125,7 @@ async def relay_one_trigger(
             msgs = await sub.fetch(64, timeout=0.5)
         except TimeoutError:  # nats raises both its own and asyncio.TimeoutError
             continue
-        emitted: list[tuple[str, dict[str, str]]] = []
+        emitted: list[tuple[str, str, dict[str, str]]] = []
         handled: list[tuple[str, Emitted | None]] = []
         for msg in msgs:
             headers = dict(msg.headers or {})
@@ -140,18 +140,20 @@ async def relay_one_trigger(
                         H_CAUSATION_ID: headers.get(H_ID, ""),
                     }
                 )
-                emitted.append((event_id, headers))
-            row = (event_id, emit, headers, body) if emit is not None else None
+                subject = subjects.event_subject(emit, headers.get(H_CORRELATION_ID, ""))
+                emitted.append((event_id, subject, headers))
+            row = (event_id, subject, headers, body) if emit is not None else None
             handled.append(((msg.headers or {}).get(H_ID, ""), row))
         if durable_log is not None:
             durable_log.record(durable, handled)
         if emitted:
             futures = [
-                await js.publish_async(emit, body, headers=headers) for _, headers in emitted
+                await js.publish_async(subject, body, headers=headers)
+                for _, subject, headers in emitted
             ]
             await asyncio.gather(*futures)
             if durable_log is not None:
-                durable_log.published([event_id for event_id, _ in emitted])
+                durable_log.published([event_id for event_id, _, _ in emitted])
         for msg in msgs:
             await msg.ack()
 

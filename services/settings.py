@@ -17,6 +17,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CATALOG = REPO_ROOT / "catalog" / "default.json"
 
 
+ORDER_CREATED_VERSIONS = (1, 2)
+
+
+def _order_created_versions(raw: str | None) -> tuple[int, ...]:
+    """``CHOREO_ORDER_CREATED_VERSIONS``: "1", "2" or "1,2" (default "1")."""
+    if raw is None:
+        return SagaSettings.order_created_versions
+    tokens = [token.strip().removeprefix("v") for token in raw.split(",") if token.strip()]
+    if not tokens or not all(t.isdigit() and int(t) in ORDER_CREATED_VERSIONS for t in tokens):
+        raise ConfigurationError(
+            f"CHOREO_ORDER_CREATED_VERSIONS={raw!r}: list the OrderCreated versions to publish,"
+            ' from 1 and 2, comma-separated: "1", "1,2" (migration window) or "2"'
+        )
+    return tuple(sorted({int(t) for t in tokens}))
+
+
 @dataclass(frozen=True)
 class SagaSettings:
     catalog_path: Path = DEFAULT_CATALOG
@@ -27,6 +43,19 @@ class SagaSettings:
     shipping_latency_ms: int = 0
     unserviceable_countries: tuple[str, ...] = ("AQ", "KP")
     seed: int | None = None
+    # Every saga ends: an order not final this long after it was placed is cancelled (and the
+    # steps compensate). Well above one step's retry budget (RuntimeSettings.retry_budget_s).
+    saga_deadline_s: float = 300.0
+    deadline_scan_interval_s: float = 5.0
+    # The payment token's key files (services/payment_token.py); None: the data folder's pair.
+    payment_token_public_key_file: Path | None = None
+    payment_token_private_key_file: Path | None = None
+    # Private keys being retired, still accepted while tokens sealed for them are in flight.
+    payment_token_retired_key_files: tuple[Path, ...] = ()
+    # Which schema versions of OrderCreated the order service publishes, oldest first: (1,)
+    # before a migration, (1, 2) during its window (v1-only consumers keep working), (2,) once
+    # v1 is retired. See docs/evolution.md.
+    order_created_versions: tuple[int, ...] = (1,)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SagaSettings:
@@ -52,8 +81,20 @@ class SagaSettings:
         ):
             if rate > 1:
                 raise ConfigurationError(f"{key} must be a fraction between 0 and 1")
+        deadline = number("CHOREO_SAGA_DEADLINE_S", cls.saga_deadline_s)
+        scan = number("CHOREO_DEADLINE_SCAN_INTERVAL_S", cls.deadline_scan_interval_s)
+        for key, value in (
+            ("CHOREO_SAGA_DEADLINE_S", deadline),
+            ("CHOREO_DEADLINE_SCAN_INTERVAL_S", scan),
+        ):
+            if value <= 0:
+                raise ConfigurationError(f"{key} must be > 0 seconds")
+        versions = _order_created_versions(env.get("CHOREO_ORDER_CREATED_VERSIONS"))
         countries = env.get("CHOREO_UNSERVICEABLE_COUNTRIES")
         seed = env.get("CHOREO_SEED")
+        public_key = env.get("CHOREO_PAYMENT_TOKEN_PUBLIC_KEY_FILE")
+        private_key = env.get("CHOREO_PAYMENT_TOKEN_PRIVATE_KEY_FILE")
+        retired_keys = env.get("CHOREO_PAYMENT_TOKEN_RETIRED_KEY_FILES", "")
         return cls(
             catalog_path=Path(env.get("CHOREO_CATALOG", str(DEFAULT_CATALOG))),
             data_dir=Path(env.get("CHOREO_DATA_DIR", "data")),
@@ -67,6 +108,14 @@ class SagaSettings:
                 else cls.unserviceable_countries
             ),
             seed=int(seed) if seed else None,
+            saga_deadline_s=deadline,
+            deadline_scan_interval_s=scan,
+            payment_token_public_key_file=Path(public_key) if public_key else None,
+            payment_token_private_key_file=Path(private_key) if private_key else None,
+            payment_token_retired_key_files=tuple(
+                Path(name.strip()) for name in retired_keys.split(",") if name.strip()
+            ),
+            order_created_versions=versions,
         )
 
     @property

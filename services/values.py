@@ -15,6 +15,31 @@ MAX_MINOR = 2**63 - 1
 # A small explicit set: a currency we have never priced anything in is a client mistake,
 # not something to accept and discover later in the payment gateway.
 KNOWN_CURRENCIES = frozenset({"USD", "EUR", "GBP", "JPY", "CHF"})
+# Digits of each known currency's minor unit (ISO 4217): what an amount in minor units means.
+MINOR_UNIT_DIGITS = {"USD": 2, "EUR": 2, "GBP": 2, "JPY": 0, "CHF": 2}
+NANOS_PER_UNIT = 1_000_000_000
+
+
+def minor_to_decimal(amount_minor: int, currency: str) -> tuple[int, int]:
+    """Minor units -> (whole units, billionths): 1050 USD -> (10, 500000000), 1050 JPY ->
+    (1050, 0). The shape of choreo.common.v2.Money."""
+    per_unit = 10 ** MINOR_UNIT_DIGITS[currency]
+    units, fraction = divmod(amount_minor, per_unit)
+    return units, fraction * (NANOS_PER_UNIT // per_unit)
+
+
+def decimal_to_minor(units: int, nanos: int, currency: str) -> int:
+    """(whole units, billionths) -> minor units; ValueError for an unknown currency, a
+    negative amount or a fraction finer than the currency's minor unit."""
+    if currency not in MINOR_UNIT_DIGITS:
+        raise ValueError(f"currency {currency!r} is not one of {sorted(MINOR_UNIT_DIGITS)}")
+    if units < 0 or not 0 <= nanos < NANOS_PER_UNIT:
+        raise ValueError(f"{units} units and {nanos} nanos is not a non-negative amount")
+    per_unit = 10 ** MINOR_UNIT_DIGITS[currency]
+    step = NANOS_PER_UNIT // per_unit
+    if nanos % step:
+        raise ValueError(f"{nanos} nanos is finer than the minor unit of {currency}")
+    return units * per_unit + nanos // step
 
 
 def is_currency_code(code: str) -> bool:

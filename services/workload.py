@@ -98,6 +98,7 @@ class Placed:
     placed_at: float
     finished_at: float | None = None
     status: int = order_pb.ORDER_STATUS_PENDING
+    cancellation_reason: int = 0
 
 
 async def place_all(
@@ -166,6 +167,7 @@ async def wait_until_final(
                 item = pending.get(order.order_id)
                 if item and order.status in FINAL and order.customer_notified:
                     item.status, item.finished_at = order.status, now
+                    item.cancellation_reason = order.cancellation_reason
                     del pending[order.order_id]
             token = page.next_page_token
             if not token:
@@ -207,4 +209,18 @@ def bad_requests() -> list[tuple[str, order_pb.PlaceOrderRequest, str]]:
     del oversized.lines[:]
     oversized.lines.extend(order_line_pb2.OrderLine(sku="SKU-PEN", quantity=1) for _ in range(101))
     cases.append(("oversized request (101 lines)", oversized, "lines"))
+    # Fields that would be copied into every event of the saga: a request near the broker's
+    # max_payload must be refused at the door, not wedge the relay after it was accepted.
+    huge_customer = valid()
+    huge_customer.customer_id = "c" * (1024 * 1024)
+    cases.append(("customer id of 1 MiB", huge_customer, "customer_id"))
+    near_limit = valid()
+    near_limit.shipping_address.line1 = "x" * (1024 * 1024 - 600)
+    cases.append(("address line just under 1 MiB", near_limit, "shipping_address.line1"))
+    long_token = valid()
+    long_token.payment_token = "tok_" + "9" * 10_000
+    cases.append(("payment token of 10,000 characters", long_token, "payment_token"))
+    nul = valid()
+    nul.shipping_address.recipient_name = "Al\x00ice"
+    cases.append(("NUL in the recipient's name", nul, "shipping_address.recipient_name"))
     return cases

@@ -45,7 +45,8 @@ class Database(Protocol):
         ...
 
     async def migrate(self, statements: Sequence[str]) -> None:
-        """Apply idempotent DDL (``CREATE TABLE IF NOT EXISTS ...``)."""
+        """Apply the DDL statements this database has not recorded yet, each once, in order
+        (see :mod:`choreo.store.migrations`)."""
         ...
 
     async def close(self) -> None: ...

@@ -3,6 +3,8 @@
 - ``choreo_inbox``: ids of handled events (per consumer), written in the handler's transaction.
 - ``choreo_outbox``: events to publish, written in that same transaction; the relay deletes a
   row once the broker has acknowledged it.
+- ``choreo_outbox_parked``: outbox rows the relay can never publish (too large for the broker,
+  or refused for good), moved here with their reason; see ``choreo.dlq``.
 - ``choreo_aggregate_versions``: the last version this service emitted for each aggregate.
 - ``choreo_positions``: the last version each ordered consumer applied for each aggregate.
 """
@@ -31,6 +33,18 @@ def runtime_schema(dialect: str) -> list[str]:
             headers TEXT NOT NULL,
             body {blob} NOT NULL,
             created_at DOUBLE PRECISION NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS choreo_outbox_parked (
+            seq {serial},
+            event_id TEXT NOT NULL UNIQUE,
+            subject TEXT NOT NULL,
+            headers TEXT NOT NULL,
+            body {blob} NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            parked_at DOUBLE PRECISION NOT NULL,
+            service TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            notice_filed INTEGER NOT NULL DEFAULT 0)""",
         f"""CREATE TABLE IF NOT EXISTS choreo_aggregate_versions (
             aggregate_type TEXT NOT NULL,
             aggregate_id TEXT NOT NULL,

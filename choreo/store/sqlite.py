@@ -33,9 +33,21 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+from choreo.store.migrations import apply_versioned
 from choreo.store.port import Params, Row
 
 DIALECT = "sqlite"
+
+
+def path_of(url: str) -> Path:
+    """The file of a ``sqlite:///relative/file.db`` or ``sqlite:////absolute/file.db`` URL."""
+    parsed = urlparse(url)
+    path = parsed.netloc + parsed.path if parsed.netloc else parsed.path
+    if path.startswith("/") and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        path = path[1:]
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")  # sqlite:////abs parses as //abs: one leading slash
+    return Path(path)
 
 
 class SqliteTransaction:
@@ -83,17 +95,11 @@ class SqliteDatabase:
     @classmethod
     def from_url(cls, url: str) -> SqliteDatabase:
         parsed = urlparse(url)
-        path = parsed.netloc + parsed.path if parsed.netloc else parsed.path
-        if (
-            path.startswith("/")
-            and url.startswith("sqlite:///")
-            and not url.startswith("sqlite:////")
-        ):
-            path = path[1:]  # sqlite:///relative/file.db, sqlite:////absolute/file.db
+        path = path_of(url)
         synchronous = parse_qs(parsed.query).get("synchronous", ["NORMAL"])[0].upper()
         if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"synchronous={synchronous} in {url!r}: use NORMAL or FULL")
-        return cls(Path(path), synchronous)
+        return cls(path, synchronous)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
@@ -167,8 +173,7 @@ class SqliteDatabase:
 
     async def migrate(self, statements: Sequence[str]) -> None:
         async with self.transaction() as tx:
-            for statement in statements:
-                await tx.execute(statement)
+            await apply_versioned(tx, statements)
 
     async def close(self) -> None:
         async with self._lock, self._read_lock:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import grpc
 
+from choreo import validation
 from choreo.grpc_errors import abort_invalid, abort_not_found
 from choreo.inventory.v1 import inventory_service_pb2 as pb
 from choreo.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from choreo.service import ServiceRuntime
 from services.inventory import domain, mapping, store
+from services.paging import InvalidPageToken
 
 SERVICE_NAME = "choreo.inventory.v1.InventoryService"
 
@@ -20,8 +22,6 @@ class InventoryApi(pb_grpc.InventoryServiceServicer):
     async def GetStock(
         self, request: pb.GetStockRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStockResponse:
-        if not request.sku:
-            await abort_invalid(context, [("sku", "must not be empty")])
         async with self._runtime.db.read() as tx:
             level = await store.stock_level(tx, request.sku)
         if level is None:
@@ -31,8 +31,6 @@ class InventoryApi(pb_grpc.InventoryServiceServicer):
     async def GetReservation(
         self, request: pb.GetReservationRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetReservationResponse:
-        if not request.order_id:
-            await abort_invalid(context, [("order_id", "must not be empty")])
         async with self._runtime.db.read() as tx:
             reservation = await store.load_reservation(tx, request.order_id)
         # A rejected order reserved nothing, so it has no reservation to show.
@@ -40,6 +38,34 @@ class InventoryApi(pb_grpc.InventoryServiceServicer):
             await abort_not_found(context, f"reservation for order {request.order_id!r}")
         return pb.GetReservationResponse(reservation=mapping.reservation(reservation))
 
+    async def ListStock(
+        self, request: pb.ListStockRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListStockResponse:
+        try:
+            async with self._runtime.db.read() as tx:
+                levels, token = await store.list_stock(tx, request.page_size, request.page_token)
+        except InvalidPageToken as exc:
+            await abort_invalid(context, [("page_token", str(exc))])
+        return pb.ListStockResponse(
+            stock_levels=[mapping.stock_level(level) for level in levels], next_page_token=token
+        )
+
+    async def ListReservations(
+        self, request: pb.ListReservationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListReservationsResponse:
+        try:
+            async with self._runtime.db.read() as tx:
+                reservations, token = await store.list_reservations(
+                    tx, request.page_size, request.page_token
+                )
+        except InvalidPageToken as exc:
+            await abort_invalid(context, [("page_token", str(exc))])
+        return pb.ListReservationsResponse(
+            reservations=[mapping.reservation(r) for r in reservations], next_page_token=token
+        )
+
 
 def add_to_server(server: grpc.aio.Server, runtime: ServiceRuntime) -> None:
-    pb_grpc.add_InventoryServiceServicer_to_server(InventoryApi(runtime), server)
+    # Every request is decoded and checked against its declared rules before a method runs.
+    service = pb.DESCRIPTOR.services_by_name["InventoryService"]
+    validation.add_servicer(server, service, InventoryApi(runtime))

@@ -61,6 +61,8 @@ class ReservationStatus(enum.StrEnum):
 class RejectionReason(enum.StrEnum):
     UNKNOWN_SKU = "UNKNOWN_SKU"
     INSUFFICIENT_STOCK = "INSUFFICIENT_STOCK"
+    # Never emitted: the order was cancelled at its deadline before its stock was reserved.
+    ORDER_CANCELLED = "ORDER_CANCELLED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,3 +187,18 @@ def apply(level: StockLevel, adjustment: StockAdjustment) -> StockLevel:
 def unconserved(levels: Iterable[StockLevel]) -> list[StockLevel]:
     """Levels that break ``initial = available + reserved + shipped``; empty when all is well."""
     return [level for level in levels if not level.is_conserved]
+
+
+DEADLINE_CANCELLATION = "CANCELLATION_REASON_DEADLINE_EXCEEDED"
+
+
+def compensates_cancellation(reason: str) -> bool:
+    """Only a cancellation at the saga deadline is inventory's to undo: for the other reasons
+    the failure event that caused it (PaymentFailed, ShippingFailed) releases the stock."""
+    return reason == DEADLINE_CANCELLATION
+
+
+def cancel_before_reserving() -> ReservationRejected:
+    """An order cancelled before its OrderCreated reached inventory: recorded as rejected, so a
+    late OrderCreated reserves nothing (a reservation outcome is recorded once per order)."""
+    return ReservationRejected((), RejectionReason.ORDER_CANCELLED, ())

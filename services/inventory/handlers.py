@@ -11,6 +11,7 @@ from choreo.errors import PermanentError
 from choreo.handling import Handler, HandlerContext
 from choreo.inventory.v1 import events_pb2 as inventory_events
 from choreo.order.v1 import events_pb2 as order_events
+from choreo.order.v2 import events_pb2 as order_events_v2
 from choreo.payment.v1 import events_pb2 as payment_events
 from choreo.shipping.v1 import events_pb2 as shipping_events
 from services.inventory import domain, mapping, store
@@ -56,6 +57,16 @@ async def on_order_created(ctx: HandlerContext, event: order_events.OrderCreated
         )
 
 
+async def on_order_created_v2(ctx: HandlerContext, event: order_events_v2.OrderCreated) -> None:
+    """Version 2 of OrderCreated: the same reservation. During a migration window the order is
+    published in both versions; whichever comes second finds the outcome and does nothing."""
+    try:
+        v1 = mapping.order_created_from_v2(event)
+    except ValueError as exc:
+        raise PermanentError(f"OrderCreated v2 {event.order_id}: {exc}") from exc
+    await on_order_created(ctx, v1)
+
+
 async def _release(
     ctx: HandlerContext, order_id: str, reason: inventory_events.ReleaseReason.ValueType
 ) -> None:
@@ -85,6 +96,19 @@ async def on_shipping_failed(ctx: HandlerContext, event: shipping_events.Shippin
     await _release(ctx, event.order_id, inventory_events.RELEASE_REASON_SHIPPING_FAILED)
 
 
+async def on_order_cancelled(ctx: HandlerContext, event: order_events.OrderCancelled) -> None:
+    """An order cancelled at its deadline: release its stock, or make sure none is reserved."""
+    order_id = event.order_id
+    if not domain.compensates_cancellation(order_events.CancellationReason.Name(event.reason)):
+        return
+    if await store.load_reservation(ctx.tx, order_id) is None:
+        outcome = domain.cancel_before_reserving()
+        reservation_id = domain.reservation_id_for(order_id)
+        await store.apply_reservation(ctx.tx, order_id, reservation_id, outcome, datetime.now(UTC))
+        return
+    await _release(ctx, order_id, inventory_events.RELEASE_REASON_ORDER_CANCELLED)
+
+
 async def on_shipment_created(ctx: HandlerContext, event: shipping_events.ShipmentCreated) -> None:
     order_id = event.order_id
     reservation = await store.load_reservation(ctx.tx, order_id)
@@ -107,7 +131,9 @@ async def on_shipment_created(ctx: HandlerContext, event: shipping_events.Shipme
 
 HANDLERS: dict[type[Message], Handler] = {
     order_events.OrderCreated: on_order_created,
+    order_events_v2.OrderCreated: on_order_created_v2,
     payment_events.PaymentFailed: on_payment_failed,
     shipping_events.ShippingFailed: on_shipping_failed,
     shipping_events.ShipmentCreated: on_shipment_created,
+    order_events.OrderCancelled: on_order_cancelled,
 }

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from choreo.common.v1 import order_line_pb2
+from choreo.common.v1 import money_pb2, order_line_pb2
+from choreo.common.v2 import money_pb2 as money_v2_pb2
 from choreo.inventory.v1 import events_pb2, inventory_service_pb2
+from choreo.order.v1 import events_pb2 as order_events
+from choreo.order.v2 import events_pb2 as order_events_v2
 from services.inventory import domain
+from services.values import decimal_to_minor
 
 REJECTION_REASONS = {
     domain.RejectionReason.UNKNOWN_SKU: events_pb2.RESERVATION_FAILURE_REASON_UNKNOWN_SKU,
@@ -20,6 +24,36 @@ RESERVATION_STATUSES = {
     domain.ReservationStatus.RELEASED: inventory_service_pb2.RESERVATION_STATUS_RELEASED,
     domain.ReservationStatus.SHIPPED: inventory_service_pb2.RESERVATION_STATUS_SHIPPED,
 }
+
+
+def money_v1(money: money_v2_pb2.Money, field: str) -> money_pb2.Money:
+    """An exact decimal amount in minor units; ValueError naming ``field`` if it has none."""
+    try:
+        minor = decimal_to_minor(money.units, money.nanos, money.currency_code)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+    return money_pb2.Money(amount_minor=minor, currency_code=money.currency_code)
+
+
+def order_created_from_v2(event: order_events_v2.OrderCreated) -> order_events.OrderCreated:
+    """A v2 OrderCreated in the terms inventory works and publishes in (InventoryReserved is a
+    v1 contract, amounts in minor units). ValueError names a field whose amount is not exact."""
+    return order_events.OrderCreated(
+        order_id=event.order_id,
+        customer_id=event.customer_id,
+        lines=[
+            order_line_pb2.OrderLine(
+                sku=line.sku,
+                quantity=line.quantity,
+                unit_price=money_v1(line.unit_price, f"lines[{i}].unit_price"),
+            )
+            for i, line in enumerate(event.lines)
+        ],
+        total=money_v1(event.total, "total"),
+        shipping_address=event.shipping_address,
+        payment_token=event.payment_token,
+        placed_at=event.placed_at,
+    )
 
 
 def line_violations(lines: Iterable[order_line_pb2.OrderLine]) -> list[str]:

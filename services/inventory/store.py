@@ -19,6 +19,7 @@ from services.inventory.domain import (
     StockLevel,
     Transition,
 )
+from services.paging import KeysetQuery, fetch_page
 from services.values import to_iso
 
 SCHEMA: list[str] = [
@@ -92,7 +93,10 @@ async def all_stock(tx: Transaction) -> list[StockLevel]:
 async def apply_adjustments(tx: Transaction, adjustments: Iterable[StockAdjustment]) -> None:
     # The WHERE clause re-checks the decision inside the UPDATE: on Postgres two transactions
     # may both have read the old level, and only one of them may take the last items.
-    for a in adjustments:
+    # Rows are locked in one global order (by SKU), never in the client's line order: two
+    # orders for the same SKUs in opposite order would otherwise each hold one row lock and
+    # wait for the other's (a deadlock on Postgres, which aborts one of them to retry).
+    for a in sorted(adjustments, key=lambda adjustment: adjustment.sku):
         changed = await tx.execute(
             "UPDATE stock SET available = available + ?, reserved = reserved + ?,"
             " shipped = shipped + ?"
@@ -138,15 +142,52 @@ async def apply_reservation(
     return bool(inserted)
 
 
+def _reservation(row: Row) -> Reservation:
+    quantities = tuple(SkuQuantity(d["sku"], int(d["quantity"])) for d in json.loads(row[3]))
+    return Reservation(row[0], row[1], ReservationStatus(row[2]), quantities)
+
+
 async def load_reservation(tx: Transaction, order_id: str) -> Reservation | None:
     row = await tx.fetchone(
         "SELECT order_id, reservation_id, status, lines_json FROM reservations WHERE order_id = ?",
         (order_id,),
     )
-    if row is None:
-        return None
-    quantities = tuple(SkuQuantity(d["sku"], int(d["quantity"])) for d in json.loads(row[3]))
-    return Reservation(row[0], row[1], ReservationStatus(row[2]), quantities)
+    return _reservation(row) if row else None
+
+
+_STOCK_PAGES = KeysetQuery(
+    rpc="ListStock",
+    table="stock",
+    select="sku, initial, available, reserved, shipped",
+    keys=("sku",),
+    key_of=lambda row: (str(row[0]),),
+)
+# A rejected order reserved nothing, so (as in GetReservation) it has no reservation to list.
+_RESERVATION_PAGES = KeysetQuery(
+    rpc="ListReservations",
+    table="reservations",
+    select="order_id, reservation_id, status, lines_json, created_at",
+    keys=("created_at", "order_id"),
+    key_of=lambda row: (str(row[4]), str(row[0])),
+    descending=True,
+    where=f"status <> '{ReservationStatus.REJECTED.value}'",
+)
+
+
+async def list_stock(
+    tx: Transaction, page_size: int, page_token: str
+) -> tuple[list[StockLevel], str]:
+    """A page of stock levels by SKU, and the next page's token ('' on the last)."""
+    rows, token = await fetch_page(tx, _STOCK_PAGES, page_size, page_token)
+    return [_level(row) for row in rows], token
+
+
+async def list_reservations(
+    tx: Transaction, page_size: int, page_token: str
+) -> tuple[list[Reservation], str]:
+    """A page of reservations, newest first, and the next page's token ('' on the last)."""
+    rows, token = await fetch_page(tx, _RESERVATION_PAGES, page_size, page_token)
+    return [_reservation(row) for row in rows], token
 
 
 async def set_reservation_status(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from choreo import validation
 from choreo.grpc_errors import abort_invalid
 from choreo.notification.v1 import notification_service_pb2 as pb
 from choreo.notification.v1 import notification_service_pb2_grpc as pb_grpc
@@ -22,16 +23,14 @@ class NotificationApi(pb_grpc.NotificationServiceServicer):
     async def ListNotifications(
         self, request: pb.ListNotificationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListNotificationsResponse:
-        violations = []
-        if not request.order_id and not request.customer_id:
-            violations.append(("order_id", "set order_id or customer_id"))
-        if request.page_size < 0:
-            violations.append(("page_size", "must not be negative"))
+        # Each field's own rules were checked at the door (choreo.validation); what is left is
+        # the token, which only this service can read. Filters are optional: without them the
+        # most recent notifications of all orders are listed.
         after = mapping.parse_page_token(request.page_token) if request.page_token else None
         if request.page_token and after is None:
-            violations.append(("page_token", "is not a token from a previous response"))
-        if violations:
-            await abort_invalid(context, violations)
+            await abort_invalid(
+                context, [("page_token", "is not a token from a previous response")]
+            )
         # Larger pages are clamped rather than refused, as AIP-158 suggests.
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         async with self._runtime.db.read() as tx:
@@ -55,4 +54,6 @@ class NotificationApi(pb_grpc.NotificationServiceServicer):
 
 
 def add_to_server(server: grpc.aio.Server, runtime: ServiceRuntime) -> None:
-    pb_grpc.add_NotificationServiceServicer_to_server(NotificationApi(runtime), server)
+    # Every request is decoded and checked against its declared rules before a method runs.
+    service = pb.DESCRIPTOR.services_by_name["NotificationService"]
+    validation.add_servicer(server, service, NotificationApi(runtime))

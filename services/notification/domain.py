@@ -40,6 +40,7 @@ _CANCELLATION_TEXT = {
     "INVENTORY_UNAVAILABLE": "some items are out of stock",
     "PAYMENT_FAILED": "the payment did not go through",
     "SHIPPING_FAILED": "we cannot deliver to the shipping address",
+    "DEADLINE_EXCEEDED": "we could not complete it in time",
 }
 
 
@@ -63,13 +64,23 @@ def order_shipped(
     )
 
 
+def should_tell_shipped(sent: list[Notification]) -> bool:
+    """A shipment that arrives after the customer was told of the cancellation is a late
+    booking of an order cancelled at its saga deadline (shipping cancels that booking): the
+    customer hears of one final state only."""
+    return all(n.kind is not NotificationKind.ORDER_CANCELLED for n in sent)
+
+
 def order_cancelled(
-    order_id: str, customer_id: str, reason: str, channel: Channel, *, refunded: bool = False
+    order_id: str, customer_id: str, reason: str, channel: Channel, *, charged: bool = False
 ) -> Notification:
+    """``charged``: the order service saw the payment taken (``OrderCancelled.charged``). Only
+    then is a refund mentioned; it is a required compensation, so it is owed and under way,
+    whatever the reason. A cancellation before any charge never mentions money back."""
     why = _CANCELLATION_TEXT.get(reason, "of a problem processing it")
     message = f"Your order {order_id} was cancelled because {why}."
-    if refunded:
-        message += " Your payment has been refunded."
+    if charged:
+        message += " The amount charged is being refunded to you in full."
     kind = NotificationKind.ORDER_CANCELLED
     return Notification(
         notification_id_for(order_id, kind), order_id, customer_id, kind, channel, message

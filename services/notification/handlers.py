@@ -42,6 +42,9 @@ async def _send(ctx: HandlerContext, notification: domain.Notification) -> None:
 async def on_shipment_created(
     deps: Dependencies, ctx: HandlerContext, event: shipping_events.ShipmentCreated
 ) -> None:
+    if not domain.should_tell_shipped(await store.notifications_for(ctx.tx, event.order_id)):
+        log.info("order %s: shipment after its cancellation; not told", event.order_id)
+        return
     notification = domain.order_shipped(
         event.order_id,
         event.customer_id,
@@ -61,8 +64,8 @@ async def on_order_cancelled(
         event.customer_id,
         reason,
         deps.channel_for(event.customer_id),
-        # Shipping fails only after the payment went through, and that payment is refunded.
-        refunded=reason == "SHIPPING_FAILED",
+        # From the order service's record of a charge, never guessed from the reason.
+        charged=event.charged,
     )
     await _send(ctx, notification)
 

@@ -73,7 +73,8 @@ async def list_notifications(
     limit: int,
     after: tuple[str, str] | None = None,
 ) -> list[tuple[Notification, str]]:
-    """Notifications with their ``sent_at``, oldest first, filtered by order and/or customer.
+    """Notifications with their ``sent_at``, newest first, filtered by order and/or customer
+    when given (none given: the most recent of all).
 
     Paged by the key ``(sent_at, notification_id)`` of the last row of the previous page, so a
     notification sent while a client pages is neither skipped nor repeated.
@@ -86,12 +87,12 @@ async def list_notifications(
         where.append("customer_id = ?")
         params.append(customer_id)
     if after is not None:
-        where.append("(sent_at > ? OR (sent_at = ? AND notification_id > ?))")
+        where.append("(sent_at < ? OR (sent_at = ? AND notification_id < ?))")
         params += [after[0], after[0], after[1]]
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     rows = await tx.fetchall(
         f"SELECT {_COLUMNS}, sent_at FROM notifications{clause}"
-        " ORDER BY sent_at, notification_id LIMIT ?",
+        " ORDER BY sent_at DESC, notification_id DESC LIMIT ?",
         [*params, limit],
     )
     return [(_notification(row[:-1]), str(row[-1])) for row in rows]

@@ -2,6 +2,9 @@
 
 Errors clients see:
 
+- ``INVALID_ARGUMENT`` for bytes that are not a request message, and for a request that breaks a
+  rule declared in the contract (``buf.validate`` options: lengths, allowed characters, counts,
+  ranges); both are answered at the door (``choreo.validation``) before a method runs.
 - ``INVALID_ARGUMENT`` with a ``google.rpc.BadRequest`` naming every offending field (read them
   with ``choreo.grpc_errors.field_violations``); a refused request changes nothing.
 - ``INVALID_ARGUMENT`` on ``idempotency_key`` when a key is reused for a *different* request.
@@ -21,10 +24,13 @@ from datetime import UTC, datetime
 
 import grpc
 
+from choreo import validation
 from choreo.grpc_errors import abort_invalid, abort_not_found
 from choreo.order.v1 import order_service_pb2 as pb
 from choreo.order.v1 import order_service_pb2_grpc as pb_grpc
+from choreo.sealing import SealingKey
 from choreo.service import ServiceRuntime
+from services import payment_token
 from services.catalog import Catalog
 from services.order import mapping, store
 from services.order.domain import (
@@ -40,7 +46,6 @@ from services.order.domain import (
 )
 
 DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 WATCH_POLL_S = 0.05
 WATCH_LIMIT_S = 600.0
 
@@ -52,12 +57,16 @@ class OrderApi(pb_grpc.OrderServiceServicer):
         self,
         runtime: ServiceRuntime,
         catalog: Catalog,
+        token_key: SealingKey,
         *,
         watch_poll_s: float = WATCH_POLL_S,
         watch_limit_s: float = WATCH_LIMIT_S,
+        order_created_versions: tuple[int, ...] = (1,),
     ) -> None:
         self._runtime = runtime
+        self._order_created_versions = order_created_versions
         self._catalog = catalog
+        self._token_key = token_key
         self._watch_poll_s = watch_poll_s
         self._watch_limit_s = watch_limit_s
 
@@ -65,6 +74,9 @@ class OrderApi(pb_grpc.OrderServiceServicer):
         self, request: pb.PlaceOrderRequest, context: Context
     ) -> pb.PlaceOrderResponse:
         """Place an order, once per idempotency key.
+
+        The contract's rules (lengths, characters, counts) were checked at the door; the domain
+        then checks what needs the catalog (known SKUs, its currency) and blank-only text.
 
         The same key with the same request returns the order placed the first time and
         publishes nothing; the same key with a different request is ``INVALID_ARGUMENT`` on
@@ -77,7 +89,9 @@ class OrderApi(pb_grpc.OrderServiceServicer):
             await abort_invalid(context, [(v.field, v.description) for v in violations])
         order_id = str(uuid.uuid4())
         draft = new_order(order_id, command, self._catalog, datetime.now(UTC), order_id)
-        outcome = await self._place(draft, command.payment_token)
+        # Sealed for the payment service alone: only the sealed text goes on the bus.
+        sealed_token = payment_token.seal(self._token_key, order_id, command.payment_token)
+        outcome = await self._place(draft, sealed_token)
         if isinstance(outcome, KeyReused):
             violation = outcome.violation
             await abort_invalid(context, [(violation.field, violation.description)])
@@ -92,7 +106,10 @@ class OrderApi(pb_grpc.OrderServiceServicer):
             if not isinstance(outcome, Created):
                 return outcome
             if await store.insert_order(uow.tx, draft):
-                uow.emit(mapping.order_created(draft, payment_token), aggregate_id=draft.order_id)
+                # One event per schema version the setting asks for (the same fact, v1 first).
+                created = mapping.order_created(draft, payment_token)
+                for event in mapping.order_created_versions(created, self._order_created_versions):
+                    uow.emit(event, aggregate_id=draft.order_id)
                 return outcome
             # A concurrent call with the same key won the unique index (Postgres waits for it
             # to commit, then the re-read sees its row): answer as if we had come second.
@@ -108,19 +125,17 @@ class OrderApi(pb_grpc.OrderServiceServicer):
     async def ListOrders(
         self, request: pb.ListOrdersRequest, context: Context
     ) -> pb.ListOrdersResponse:
-        """Newest first; ``page_size`` 0 means 50, at most 500; an optional status filter."""
-        violations: list[tuple[str, str]] = []
-        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
-            rule = f"must be between 0 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
-            violations.append(("page_size", rule))
+        """Newest first; ``page_size`` 0 means 50, at most 500 (a declared rule); an optional
+        status filter."""
         status: OrderStatus | None = None
         if request.HasField("status"):
             status = mapping.status_from_proto(request.status)
             if status is None:
+                # The contract refuses UNSPECIFIED and unknown numbers; this is a status added to
+                # the contract that this code does not map yet.
                 names = ", ".join(f"ORDER_STATUS_{s.value}" for s in OrderStatus)
-                violations.append(("status", f"must be one of {names}, or left unset for all"))
-        if violations:
-            await abort_invalid(context, violations)
+                violation = ("status", f"must be one of {names}, or left unset for all")
+                await abort_invalid(context, [violation])
         try:
             async with self._runtime.db.read() as tx:
                 page = await store.list_orders(
@@ -144,8 +159,6 @@ class OrderApi(pb_grpc.OrderServiceServicer):
         until it is final and notified; intermediate states missed between polls are replayed
         from the order's history so no status is skipped."""
         order_id = request.order_id
-        if not order_id:
-            await abort_invalid(context, [("order_id", "is required")])
         async with self._runtime.db.read() as tx:
             order = await store.load_order(tx, order_id)
             seen = await store.history(tx, order_id)
@@ -177,10 +190,24 @@ class OrderApi(pb_grpc.OrderServiceServicer):
             order = current
 
     async def _existing_order(self, order_id: str, context: Context) -> Order:
-        if not order_id:
-            await abort_invalid(context, [("order_id", "is required")])
         async with self._runtime.db.read() as tx:
             order = await store.load_order(tx, order_id)
         if order is None:
             await abort_not_found(context, f"order {order_id!r}")
         return order
+
+
+def add_to_server(
+    server: grpc.aio.Server,
+    runtime: ServiceRuntime,
+    catalog: Catalog,
+    token_key: SealingKey,
+    order_created_versions: tuple[int, ...] = (1,),
+) -> None:
+    # Every request is decoded and checked against its declared rules before a method runs.
+    service = pb.DESCRIPTOR.services_by_name["OrderService"]
+    validation.add_servicer(
+        server,
+        service,
+        OrderApi(runtime, catalog, token_key, order_created_versions=order_created_versions),
+    )

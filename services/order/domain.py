@@ -2,7 +2,9 @@
 
 PENDING -> CONFIRMED -> SHIPPED, or CANCELLED from PENDING or CONFIRMED. Events arrive at least
 once and not always in order, so every transition is total: a duplicate or a late event is a
-no-op, never an error (a shipment seen before the payment confirmation still ships the order).
+no-op, never an error. A paid order publishes OrderConfirmed before OrderShipped or
+OrderCancelled even when the shipment's outcome overtakes the payment's: the order confirms
+first, then moves on, in one transition.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from services.catalog import Catalog
-from services.values import KNOWN_CURRENCIES, Address, Line, Money, is_country_code, total_of
+from services.values import Address, Line, Money, is_country_code, total_of
 
 
 class OrderStatus(enum.StrEnum):
@@ -33,6 +35,7 @@ class CancellationReason(enum.StrEnum):
     INVENTORY_UNAVAILABLE = "INVENTORY_UNAVAILABLE"
     PAYMENT_FAILED = "PAYMENT_FAILED"
     SHIPPING_FAILED = "SHIPPING_FAILED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 
 
 # --- PlaceOrder: the request as plain data, and its validation ---
@@ -111,11 +114,16 @@ def _line_violations(lines: Sequence[PlaceOrderLine], catalog: Catalog) -> list[
 
 
 def _currency_violations(code: str, catalog: Catalog) -> list[FieldViolation]:
-    if code not in KNOWN_CURRENCIES:
-        known = ", ".join(sorted(KNOWN_CURRENCIES))
-        return [FieldViolation("currency_code", f"must be an ISO 4217 code, one of {known}")]
+    # One message for every wrong code, naming the only one accepted: listing every ISO code we
+    # know would offer currencies that the catalog then refuses.
     if code != catalog.currency:
-        return [FieldViolation("currency_code", f"must be {catalog.currency}, the catalog's")]
+        return [
+            FieldViolation(
+                "currency_code",
+                f"must be {catalog.currency}: the catalog prices every product in"
+                f" {catalog.currency} only",
+            )
+        ]
     return []
 
 
@@ -244,73 +252,118 @@ def new_order(
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """The order after an event; ``emit`` says a status-change event must be published."""
+    """The order after an event, and the statuses it entered on the way, in order.
+
+    Each entered status publishes its event (CONFIRMED: OrderConfirmed, SHIPPED: OrderShipped,
+    CANCELLED: OrderCancelled), in this order, so the order's event versions follow its path.
+    """
 
     order: Order
     changed: bool
-    emit: bool
+    entered: tuple[OrderStatus, ...] = ()
     why: str = ""
 
+    @property
+    def emit(self) -> bool:
+        """A status-change event must be published."""
+        return bool(self.entered)
 
-def _moved(order: Order) -> Transition:
-    return Transition(order, changed=True, emit=True)
+
+def _moved(order: Order, *entered: OrderStatus) -> Transition:
+    return Transition(order, changed=True, entered=entered or (order.status,))
 
 
 def _unchanged(order: Order, why: str) -> Transition:
-    return Transition(order, changed=False, emit=False, why=why)
+    return Transition(order, changed=False, why=why)
 
 
 def confirm(order: Order, payment_id: str, at: datetime) -> Transition:
-    """PaymentCompleted: PENDING -> CONFIRMED."""
+    """PaymentCompleted: PENDING -> CONFIRMED.
+
+    Once the order has confirmed (a shipment's outcome that overtook this event confirmed it
+    first) or ended, a late PaymentCompleted changes nothing: OrderConfirmed is published
+    exactly once per paid order.
+    """
     if order.status is OrderStatus.PENDING:
         return _moved(
             replace(order, status=OrderStatus.CONFIRMED, payment_id=payment_id, updated_at=at)
         )
     if order.status is OrderStatus.SHIPPED and not order.payment_id:
-        # The shipment overtook the confirmation; keep the payment id, the status stays.
-        return Transition(
-            replace(order, payment_id=payment_id, updated_at=at), changed=True, emit=False
-        )
+        # Confirmed by a ShipmentCreated that did not carry the payment id (a shipping service
+        # older than that field): keep the id now, the status stays.
+        return Transition(replace(order, payment_id=payment_id, updated_at=at), changed=True)
     return _unchanged(order, f"payment completed while {order.status}: nothing to confirm")
 
 
-def ship(order: Order, shipment_id: str, tracking_id: str, at: datetime) -> Transition:
-    """ShipmentCreated: -> SHIPPED, also from PENDING when the confirmation is still on its way."""
+def ship(
+    order: Order, shipment_id: str, tracking_id: str, at: datetime, *, payment_id: str = ""
+) -> Transition:
+    """ShipmentCreated: CONFIRMED -> SHIPPED.
+
+    A shipment is booked only for a paid order, so when it overtakes PaymentCompleted the
+    order confirms first (with the payment id the shipment carries), then ships: it publishes
+    OrderConfirmed, then OrderShipped, and the late PaymentCompleted is a no-op.
+    """
     if order.status.is_final:
         return _unchanged(order, f"shipment created while {order.status}")
-    return _moved(
-        replace(
-            order,
-            status=OrderStatus.SHIPPED,
-            shipment_id=shipment_id,
-            tracking_id=tracking_id,
-            updated_at=at,
-        )
+    shipped = replace(
+        order,
+        status=OrderStatus.SHIPPED,
+        payment_id=order.payment_id or payment_id,
+        shipment_id=shipment_id,
+        tracking_id=tracking_id,
+        updated_at=at,
     )
+    if order.status is OrderStatus.PENDING:
+        return _moved(shipped, OrderStatus.CONFIRMED, OrderStatus.SHIPPED)
+    return _moved(shipped)
 
 
-def cancel(order: Order, reason: CancellationReason, detail: str, at: datetime) -> Transition:
-    """A failure event: PENDING or CONFIRMED -> CANCELLED; a shipped order stays shipped."""
+def cancel(
+    order: Order, reason: CancellationReason, detail: str, at: datetime, *, payment_id: str = ""
+) -> Transition:
+    """A failure event: PENDING or CONFIRMED -> CANCELLED; a shipped order stays shipped.
+
+    ``payment_id`` names a payment the failed step saw completed (ShippingFailed). When that
+    failure overtakes PaymentCompleted, the order was paid all the same: it confirms first, then
+    cancels (OrderConfirmed, then OrderCancelled), and payment refunds it.
+    """
     if order.status.is_final:
         return _unchanged(order, f"{reason} while {order.status}: already final")
-    return _moved(
-        replace(
-            order,
-            status=OrderStatus.CANCELLED,
-            cancellation_reason=reason,
-            cancellation_detail=detail,
-            updated_at=at,
-        )
+    cancelled = replace(
+        order,
+        status=OrderStatus.CANCELLED,
+        payment_id=order.payment_id or payment_id,
+        cancellation_reason=reason,
+        cancellation_detail=detail,
+        updated_at=at,
     )
+    if order.status is OrderStatus.PENDING and payment_id:
+        return _moved(cancelled, OrderStatus.CONFIRMED, OrderStatus.CANCELLED)
+    return _moved(cancelled)
+
+
+def overdue(order: Order, now: datetime, deadline_s: float) -> bool:
+    """Not final, and placed longer than the saga deadline ago."""
+    return not order.status.is_final and (now - order.created_at).total_seconds() >= deadline_s
+
+
+def expire(order: Order, now: datetime, deadline_s: float) -> Transition:
+    """The saga deadline: an order that is not final in time is cancelled; the steps undo
+    their own work on the OrderCancelled (and a late event of theirs changes nothing here)."""
+    if not overdue(order, now, deadline_s):
+        return _unchanged(order, f"{order.status}, not overdue")
+    detail = (
+        f"the order was still {order.status} {deadline_s:g}s after it was placed (saga deadline)"
+    )
+    return cancel(order, CancellationReason.DEADLINE_EXCEEDED, detail, now)
 
 
 def mark_notified(order: Order, at: datetime) -> Transition:
     """NotificationSent: recorded even if the final status event has not reached us yet."""
     if order.customer_notified:
         return _unchanged(order, "customer already notified")
-    return Transition(
-        replace(order, customer_notified=True, updated_at=at), changed=True, emit=False
-    )
+    return Transition(replace(order, customer_notified=True, updated_at=at), changed=True)
 
 
 def as_of(order: Order, status: OrderStatus, at: datetime) -> Order:

@@ -7,6 +7,7 @@ nothing. An event about an order this service never created cannot become right 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -19,17 +20,56 @@ from choreo.notification.v1 import events_pb2 as notification_events
 from choreo.payment.v1 import events_pb2 as payment_events
 from choreo.shipping.v1 import events_pb2 as shipping_events
 from services.order import domain, mapping, store
-from services.order.domain import CancellationReason, Order, Transition
+from services.order.domain import CancellationReason, Order, OrderStatus, Transition
 
 Decide = Callable[[Order, datetime], Transition]
-Emit = Callable[[Order], Message]
+# Told when a saga ends: (outcome "shipped" or "cancelled", seconds since the order was placed).
+SagaEnded = Callable[[str, float], None]
+
+
+def saga_outcome(before: Order, after: Order) -> str | None:
+    """The saga's outcome when this change ends it, else None. A shipped saga ends once the
+    customer is notified too (the last step), a cancelled one at the cancellation (the notice
+    that follows changes nothing the customer is owed)."""
+
+    def ended(order: Order) -> bool:
+        return order.status is OrderStatus.CANCELLED or (
+            order.status is OrderStatus.SHIPPED and order.customer_notified
+        )
+
+    if ended(after) and not ended(before):
+        return "cancelled" if after.status is OrderStatus.CANCELLED else "shipped"
+    return None
+
+
+def _report_end(on_end: SagaEnded | None, before: Order, after: Order, at: datetime) -> None:
+    outcome = saga_outcome(before, after)
+    if outcome is not None and on_end is not None:
+        on_end(outcome, max(0.0, (at - after.created_at).total_seconds()))
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _apply(ctx: HandlerContext, order_id: str, decide: Decide, emit: Emit | None) -> None:
+def status_event(order: Order, status: OrderStatus) -> Message:
+    """The event that publishes the order's entering ``status``."""
+    if status is OrderStatus.CONFIRMED:
+        return mapping.order_confirmed(order)
+    if status is OrderStatus.SHIPPED:
+        return mapping.order_shipped(order)
+    if status is OrderStatus.CANCELLED:
+        event = mapping.order_cancelled(order)
+        # Charged: the order saw the payment, or the failed step named it (and the order
+        # confirmed first); the notification mentions a refund only then.
+        event.charged = bool(order.payment_id)
+        return event
+    raise ValueError(f"no event publishes entering {status}")
+
+
+async def _apply(
+    ctx: HandlerContext, order_id: str, decide: Decide, on_end: SagaEnded | None = None
+) -> None:
     before = await store.load_order(ctx.tx, order_id)
     if before is None:
         raise PermanentError(
@@ -37,24 +77,35 @@ async def _apply(ctx: HandlerContext, order_id: str, decide: Decide, emit: Emit 
             f" that was never placed here ({ctx.envelope.event_type} from {ctx.envelope.source},"
             f" event {ctx.envelope.event_id})"
         )
-    transition = decide(before, _now())
+    now = _now()
+    transition = decide(before, now)
     if not transition.changed:
         return
-    if not await store.save_order(ctx.tx, before, transition.order):
+    if not await store.save_order(ctx.tx, before, transition.order, transition.entered):
         # Another writer changed the order between our read and write (Postgres): decide again.
         raise TransientError(f"order {order_id} changed concurrently; retrying")
-    if transition.emit and emit is not None:
-        ctx.emit(emit(transition.order), aggregate_id=order_id)
+    # In the order entered, so the aggregate versions follow the order's path (OrderConfirmed
+    # before the OrderShipped or OrderCancelled of a shipment outcome that overtook it).
+    for status in transition.entered:
+        ctx.emit(status_event(transition.order, status), aggregate_id=order_id)
+    # Reported before the commit: should the commit fail, the retry reports it again (rare,
+    # and a duration is a measurement, not a record).
+    _report_end(on_end, before, transition.order, now)
 
 
 async def _cancel(
-    ctx: HandlerContext, order_id: str, reason: CancellationReason, detail: str
+    ctx: HandlerContext,
+    order_id: str,
+    reason: CancellationReason,
+    detail: str,
+    payment_id: str = "",
+    on_end: SagaEnded | None = None,
 ) -> None:
     await _apply(
         ctx,
         order_id,
-        lambda order, at: domain.cancel(order, reason, detail, at),
-        mapping.order_cancelled,
+        lambda order, at: domain.cancel(order, reason, detail, at, payment_id=payment_id),
+        on_end,
     )
 
 
@@ -62,55 +113,81 @@ def _explained(step: str, detail: str, reason: str) -> str:
     return f"{step}: {detail}" if detail else f"{step} ({reason})"
 
 
-async def on_payment_completed(ctx: HandlerContext, event: payment_events.PaymentCompleted) -> None:
+async def on_payment_completed(
+    ctx: HandlerContext, event: payment_events.PaymentCompleted, on_end: SagaEnded | None = None
+) -> None:
     await _apply(
         ctx,
         event.order_id,
         lambda order, at: domain.confirm(order, event.payment_id, at),
-        mapping.order_confirmed,
+        on_end,
     )
 
 
-async def on_shipment_created(ctx: HandlerContext, event: shipping_events.ShipmentCreated) -> None:
+async def on_shipment_created(
+    ctx: HandlerContext, event: shipping_events.ShipmentCreated, on_end: SagaEnded | None = None
+) -> None:
     await _apply(
         ctx,
         event.order_id,
-        lambda order, at: domain.ship(order, event.shipment_id, event.tracking_id, at),
-        mapping.order_shipped,
+        lambda order, at: domain.ship(
+            order, event.shipment_id, event.tracking_id, at, payment_id=event.payment_id
+        ),
+        on_end,
     )
 
 
 async def on_notification_sent(
-    ctx: HandlerContext, event: notification_events.NotificationSent
+    ctx: HandlerContext,
+    event: notification_events.NotificationSent,
+    on_end: SagaEnded | None = None,
 ) -> None:
-    await _apply(ctx, event.order_id, domain.mark_notified, None)
+    await _apply(ctx, event.order_id, domain.mark_notified, on_end)
 
 
 async def on_inventory_reservation_failed(
-    ctx: HandlerContext, event: inventory_events.InventoryReservationFailed
+    ctx: HandlerContext,
+    event: inventory_events.InventoryReservationFailed,
+    on_end: SagaEnded | None = None,
 ) -> None:
     reason = inventory_events.ReservationFailureReason.Name(event.reason)
     detail = _explained("the stock could not be reserved", event.detail, reason)
-    await _cancel(ctx, event.order_id, CancellationReason.INVENTORY_UNAVAILABLE, detail)
+    await _cancel(
+        ctx, event.order_id, CancellationReason.INVENTORY_UNAVAILABLE, detail, on_end=on_end
+    )
 
 
-async def on_payment_failed(ctx: HandlerContext, event: payment_events.PaymentFailed) -> None:
+async def on_payment_failed(
+    ctx: HandlerContext, event: payment_events.PaymentFailed, on_end: SagaEnded | None = None
+) -> None:
     reason = payment_events.PaymentFailureReason.Name(event.reason)
     detail = _explained("the payment failed", event.detail, reason)
-    await _cancel(ctx, event.order_id, CancellationReason.PAYMENT_FAILED, detail)
+    await _cancel(ctx, event.order_id, CancellationReason.PAYMENT_FAILED, detail, on_end=on_end)
 
 
-async def on_shipping_failed(ctx: HandlerContext, event: shipping_events.ShippingFailed) -> None:
+async def on_shipping_failed(
+    ctx: HandlerContext, event: shipping_events.ShippingFailed, on_end: SagaEnded | None = None
+) -> None:
     reason = shipping_events.ShippingFailureReason.Name(event.reason)
     detail = _explained("the shipment could not be booked", event.detail, reason)
-    await _cancel(ctx, event.order_id, CancellationReason.SHIPPING_FAILED, detail)
+    await _cancel(
+        ctx, event.order_id, CancellationReason.SHIPPING_FAILED, detail, event.payment_id, on_end
+    )
 
 
-HANDLERS: dict[type[Message], Handler] = {
-    payment_events.PaymentCompleted: on_payment_completed,
-    shipping_events.ShipmentCreated: on_shipment_created,
-    notification_events.NotificationSent: on_notification_sent,
-    inventory_events.InventoryReservationFailed: on_inventory_reservation_failed,
-    payment_events.PaymentFailed: on_payment_failed,
-    shipping_events.ShippingFailed: on_shipping_failed,
-}
+def bind(on_end: SagaEnded | None) -> dict[type[Message], Handler]:
+    """The handlers, telling ``on_end`` when a saga ends (the runtime's metrics)."""
+    p = functools.partial
+    return {
+        payment_events.PaymentCompleted: p(on_payment_completed, on_end=on_end),
+        shipping_events.ShipmentCreated: p(on_shipment_created, on_end=on_end),
+        notification_events.NotificationSent: p(on_notification_sent, on_end=on_end),
+        inventory_events.InventoryReservationFailed: p(
+            on_inventory_reservation_failed, on_end=on_end
+        ),
+        payment_events.PaymentFailed: p(on_payment_failed, on_end=on_end),
+        shipping_events.ShippingFailed: p(on_shipping_failed, on_end=on_end),
+    }
+
+
+HANDLERS: dict[type[Message], Handler] = bind(None)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from choreo.common.v1 import address_pb2, money_pb2, order_line_pb2
+from choreo.common.v2 import money_pb2 as money_v2_pb2
 from choreo.order.v1 import events_pb2, order_service_pb2
+from choreo.order.v2 import events_pb2 as events_v2_pb2
 from services.order.domain import (
     CancellationReason,
     Order,
@@ -15,7 +18,7 @@ from services.order.domain import (
     PlaceOrder,
     PlaceOrderLine,
 )
-from services.values import Address, Line, Money
+from services.values import Address, Line, Money, minor_to_decimal
 
 _STATUS_TO_PROTO: dict[OrderStatus, order_service_pb2.OrderStatus.ValueType] = {
     OrderStatus.PENDING: order_service_pb2.ORDER_STATUS_PENDING,
@@ -31,6 +34,7 @@ _REASON_TO_PROTO: dict[CancellationReason, events_pb2.CancellationReason.ValueTy
     CancellationReason.INVENTORY_UNAVAILABLE: events_pb2.CANCELLATION_REASON_INVENTORY_UNAVAILABLE,
     CancellationReason.PAYMENT_FAILED: events_pb2.CANCELLATION_REASON_PAYMENT_FAILED,
     CancellationReason.SHIPPING_FAILED: events_pb2.CANCELLATION_REASON_SHIPPING_FAILED,
+    CancellationReason.DEADLINE_EXCEEDED: events_pb2.CANCELLATION_REASON_DEADLINE_EXCEEDED,
 }
 
 
@@ -134,6 +138,45 @@ def order_created(order: Order, payment_token: str) -> events_pb2.OrderCreated:
         payment_token=payment_token,
         placed_at=timestamp(order.created_at),
     )
+
+
+def money_v2(money: money_pb2.Money) -> money_v2_pb2.Money:
+    units, nanos = minor_to_decimal(money.amount_minor, money.currency_code)
+    return money_v2_pb2.Money(currency_code=money.currency_code, units=units, nanos=nanos)
+
+
+def order_created_v2(v1: events_pb2.OrderCreated) -> events_v2_pb2.OrderCreated:
+    """The same fact in the v2 shape (amounts as exact decimals, line totals stated); built
+    from the v1 event so both versions always say the same."""
+    lines = [
+        events_v2_pb2.OrderedLine(
+            sku=line.sku,
+            quantity=line.quantity,
+            unit_price=money_v2(line.unit_price),
+            line_total=money_v2(
+                money_pb2.Money(
+                    amount_minor=line.unit_price.amount_minor * line.quantity,
+                    currency_code=line.unit_price.currency_code,
+                )
+            ),
+        )
+        for line in v1.lines
+    ]
+    return events_v2_pb2.OrderCreated(
+        order_id=v1.order_id,
+        customer_id=v1.customer_id,
+        lines=lines,
+        total=money_v2(v1.total),
+        shipping_address=v1.shipping_address,
+        payment_token=v1.payment_token,
+        placed_at=v1.placed_at,
+    )
+
+
+def order_created_versions(v1: events_pb2.OrderCreated, versions: tuple[int, ...]) -> list[Message]:
+    """The OrderCreated events to publish, one per schema version asked for, oldest first."""
+    shapes: dict[int, Message] = {1: v1, 2: order_created_v2(v1)} if 2 in versions else {1: v1}
+    return [shapes[version] for version in versions]
 
 
 def order_confirmed(order: Order) -> events_pb2.OrderConfirmed:

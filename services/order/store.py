@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from choreo.store.port import Row, Transaction
@@ -34,6 +35,8 @@ SCHEMA: list[str] = [
         updated_at TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS orders_by_created ON orders (created_at, order_id)",
+    # The saga deadline scans the orders that are not final yet, oldest first.
+    "CREATE INDEX IF NOT EXISTS orders_by_status ON orders (status, created_at)",
     """CREATE TABLE IF NOT EXISTS order_history (
         order_id TEXT NOT NULL,
         seq INTEGER NOT NULL,
@@ -152,8 +155,14 @@ async def insert_order(tx: Transaction, order: Order) -> bool:
     return inserted == 1
 
 
-async def save_order(tx: Transaction, before: Order, after: Order) -> bool:
+async def save_order(
+    tx: Transaction, before: Order, after: Order, via: Sequence[OrderStatus] = ()
+) -> bool:
     """Write a transition; the guard refuses it if another writer changed the order first.
+
+    ``via``: statuses the order passed through on the way to ``after``'s (a confirmation that
+    a shipment's outcome caught up), recorded in the history before it, so WatchOrder shows
+    every step.
 
     The guard covers every field a transition can change, not only the status: under Postgres'
     read committed, a status-only guard would let a ship decided on a stale row overwrite a
@@ -180,6 +189,9 @@ async def save_order(tx: Transaction, before: Order, after: Order) -> bool:
         ),
     )
     if changed and after.status is not before.status:
+        for status in via:
+            if status is not after.status:
+                await _append_history(tx, replace(after, status=status))
         await _append_history(tx, after)
     return changed == 1
 
@@ -202,6 +214,22 @@ async def load_order_by_key(tx: Transaction, idempotency_key: str) -> Order | No
         f"SELECT {_COLUMNS} FROM orders WHERE idempotency_key = ?", (idempotency_key,)
     )
     return _order(row) if row else None
+
+
+async def overdue_order_ids(tx: Transaction, placed_before: datetime, limit: int) -> list[str]:
+    """Orders not final yet (PENDING or CONFIRMED) placed before ``placed_before``, oldest
+    first: the saga deadline's candidates."""
+    rows = await tx.fetchall(
+        "SELECT order_id FROM orders WHERE status IN (?, ?) AND created_at < ?"
+        " ORDER BY created_at LIMIT ?",
+        (
+            OrderStatus.PENDING.value,
+            OrderStatus.CONFIRMED.value,
+            to_iso(placed_before),
+            limit,
+        ),
+    )
+    return [str(row[0]) for row in rows]
 
 
 async def history(tx: Transaction, order_id: str, after_seq: int = 0) -> list[HistoryEntry]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import grpc
 
+from choreo import validation
 from choreo.grpc_errors import abort_invalid, abort_not_found
 from choreo.payment.v1 import payment_service_pb2 as pb
 from choreo.payment.v1 import payment_service_pb2_grpc as pb_grpc
 from choreo.service import ServiceRuntime
+from services.paging import InvalidPageToken
 from services.payment import mapping, store
 
 SERVICE_NAME = "choreo.payment.v1.PaymentService"
@@ -20,14 +22,29 @@ class PaymentApi(pb_grpc.PaymentServiceServicer):
     async def GetPayment(
         self, request: pb.GetPaymentRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetPaymentResponse:
-        if not request.order_id:
-            await abort_invalid(context, [("order_id", "must not be empty")])
         async with self._runtime.db.read() as tx:
             payment = await store.load_payment(tx, request.order_id)
         if payment is None:
             await abort_not_found(context, f"payment for order {request.order_id!r}")
         return pb.GetPaymentResponse(payment=mapping.payment_to_proto(payment))
 
+    async def ListPayments(
+        self, request: pb.ListPaymentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPaymentsResponse:
+        try:
+            async with self._runtime.db.read() as tx:
+                payments, token = await store.page_of_payments(
+                    tx, request.page_size, request.page_token
+                )
+        except InvalidPageToken as exc:
+            await abort_invalid(context, [("page_token", str(exc))])
+        return pb.ListPaymentsResponse(
+            payments=[mapping.payment_to_proto(item) for item in payments], next_page_token=token
+        )
+
 
 def add_to_server(server: grpc.aio.Server, runtime: ServiceRuntime) -> None:
-    pb_grpc.add_PaymentServiceServicer_to_server(PaymentApi(runtime), server)
+    # Every request is decoded and checked against its declared rules before a method runs.
+    validation.add_servicer(
+        server, pb.DESCRIPTOR.services_by_name["PaymentService"], PaymentApi(runtime)
+    )

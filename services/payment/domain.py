@@ -24,6 +24,15 @@ class DeclineReason(enum.StrEnum):
     PAYMENT_DECLINED = "PAYMENT_DECLINED"
     CREDIT_LIMIT_EXCEEDED = "CREDIT_LIMIT_EXCEEDED"
     CURRENCY_NOT_SUPPORTED = "CURRENCY_NOT_SUPPORTED"
+    # The charge's idempotency key was voided first (the step gave up, or the order was
+    # cancelled at its deadline): the gateway refuses it, so a late attempt takes no money.
+    VOIDED = "VOIDED"
+
+
+# What a payment row records when the step never got the gateway's answer and gave up, or the
+# order was cancelled at its deadline before it was charged: the charge key is voided.
+GAVE_UP = "GATEWAY_UNAVAILABLE"
+ORDER_CANCELLED = "ORDER_CANCELLED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +50,16 @@ class RefundResult:
     refund_id: str
     charge_id: str
     amount: Money
+
+
+@dataclass(frozen=True, slots=True)
+class VoidResult:
+    """The gateway's answer to voiding a charge key: what it had taken under it (if anything)
+    and the refund that gave it back. Empty ids: nothing was taken."""
+
+    charge_id: str = ""
+    refund_id: str = ""
+    amount: Money | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,3 +141,42 @@ def decide_refund(payment: Payment | None) -> RefundDue | NoRefund:
 
 def refunded(payment: Payment, result: RefundResult) -> Payment:
     return replace(payment, status=PaymentStatus.REFUNDED, refund_id=result.refund_id)
+
+
+def voided(order_id: str, customer_id: str, amount: Money, result: VoidResult, why: str) -> Payment:
+    """The payment of an order whose charge key was voided: FAILED, nothing kept. The charge
+    and refund ids say whether money was taken and given back."""
+    return Payment(
+        order_id,
+        payment_id_for(order_id),
+        customer_id,
+        result.amount or amount,
+        PaymentStatus.FAILED,
+        charge_id=result.charge_id,
+        failure_reason=why,
+        refund_id=result.refund_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class VoidDue:
+    """No answer recorded yet: void the charge key, so a charge in flight takes nothing."""
+
+    idempotency_key: str
+
+
+DEADLINE_CANCELLATION = "CANCELLATION_REASON_DEADLINE_EXCEEDED"
+
+
+def compensates_cancellation(reason: str) -> bool:
+    """Only a cancellation at the saga deadline is payment's to undo: for the other reasons
+    the failure event that caused it (PaymentFailed, ShippingFailed) already is."""
+    return reason == DEADLINE_CANCELLATION
+
+
+def decide_cancellation(order_id: str, payment: Payment | None) -> VoidDue | RefundDue | NoRefund:
+    """An order cancelled at its deadline: void an unanswered charge (one may be in flight),
+    refund a completed one, leave a failed or refunded one alone."""
+    if payment is None:
+        return VoidDue(charge_key(order_id))
+    return decide_refund(payment)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from services.catalog import DEFAULT_CREDIT_LIMIT_MINOR, Catalog
 from services.fake_external import FakeExternal
-from services.payment.domain import ChargeResult, DeclineReason, RefundResult
+from services.payment.domain import ChargeResult, DeclineReason, RefundResult, VoidResult
 from services.values import Money
 
 DECLINED_TOKEN_PREFIX = "tok_declined"
@@ -48,6 +48,13 @@ _SCHEMA = (
         idempotency_key TEXT NOT NULL UNIQUE,
         charge_id TEXT NOT NULL UNIQUE REFERENCES charges (charge_id),
         amount_minor INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    )""",
+    # Voided charge keys: a charge under one is refused, as a real gateway refuses to capture a
+    # cancelled payment intent, so a charge still in flight when its caller gave up takes nothing.
+    """CREATE TABLE IF NOT EXISTS voids (
+        idempotency_key TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
         created_at TEXT NOT NULL
     )""",
     # Each customer's approved charges minus refunds, kept up to date with them, so the credit
@@ -152,6 +159,19 @@ class FakePaymentGateway(FakeExternal):
             raise GatewayUnavailable("payment gateway timed out after accepting the refund")
         return result
 
+    async def void(self, charge_key: str, *, order_id: str) -> VoidResult:
+        """Void a charge by its idempotency key: a charge taken under it is refunded (once,
+        however often this is called), and a later charge under it is refused."""
+        lose_response = await self._maybe_fail()
+        result = self._void(charge_key, order_id)
+        if lose_response:
+            raise GatewayUnavailable("payment gateway timed out after accepting the void")
+        return result
+
+    @property
+    def currency(self) -> str:
+        return self._currency
+
     async def ledger_counts(self) -> LedgerCounts:
         return self._counts()
 
@@ -169,6 +189,8 @@ class FakePaymentGateway(FakeExternal):
                     raise IdempotencyKeyReused(f"key {key!r} was used for a different charge")
                 reason = DeclineReason(row[6]) if row[6] else None
                 return ChargeResult(row[0], bool(row[5]), amount, reason)
+            if conn.execute("SELECT 1 FROM voids WHERE idempotency_key = ?", (key,)).fetchone():
+                return ChargeResult("", False, amount, DeclineReason.VOIDED)
             reason = self._decline_reason(conn, customer_id, amount, token)
             charge_id = f"ch_{uuid.uuid4().hex}"
             conn.execute(
@@ -234,6 +256,35 @@ class FakePaymentGateway(FakeExternal):
             _add_to_balance(conn, charge[3], -amount.amount_minor)
             conn.execute("COMMIT")
             return RefundResult(refund_id, charge_id, amount)
+
+    def _void(self, key: str, order_id: str) -> VoidResult:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO voids VALUES (?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
+                (key, order_id, _now()),
+            )
+            charge = conn.execute(
+                "SELECT charge_id, amount_minor, currency, approved, customer_id FROM charges"
+                " WHERE idempotency_key = ?",
+                (key,),
+            ).fetchone()
+            if charge is None or not charge[3]:
+                conn.execute("COMMIT")
+                return VoidResult(charge[0] if charge else "")
+            charge_id, amount = charge[0], Money(charge[1], charge[2])
+            # Refunded already (by a refund or an earlier void): that refund is the answer.
+            refund = conn.execute(
+                "SELECT refund_id FROM refunds WHERE charge_id = ?", (charge_id,)
+            ).fetchone()
+            if refund is None:
+                refund = (f"re_{uuid.uuid4().hex}",)
+                conn.execute(
+                    "INSERT INTO refunds VALUES (?, ?, ?, ?, ?)",
+                    (refund[0], f"void:{key}", charge_id, amount.amount_minor, _now()),
+                )
+                _add_to_balance(conn, charge[4], -amount.amount_minor)
+            conn.execute("COMMIT")
+            return VoidResult(charge_id, refund[0], amount)
 
     def _counts(self) -> LedgerCounts:
         with self._snapshot() as conn:

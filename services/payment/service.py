@@ -6,6 +6,7 @@ from __future__ import annotations
 from choreo.errors import ConfigurationError
 from choreo.service import ServiceDefinition, ServiceRuntime
 from choreo.settings import RuntimeSettings
+from services import payment_token
 from services.catalog import Catalog, CatalogError, load_catalog
 from services.payment import api, handlers, store
 from services.payment.gateway import FakePaymentGateway
@@ -33,7 +34,7 @@ def build(runtime: RuntimeSettings, saga: SagaSettings) -> ServiceDefinition:
         )
     except ValueError as exc:
         raise ConfigurationError(f"{NAME}: {exc} (CHOREO_PAYMENT_FAILURE_RATE)") from exc
-    deps = handlers.Dependencies(gateway)
+    deps = handlers.Dependencies(gateway, payment_token.opening_key(saga))
 
     async def on_start(service: ServiceRuntime) -> None:
         saga.payment_ledger.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +43,7 @@ def build(runtime: RuntimeSettings, saga: SagaSettings) -> ServiceDefinition:
     return ServiceDefinition(
         name=NAME,
         handlers=handlers.bind(deps),
+        give_ups=handlers.bind_give_ups(deps),
         schema=store.SCHEMA,
         grpc_services=[api.SERVICE_NAME],
         add_servicer=api.add_to_server,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from choreo.store.port import Row, Transaction
+from services.paging import KeysetQuery, fetch_page
 from services.payment.domain import Payment, PaymentStatus
 from services.values import Money, to_iso
 
@@ -102,3 +103,21 @@ async def list_payments(
             (customer_id, limit),
         )
     return [_payment(row) for row in rows]
+
+
+_PAYMENT_PAGES = KeysetQuery(
+    rpc="ListPayments",
+    table="payments",
+    select=f"{_COLUMNS}, created_at",
+    keys=("created_at", "order_id"),
+    key_of=lambda row: (str(row[-1]), str(row[0])),
+    descending=True,
+)
+
+
+async def page_of_payments(
+    tx: Transaction, page_size: int, page_token: str
+) -> tuple[list[Payment], str]:
+    """A page of payments, newest first, and the next page's token ('' on the last)."""
+    rows, token = await fetch_page(tx, _PAYMENT_PAGES, page_size, page_token)
+    return [_payment(row[:-1]) for row in rows], token

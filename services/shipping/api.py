@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import grpc
 
+from choreo import validation
 from choreo.grpc_errors import abort_invalid, abort_not_found
 from choreo.service import ServiceRuntime
 from choreo.shipping.v1 import shipping_service_pb2 as pb
 from choreo.shipping.v1 import shipping_service_pb2_grpc as pb_grpc
+from services.paging import InvalidPageToken
 from services.shipping import mapping, store
 
 SERVICE_NAME = "choreo.shipping.v1.ShippingService"
@@ -20,14 +22,29 @@ class ShippingApi(pb_grpc.ShippingServiceServicer):
     async def GetShipment(
         self, request: pb.GetShipmentRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetShipmentResponse:
-        if not request.order_id:
-            await abort_invalid(context, [("order_id", "must not be empty")])
         async with self._runtime.db.read() as tx:
             shipment = await store.load_shipment(tx, request.order_id)
         if shipment is None:
             await abort_not_found(context, f"shipment for order {request.order_id!r}")
         return pb.GetShipmentResponse(shipment=mapping.shipment_to_proto(shipment))
 
+    async def ListShipments(
+        self, request: pb.ListShipmentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListShipmentsResponse:
+        try:
+            async with self._runtime.db.read() as tx:
+                shipments, token = await store.page_of_shipments(
+                    tx, request.page_size, request.page_token
+                )
+        except InvalidPageToken as exc:
+            await abort_invalid(context, [("page_token", str(exc))])
+        return pb.ListShipmentsResponse(
+            shipments=[mapping.shipment_to_proto(item) for item in shipments], next_page_token=token
+        )
+
 
 def add_to_server(server: grpc.aio.Server, runtime: ServiceRuntime) -> None:
-    pb_grpc.add_ShippingServiceServicer_to_server(ShippingApi(runtime), server)
+    # Every request is decoded and checked against its declared rules before a method runs.
+    validation.add_servicer(
+        server, pb.DESCRIPTOR.services_by_name["ShippingService"], ShippingApi(runtime)
+    )

@@ -59,3 +59,29 @@ def booked(order_id: str, destination: Address, booking: Booking) -> Shipment:
 
 def refused(order_id: str, destination: Address, reason: str) -> Shipment:
     return Shipment(order_id, ShipmentStatus.FAILED, destination, failure_reason=reason)
+
+
+def gave_up(order_id: str, destination: Address, why: str) -> Shipment:
+    """The provider did not answer within the retry budget: the booking key was cancelled, and
+    the shipment fails, so the saga refunds and releases as for a refusal."""
+    return Shipment(order_id, ShipmentStatus.FAILED, destination, failure_reason=why)
+
+
+DEADLINE_CANCELLATION = "CANCELLATION_REASON_DEADLINE_EXCEEDED"
+
+
+def compensates_cancellation(reason: str) -> bool:
+    """Only a cancellation at the saga deadline is shipping's to undo: for every other reason
+    the order was cancelled before (or because) nothing was booked."""
+    return reason == DEADLINE_CANCELLATION
+
+
+NOWHERE = Address(recipient_name="", line1="", city="", postal_code="", country_code="")
+
+
+def cancelled(order_id: str) -> Shipment:
+    """The shipment of an order cancelled at its deadline before it was booked: none, and none
+    will be (the destination never reached shipping)."""
+    return Shipment(
+        order_id, ShipmentStatus.FAILED, NOWHERE, failure_reason="order cancelled at deadline"
+    )

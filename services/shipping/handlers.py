@@ -3,6 +3,12 @@
 The provider is called before the handler's transaction opens (it can be slow and the
 service's database takes one writer at a time); its idempotency key makes a retried call
 return the first booking or refusal, and the insert records only the first answer.
+
+When booking gives up (the provider did not answer within the retry budget, or the step was
+rejected), the booking key is cancelled at the provider first, so a booking it may have made is
+undone and one still in flight is refused, then ``ShippingFailed`` is emitted: payment refunds,
+inventory releases, the order is cancelled. An order cancelled at its saga deadline has its
+booking cancelled the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from typing import Any
 from google.protobuf.message import Message
 
 from choreo.errors import PermanentError, TransientError
-from choreo.handling import Handler, HandlerContext
+from choreo.handling import GaveUp, GiveUpHandler, Handler, HandlerContext
+from choreo.order.v1 import events_pb2 as order_events
 from choreo.payment.v1 import events_pb2 as payment_events
 from choreo.shipping.v1 import events_pb2 as shipping_events
 from choreo.store.port import Database
@@ -54,7 +61,10 @@ async def on_payment_completed(
         log.info("order %s already has a shipment; not booking again", order_id)
         return
     try:
-        booking = await deps.provider.book(domain.booking_key(order_id), order_id, destination)
+        booking = await ctx.call(
+            deps.provider.book(domain.booking_key(order_id), order_id, destination),
+            f"booking order {order_id}",
+        )
     except ProviderUnavailable as exc:
         raise TransientError(f"booking order {order_id}: {exc}") from exc
     except IdempotencyKeyReused as exc:
@@ -74,6 +84,7 @@ async def on_payment_completed(
                 carrier=shipment.carrier,
                 customer_id=event.customer_id,
                 destination=event.shipping_address,
+                payment_id=event.payment_id,
             ),
             aggregate_id=order_id,
         )
@@ -90,13 +101,77 @@ async def on_payment_completed(
         )
 
 
+async def _cancel_booking(deps: Dependencies, ctx: HandlerContext, order_id: str) -> str:
+    try:
+        return await ctx.call(
+            deps.provider.cancel(domain.booking_key(order_id), order_id),
+            f"cancelling the booking of order {order_id}",
+        )
+    except ProviderUnavailable as exc:
+        raise TransientError(f"cancelling the booking of order {order_id}: {exc}") from exc
+
+
+async def give_up_booking(
+    deps: Dependencies, ctx: HandlerContext, event: payment_events.PaymentCompleted, why: GaveUp
+) -> None:
+    """Booking gave up: cancel the key (undo a booking it may have made), then fail the step."""
+    order_id = event.order_id
+    cancelled = await _cancel_booking(deps, ctx, order_id)
+    detail = f"the shipping provider did not answer ({why.reason}: {why.detail})"
+    if cancelled:
+        detail += f"; booking {cancelled} cancelled"
+    destination = mapping.address_from_proto(event.shipping_address)
+    if not await store.insert_shipment(
+        ctx.tx, domain.gave_up(order_id, destination, detail[:500]), datetime.now(UTC)
+    ):
+        return  # the order got an answer already (e.g. its deadline cancelled it)
+    ctx.emit(
+        shipping_events.ShippingFailed(
+            order_id=order_id,
+            customer_id=event.customer_id,
+            payment_id=event.payment_id,
+            reason=shipping_events.SHIPPING_FAILURE_REASON_PROVIDER_UNAVAILABLE,
+            detail=detail[:500],
+        ),
+        aggregate_id=order_id,
+    )
+
+
+async def on_order_cancelled(
+    deps: Dependencies, ctx: HandlerContext, event: order_events.OrderCancelled
+) -> None:
+    """An order cancelled at its deadline: cancel its booking, made or in flight, and record
+    a failed shipment so a late PaymentCompleted books nothing."""
+    order_id = event.order_id
+    if not domain.compensates_cancellation(order_events.CancellationReason.Name(event.reason)):
+        return
+    shipment = await deps.shipment(order_id)
+    if shipment is not None and shipment.status is domain.ShipmentStatus.FAILED:
+        return  # nothing was booked, and nothing will be
+    cancelled = await _cancel_booking(deps, ctx, order_id)
+    log.info("order %s cancelled at its deadline; booking cancelled: %r", order_id, cancelled)
+    if shipment is None:
+        await store.insert_shipment(ctx.tx, domain.cancelled(order_id), datetime.now(UTC))
+
+
 DependentHandler = Callable[[Dependencies, HandlerContext, Any], Awaitable[None]]
+DependentGiveUp = Callable[[Dependencies, HandlerContext, Any, GaveUp], Awaitable[None]]
 
 HANDLERS: dict[type[Message], DependentHandler] = {
     payment_events.PaymentCompleted: on_payment_completed,
+    order_events.OrderCancelled: on_order_cancelled,
+}
+
+# Booking has a business failure event: when it gives up, it emits it.
+GIVE_UPS: dict[type[Message], DependentGiveUp] = {
+    payment_events.PaymentCompleted: give_up_booking,
 }
 
 
 def bind(deps: Dependencies) -> dict[type[Message], Handler]:
     """The handlers with their dependencies filled in, as the runtime calls them."""
     return {cls: functools.partial(handler, deps) for cls, handler in HANDLERS.items()}
+
+
+def bind_give_ups(deps: Dependencies) -> dict[type[Message], GiveUpHandler]:
+    return {cls: functools.partial(give_up, deps) for cls, give_up in GIVE_UPS.items()}

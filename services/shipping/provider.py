@@ -36,7 +36,17 @@ _SCHEMA = (
         postal_code TEXT NOT NULL,
         created_at TEXT NOT NULL
     )""",
+    # Cancelled booking keys: a booking under one is refused, so a booking still in flight when
+    # its caller gave up (or the order hit its deadline) ships nothing.
+    """CREATE TABLE IF NOT EXISTS cancellations (
+        idempotency_key TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        shipment_id TEXT,
+        created_at TEXT NOT NULL
+    )""",
 )
+
+CANCELLED_REASON = "booking was cancelled before it was made"
 
 
 class ProviderUnavailable(Exception):
@@ -59,6 +69,7 @@ class IdempotencyKeyReused(Exception):
 class ShippingLedgerCounts:
     bookings: dict[str, int] = field(default_factory=dict)  # shipments booked per order
     refusals: dict[str, int] = field(default_factory=dict)
+    cancelled: dict[str, int] = field(default_factory=dict)  # booked shipments cancelled
 
 
 def unserviceable_reason(destination: Address, countries: Iterable[str]) -> str | None:
@@ -95,6 +106,16 @@ class FakeShippingProvider(FakeExternal):
             raise Unserviceable(reason or "unserviceable")
         return booking
 
+    async def cancel(self, idempotency_key: str, order_id: str) -> str:
+        """Cancel a booking by its idempotency key, whether or not it was made: returns the
+        cancelled shipment id ("" when nothing was booked); a later booking under the key is
+        refused. Cancelling twice is the same as once."""
+        lose_response = await self._maybe_fail()
+        shipment_id = self._cancel(idempotency_key, order_id)
+        if lose_response:
+            raise ProviderUnavailable("shipping provider timed out after accepting the cancel")
+        return shipment_id
+
     async def ledger_counts(self) -> ShippingLedgerCounts:
         return self._counts()
 
@@ -111,6 +132,10 @@ class FakeShippingProvider(FakeExternal):
                 if row[0] != order_id:
                     raise IdempotencyKeyReused(f"key {key!r} was used for order {row[0]!r}")
                 return (Booking(row[1], row[2], row[3]) if row[1] else None), row[4]
+            if conn.execute(
+                "SELECT 1 FROM cancellations WHERE idempotency_key = ?", (key,)
+            ).fetchone():
+                return None, CANCELLED_REASON
             reason = unserviceable_reason(destination, self._countries)
             booking = None if reason else self._new_booking(destination)
             conn.execute(
@@ -130,6 +155,20 @@ class FakeShippingProvider(FakeExternal):
             conn.execute("COMMIT")
             return booking, reason
 
+    def _cancel(self, key: str, order_id: str) -> str:
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT shipment_id FROM bookings WHERE idempotency_key = ?", (key,)
+            ).fetchone()
+            shipment_id = row[0] if row and row[0] else ""
+            conn.execute(
+                "INSERT INTO cancellations VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (idempotency_key) DO NOTHING",
+                (key, order_id, shipment_id or None, datetime.now(UTC).isoformat()),
+            )
+            conn.execute("COMMIT")
+            return shipment_id
+
     def _new_booking(self, destination: Address) -> Booking:
         carrier = _CARRIERS.get(destination.country_code, _DEFAULT_CARRIER)
         ident = uuid.uuid4()
@@ -144,4 +183,9 @@ class FakeShippingProvider(FakeExternal):
                 " GROUP BY order_id, shipment_id IS NOT NULL"
             ):
                 (counts.bookings if ok else counts.refusals)[order_id] = n
+            for order_id, n in conn.execute(
+                "SELECT order_id, COUNT(*) FROM cancellations WHERE shipment_id IS NOT NULL"
+                " GROUP BY order_id"
+            ):
+                counts.cancelled[order_id] = n
             return counts

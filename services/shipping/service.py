@@ -34,6 +34,7 @@ def build(runtime: RuntimeSettings, saga: SagaSettings) -> ServiceDefinition:
     return ServiceDefinition(
         name=NAME,
         handlers=handlers.bind(deps),
+        give_ups=handlers.bind_give_ups(deps),
         schema=store.SCHEMA,
         grpc_services=[api.SERVICE_NAME],
         add_servicer=api.add_to_server,

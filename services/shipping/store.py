@@ -6,6 +6,7 @@ import json
 from datetime import datetime
 
 from choreo.store.port import Row, Transaction
+from services.paging import KeysetQuery, fetch_page
 from services.shipping.domain import Shipment, ShipmentStatus
 from services.values import Address, to_iso
 
@@ -67,3 +68,21 @@ async def list_shipments(tx: Transaction, limit: int = 100) -> list[Shipment]:
     sql = f"SELECT {_COLUMNS} FROM shipments ORDER BY order_id LIMIT ?"
     rows = await tx.fetchall(sql, (limit,))
     return [_shipment(row) for row in rows]
+
+
+_SHIPMENT_PAGES = KeysetQuery(
+    rpc="ListShipments",
+    table="shipments",
+    select=f"{_COLUMNS}, created_at",
+    keys=("created_at", "order_id"),
+    key_of=lambda row: (str(row[-1]), str(row[0])),
+    descending=True,
+)
+
+
+async def page_of_shipments(
+    tx: Transaction, page_size: int, page_token: str
+) -> tuple[list[Shipment], str]:
+    """A page of shipments, newest first, and the next page's token ('' on the last)."""
+    rows, token = await fetch_page(tx, _SHIPMENT_PAGES, page_size, page_token)
+    return [_shipment(row[:-1]) for row in rows], token

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from services.chaos import Chaos, ChaosConfig
+from services.chaos import ORDERS_PER_MIGRATION_PHASE, Chaos, ChaosConfig
 
 
 async def test_short_chaos_run_keeps_every_invariant_and_dlq_holds_exactly_the_poison() -> None:
@@ -32,8 +32,37 @@ async def test_short_chaos_run_keeps_every_invariant_and_dlq_holds_exactly_the_p
     assert report.faults["replay_after_dedup_window_dropped_by_broker"] == 0
     assert report.violations == []
     assert report.dead_letters == report.expected_dead_letters
-    assert sum(report.final_states.values()) == 250
+    # 250 orders, the order whose message crashes shipping, a probe order after each of the
+    # two broker restarts, one at the start of the payment outage, a few in each of the
+    # schema migration's two phases and two in the key rotation (one sealed for each key).
+    assert sum(report.final_states.values()) == 256 + 2 * ORDERS_PER_MIGRATION_PHASE
     assert all(seconds >= 0 for seconds in report.recovery_s), report.recovery_s
+    # Beyond crashes: each fault was injected and ended the way the design says.
+    for fault in (
+        "provider_outage_payment",
+        "hung_provider_shipping",
+        "message_that_crashes_its_consumer",
+        "broker_outage_long",
+        "bad_grpc_request",
+        "schema_migration_window",
+        "payment_key_rotation",
+    ):
+        assert report.faults[fault] >= 1, (fault, report.faults)
+    assert report.faults["crashed_by_the_message"] >= 2  # killed on more than one delivery
+    # The migration window really put orders on the wire in v2, some in both versions at once.
+    assert report.faults["schema_migration_orders_in_both"] >= ORDERS_PER_MIGRATION_PHASE, (
+        report.faults
+    )
+    assert (
+        report.faults["schema_migration_orders_in_v2"]
+        > report.faults["schema_migration_orders_in_both"]
+    ), report.faults
+    # Orders caught by the payment outage were cancelled (and, per the audit above, refunded
+    # exactly once when charged, and their stock released); the steps that gave up say so.
+    assert report.caught_by_provider_faults >= 1
+    assert any(key.startswith("payment:") for key in report.gave_up), report.gave_up
+    assert any(key.startswith("shipping:") for key in report.gave_up), report.gave_up
+    assert report.max_saga_s <= 150 + 60
 
 
 async def test_a_deliberately_broken_build_is_caught_by_the_checks() -> None:
@@ -46,6 +75,12 @@ async def test_a_deliberately_broken_build_is_caught_by_the_checks() -> None:
         broker_restarts=0,
         broker_pauses=0,
         poison=0,
+        provider_outages=0,
+        hung_providers=0,
+        crash_messages=0,
+        long_broker_outages=0,
+        schema_migrations=0,
+        key_rotations=0,
         duration_s=25,
         ack_before_handling=True,
     )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -26,3 +27,20 @@ def run(cmd: list[str | Path], cwd: Path) -> subprocess.CompletedProcess[str]:
 def proto_files() -> list[Path]:
     """Every .proto file of the module, relative to proto/."""
     return sorted(path.relative_to(PROTO_ROOT) for path in PROTO_ROOT.rglob("*.proto"))
+
+
+def run_node(script: Path, *args: str | Path, package: str) -> subprocess.CompletedProcess[str]:
+    """Run a Node.js script of the repository that needs the npm ``package``; a missing Node
+    or package fails the test with the step that installs it (never a skip)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not on PATH: install Node.js 20+ to test the contracts with it")
+    if not (REPO_ROOT / "node_modules" / package).exists():
+        pytest.fail(f"{package} is missing: run `make npm` (npm ci)")
+    return subprocess.run(
+        [node, str(script), *map(str, args)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -59,7 +59,12 @@ BREAKING = {
         "FIELD_SAME_NAME",
     ),
     "changed field type": (
-        _replace(ORDER_LINE, "int32 quantity = 2;", "int64 quantity = 2;"),
+        # The field's buf.validate rules are typed too, so they change along with it.
+        _replace(
+            ORDER_LINE,
+            "int32 quantity = 2 [(buf.validate.field).int32 = {",
+            "int64 quantity = 2 [(buf.validate.field).int64 = {",
+        ),
         "FIELD_SAME_TYPE",
     ),
     "removed field": (
@@ -80,7 +85,7 @@ ADDITIVE = {
     "new field": _replace(
         SHIPPING_EVENTS,
         "string carrier = 4;",
-        "string carrier = 4;\n  // The carrier's service level.\n  string service_level = 7;",
+        "string carrier = 4;\n  // The carrier's service level.\n  string service_level = 8;",
     ),
     "new message": _append(
         SHIPPING_EVENTS,

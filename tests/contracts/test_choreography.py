@@ -1,16 +1,31 @@
-"""The saga graph written in proto/ options is exactly the flow table of DESIGN.md."""
+"""The saga graph written in proto/ options is exactly the flow table of the README."""
 
 from __future__ import annotations
 
 import pytest
 
 from choreo import contracts
+from choreo.choreography.v1 import choreography_pb2
 from choreo.common.v1 import money_pb2
+from choreo.inventory.v1 import inventory_service_pb2
+from choreo.notification.v1 import notification_service_pb2
 from choreo.order.v1 import events_pb2 as order_events
+from choreo.order.v1 import order_service_pb2
+from choreo.payment.v1 import payment_service_pb2
+from choreo.shipping.v1 import shipping_service_pb2
+
+SERVICE_MODULES = (
+    order_service_pb2,
+    inventory_service_pb2,
+    payment_service_pb2,
+    shipping_service_pb2,
+    notification_service_pb2,
+)
 
 # Every published event: short name -> (bounded context, aggregate type).
 EVENTS: dict[str, tuple[str, str]] = {
     "OrderCreated": ("order", "order"),
+    "v2/OrderCreated": ("order", "order"),  # beside v1 during its migration window
     "OrderConfirmed": ("order", "order"),
     "OrderShipped": ("order", "order"),
     "OrderCancelled": ("order", "order"),
@@ -28,13 +43,16 @@ EVENTS: dict[str, tuple[str, str]] = {
 
 
 def full(name: str) -> str:
-    """choreo.<context>.v1.<Event>, the event's full Protobuf name and NATS subject."""
-    return f"choreo.{EVENTS[name][0]}.v1.{name}"
+    """choreo.<context>.v<N>.<Event>, the event's full Protobuf name and NATS subject; a name
+    without a ``v<N>/`` prefix is v1."""
+    version, _, event = name.rpartition("/")
+    return f"choreo.{EVENTS[name][0]}.{version or 'v1'}.{event}"
 
 
-# DESIGN.md, "The saga (the canonical flow)", row by row: trigger, reacting service, emits.
+# The README's flow table ("The saga"), row by row: trigger, reacting service, emits.
 DESIGN_FLOW: list[tuple[str, str, set[str]]] = [
     ("OrderCreated", "inventory", {"InventoryReserved", "InventoryReservationFailed"}),
+    ("v2/OrderCreated", "inventory", {"InventoryReserved", "InventoryReservationFailed"}),
     ("InventoryReserved", "payment", {"PaymentCompleted", "PaymentFailed"}),
     ("PaymentCompleted", "order", {"OrderConfirmed"}),
     ("PaymentCompleted", "shipping", {"ShipmentCreated", "ShippingFailed"}),
@@ -49,13 +67,18 @@ DESIGN_FLOW: list[tuple[str, str, set[str]]] = [
     ("ShippingFailed", "inventory", {"InventoryReleased"}),
     ("ShippingFailed", "order", {"OrderCancelled"}),
     ("OrderCancelled", "notification", {"NotificationSent"}),
+    # The saga deadline (order service): an order cancelled at its deadline is compensated by
+    # the steps themselves; each reaction does nothing for the other cancellation reasons.
+    ("OrderCancelled", "inventory", {"InventoryReleased"}),
+    ("OrderCancelled", "payment", {"PaymentRefunded"}),
+    ("OrderCancelled", "shipping", set()),
 ]
 FLOW_TABLE: set[tuple[str, str, frozenset[str]]] = {
     (service, full(trigger), frozenset(full(name) for name in emits))
     for trigger, service, emits in DESIGN_FLOW
 }
 
-# DESIGN.md, "Required compensations": failure event => events that must follow it.
+# The README's required compensations: failure event => events that must follow it.
 REQUIRED_COMPENSATIONS: dict[str, set[str]] = {
     "InventoryReservationFailed": {"OrderCancelled"},
     "PaymentFailed": {"InventoryReleased", "OrderCancelled"},
@@ -67,8 +90,8 @@ def test_service_options_describe_exactly_the_flow_table() -> None:
     edges = contracts.choreography()
     found = {(edge.service, edge.trigger, frozenset(edge.emits)) for edge in edges}
 
-    assert found - FLOW_TABLE == set(), "reactions in proto/ that DESIGN.md does not have"
-    assert FLOW_TABLE - found == set(), "reactions of DESIGN.md missing from proto/"
+    assert found - FLOW_TABLE == set(), "reactions in proto/ that the flow table does not have"
+    assert FLOW_TABLE - found == set(), "reactions of the flow table missing from proto/"
     assert len(edges) == len(FLOW_TABLE), "a reaction is declared twice"
 
 
@@ -95,9 +118,12 @@ def test_every_event_in_the_graph_is_a_known_event_and_every_event_is_in_the_gra
     assert emitted | commands == events, "an event that nothing emits"
 
 
-def test_place_order_is_the_only_command_and_emits_order_created() -> None:
+def test_place_order_is_the_only_command_and_emits_order_created_in_either_version() -> None:
     assert contracts.command_emits() == {
-        "choreo.order.v1.OrderService.PlaceOrder": ("choreo.order.v1.OrderCreated",)
+        "choreo.order.v1.OrderService.PlaceOrder": (
+            "choreo.order.v1.OrderCreated",
+            "choreo.order.v2.OrderCreated",
+        )
     }
 
 
@@ -139,4 +165,29 @@ def test_mermaid_draws_every_reaction_and_command() -> None:
         if not emits:
             assert f"{source} -->|{service}| {service}_records_" in text
     assert "choreo_order_v1_OrderService_PlaceOrder --> choreo_order_v1_OrderCreated" in text
+    # The reactions that confirm an overtaken order first draw that as a dotted catch-up.
+    confirmed = "choreo_order_v1_OrderConfirmed"
+    for trigger in ("ShipmentCreated", "ShippingFailed"):
+        assert f"choreo_shipping_v1_{trigger} -.->|order, catch-up| {confirmed}" in text
+    assert text.count("catch-up") == 2
     assert text == contracts.mermaid(reversed(contracts.choreography()), contracts.command_emits())
+
+
+def test_only_the_order_catches_up_and_only_with_order_confirmed() -> None:
+    """The reactions that confirm a paid order first when its shipment's outcome overtook
+    PaymentCompleted (services/order/domain.py: ship, cancel) are the ones that say so."""
+    declared = {}
+    for module in SERVICE_MODULES:
+        for service in module.DESCRIPTOR.services_by_name.values():
+            options = service.GetOptions().Extensions[choreography_pb2.choreography]
+            declared.update(
+                {
+                    (service.name, r.trigger): list(r.catch_up)
+                    for r in options.reactions
+                    if r.catch_up
+                }
+            )
+    assert declared == {
+        ("OrderService", full("ShipmentCreated")): [full("OrderConfirmed")],
+        ("OrderService", full("ShippingFailed")): [full("OrderConfirmed")],
+    }

@@ -24,7 +24,12 @@ def test_typescript_exists_for_every_proto_file(proto: Path) -> None:
     assert f"@generated from file {proto.as_posix()}" in ts.read_text()
 
 
-@pytest.mark.parametrize("proto", proto_files(), ids=str)
+# The vendored google/rpc files get TypeScript only: Python has them from googleapis-common-protos
+# (see proto/google/rpc/README.md and test_google_rpc.py).
+OURS_IN_PYTHON = [proto for proto in proto_files() if proto.parts[:2] != ("google", "rpc")]
+
+
+@pytest.mark.parametrize("proto", OURS_IN_PYTHON, ids=str)
 def test_python_and_its_stubs_exist_and_import_for_every_proto_file(proto: Path) -> None:
     for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi"):
         path = GEN / "python" / f"{_stem(proto)}{suffix}"
@@ -39,6 +44,10 @@ def test_gen_python_has_no_init_files() -> None:
     # choreo/__init__.py extends __path__ onto gen/python/choreo; an __init__.py there would
     # shadow the runtime package.
     assert sorted((GEN / "python").rglob("__init__.py")) == []
+
+
+def test_no_python_is_generated_for_the_vendored_google_rpc_files() -> None:
+    assert not (GEN / "python" / "google").exists()
 
 
 def test_no_generated_file_is_left_over_from_a_deleted_proto_file() -> None:

@@ -34,10 +34,24 @@ def test_the_shipped_message_names_the_carrier_and_tracking_number() -> None:
 
 
 def test_the_cancelled_message_explains_the_reason_in_plain_words() -> None:
-    n = order_cancelled("o1", "c1", "SHIPPING_FAILED", Channel.SMS, refunded=True)
+    n = order_cancelled("o1", "c1", "SHIPPING_FAILED", Channel.SMS, charged=True)
     assert n.kind is NotificationKind.ORDER_CANCELLED
     assert "cannot deliver" in n.message and "refunded" in n.message
     assert "problem" in order_cancelled("o1", "c1", "SOMETHING_NEW", Channel.SMS).message
+
+
+def test_a_refund_is_mentioned_when_the_order_was_charged_whatever_the_reason() -> None:
+    for reason in ("SHIPPING_FAILED", "PAYMENT_FAILED", "SOMETHING_NEW"):
+        message = order_cancelled("o1", "c1", reason, Channel.EMAIL, charged=True).message
+        assert "refunded to you in full" in message, reason
+
+
+def test_a_cancellation_before_any_charge_never_mentions_a_refund() -> None:
+    # Not even after a shipping failure: the reason alone says nothing about money taken.
+    for reason in ("INVENTORY_UNAVAILABLE", "PAYMENT_FAILED", "SHIPPING_FAILED"):
+        message = order_cancelled("o1", "c1", reason, Channel.EMAIL, charged=False).message
+        assert "refund" not in message, reason
+        assert "refund" not in order_cancelled("o1", "c1", reason, Channel.EMAIL).message
 
 
 def test_the_notification_id_is_derived_from_order_and_kind() -> None:

@@ -20,6 +20,7 @@ from services.order.domain import (
     PlaceOrder,
     PlaceOrderLine,
     Replayed,
+    Transition,
     cancel,
     confirm,
     decide_place_order,
@@ -29,6 +30,7 @@ from services.order.domain import (
     ship,
     validate_place_order,
 )
+from services.order.handlers import saga_outcome
 from services.values import Address, Money
 from tests.domain.conftest import SqliteTx
 
@@ -99,14 +101,15 @@ def test_quantity_bounds_are_inclusive(catalog: Catalog) -> None:
         assert fields(replace(VALID, lines=(PlaceOrderLine("SKU-MUG", quantity),)), catalog) == []
 
 
-@pytest.mark.parametrize("code", ["usd", "US", "XYZ", ""])
-def test_currency_code_must_be_a_known_iso_4217_code(catalog: Catalog, code: str) -> None:
-    assert fields(replace(VALID, currency_code=code), catalog) == ["currency_code"]
-
-
-def test_currency_code_must_be_the_catalog_currency(catalog: Catalog) -> None:
-    violations = validate_place_order(replace(VALID, currency_code="EUR"), catalog)
-    assert violations == [FieldViolation("currency_code", "must be USD, the catalog's")]
+@pytest.mark.parametrize("code", ["usd", "US", "XYZ", "", "EUR", "JPY"])
+def test_currency_code_must_be_the_catalog_currency_and_the_error_offers_only_it(
+    catalog: Catalog, code: str
+) -> None:
+    """The error names the one accepted currency, never one that would be refused next."""
+    violations = validate_place_order(replace(VALID, currency_code=code), catalog)
+    assert violations == [
+        FieldViolation("currency_code", "must be USD: the catalog prices every product in USD only")
+    ]
 
 
 def test_shipping_address_is_required(catalog: Catalog) -> None:
@@ -200,12 +203,79 @@ def test_shipment_created_ships_a_confirmed_order(pending: Order) -> None:
     assert (t.order.status, t.order.tracking_id, t.emit) == (OrderStatus.SHIPPED, "UPS1", True)
 
 
-def test_shipment_created_before_the_confirmation_still_ships_the_order(pending: Order) -> None:
+def test_payment_completed_enters_confirmed_only(pending: Order) -> None:
+    assert confirm(pending, "pay-1", T1).entered == (OrderStatus.CONFIRMED,)
+
+
+def test_shipment_created_ships_a_confirmed_order_without_confirming_again(pending: Order) -> None:
+    confirmed = confirm(pending, "pay-1", T1).order
+    assert ship(confirmed, "shp-1", "UPS1", T1, payment_id="pay-1").entered == (
+        OrderStatus.SHIPPED,
+    )
+
+
+def test_a_shipment_that_overtakes_the_payment_confirms_then_ships(pending: Order) -> None:
+    t = ship(pending, "shp-1", "UPS1", T1, payment_id="pay-1")
+    assert t.entered == (OrderStatus.CONFIRMED, OrderStatus.SHIPPED)
+    assert (t.order.status, t.order.payment_id, t.order.shipment_id) == (
+        OrderStatus.SHIPPED, "pay-1", "shp-1",
+    )  # fmt: skip
+    late = confirm(t.order, "pay-1", T1)
+    assert (late.changed, late.entered) == (False, ())
+
+
+def test_a_shipment_without_a_payment_id_still_confirms_first_and_keeps_the_late_id(
+    pending: Order,
+) -> None:
+    """A ShipmentCreated from a shipping service older than its payment_id field."""
     shipped = ship(pending, "shp-1", "UPS1", T1)
-    assert shipped.order.status is OrderStatus.SHIPPED
+    assert shipped.entered == (OrderStatus.CONFIRMED, OrderStatus.SHIPPED)
     late = confirm(shipped.order, "pay-1", T1)
     assert (late.order.status, late.order.payment_id) == (OrderStatus.SHIPPED, "pay-1")
-    assert late.changed and not late.emit
+    assert late.changed and late.entered == ()
+
+
+def test_a_shipping_failure_that_overtakes_the_payment_confirms_then_cancels(
+    pending: Order,
+) -> None:
+    t = cancel(pending, CancellationReason.SHIPPING_FAILED, "AQ", T1, payment_id="pay-1")
+    assert t.entered == (OrderStatus.CONFIRMED, OrderStatus.CANCELLED)
+    assert (t.order.status, t.order.payment_id) == (OrderStatus.CANCELLED, "pay-1")
+    assert not confirm(t.order, "pay-1", T1).changed
+
+
+def test_a_shipping_failure_of_a_confirmed_order_cancels_without_confirming_again(
+    pending: Order,
+) -> None:
+    confirmed = confirm(pending, "pay-1", T1).order
+    t = cancel(confirmed, CancellationReason.SHIPPING_FAILED, "AQ", T1, payment_id="pay-1")
+    assert t.entered == (OrderStatus.CANCELLED,)
+
+
+def test_an_unpaid_failure_cancels_without_confirming(pending: Order) -> None:
+    t = cancel(pending, CancellationReason.PAYMENT_FAILED, "declined", T1)
+    assert (t.entered, t.order.payment_id) == ((OrderStatus.CANCELLED,), "")
+
+
+@pytest.mark.parametrize("first", ["payment", "shipment"])
+def test_every_delivery_order_publishes_confirmed_then_shipped_once(
+    pending: Order, first: str
+) -> None:
+    """PaymentCompleted and ShipmentCreated in either order, each delivered twice."""
+
+    def pay(order: Order) -> Transition:
+        return confirm(order, "pay-1", T1)
+
+    def book(order: Order) -> Transition:
+        return ship(order, "shp-1", "UPS1", T1, payment_id="pay-1")
+
+    steps = [pay, pay, book, book] if first == "payment" else [book, pay, book, pay]
+    order, published = pending, list[OrderStatus]()
+    for step in steps:
+        t = step(order)
+        order = t.order
+        published.extend(t.entered)
+    assert published == [OrderStatus.CONFIRMED, OrderStatus.SHIPPED]
 
 
 def test_confirm_after_shipped_is_a_no_op(pending: Order) -> None:
@@ -294,6 +364,19 @@ async def test_transitions_are_saved_and_the_history_grows_per_status(
     assert [e.seq for e in await store.history(tx, "o1", after_seq=1)] == [2]
 
 
+async def test_a_catch_up_confirmation_is_recorded_in_the_history_before_the_shipment(
+    tx: SqliteTx, pending: Order
+) -> None:
+    await tx.migrate(store.SCHEMA)
+    await store.insert_order(tx, pending)
+    t = ship(pending, "shp-1", "UPS1", T1, payment_id="pay-1")
+    assert await store.save_order(tx, pending, t.order, t.entered)
+    history = await store.history(tx, "o1")
+    assert [entry.status for entry in history] == [
+        OrderStatus.PENDING, OrderStatus.CONFIRMED, OrderStatus.SHIPPED,
+    ]  # fmt: skip
+
+
 async def test_orders_are_listed_oldest_first_in_pages(tx: SqliteTx, catalog: Catalog) -> None:
     await tx.migrate(store.SCHEMA)
     for i in range(5):
@@ -321,3 +404,19 @@ def test_an_address_as_a_dict_has_every_field_by_name() -> None:
     address = Address("Ada", "1 Main St", "Springfield", "12345", "US", "Apt 2")
     assert address.as_dict() == dataclasses.asdict(address)
     assert Address(**address.as_dict()) == address
+
+
+def test_a_saga_ends_once_shipped_and_notified_or_once_cancelled(pending: Order) -> None:
+    confirmed = confirm(pending, "pay-1", T1).order
+    shipped = ship(confirmed, "ship-1", "trk-1", T1).order
+    notified = mark_notified(shipped, T1).order
+    assert saga_outcome(pending, confirmed) is None
+    assert saga_outcome(confirmed, shipped) is None  # the customer is not told yet
+    assert saga_outcome(shipped, notified) == "shipped"
+    # NotificationSent may overtake OrderShipped: the saga ends at the shipment then.
+    early_notice = mark_notified(confirmed, T1).order
+    assert saga_outcome(early_notice, ship(early_notice, "s", "t", T1).order) == "shipped"
+
+    cancelled = cancel(pending, CancellationReason.PAYMENT_FAILED, "declined", T1).order
+    assert saga_outcome(pending, cancelled) == "cancelled"
+    assert saga_outcome(cancelled, mark_notified(cancelled, T1).order) is None  # ended already

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from choreo import dlq, faults
+from choreo import dlq, faults, subjects
 from choreo.broker import EmbeddedBroker
 from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceRuntime
@@ -160,7 +160,7 @@ async def dead_letters(js: Any) -> list[dlq.DeadLetter]:
 async def test_poison_lands_in_dlq_with_reasons_and_consumer_keeps_going(
     runtime: ServiceRuntime, js: Any, tmp_path: Path
 ) -> None:
-    subject = "choreo.order.v1.OrderCreated"
+    subject = "choreo.order.v1.OrderCreated.o-ok"
     await js.publish(subject, b"\x00\xffgarbage")  # no envelope at all
     valid = await publish_event(js, order_created("o-ok"), aggregate_id="o-ok")
     headers = valid.to_headers()
@@ -208,7 +208,7 @@ async def test_poison_lands_in_dlq_with_reasons_and_consumer_keeps_going(
     )
     for letter in letters:
         assert letter.service == "probe"
-        assert letter.subject == subject
+        assert subjects.event_type_of_subject(letter.subject) == "choreo.order.v1.OrderCreated"
         assert letter.detail
     garbage = next(letter for letter in letters if letter.reason == dlq.MISSING_HEADERS)
     assert garbage.body == b"\x00\xffgarbage"
@@ -237,7 +237,14 @@ async def test_failing_handler_backs_off_then_dead_letters_and_replay_handles_it
     attempts = behaviour.attempts
     assert len(attempts) == 4
     gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
-    assert gaps[0] < gaps[1] < gaps[2], f"retry delays should grow: {gaps}"
+    # Each retry waited at least its own backoff (0.15, 0.3, 0.6 s: they grow). Comparing the
+    # measured gaps with each other instead failed when the machine delayed an early retry by
+    # more than the 0.15 s between two backoffs.
+    scheduled = [runtime.settings.backoff(n) for n in (1, 2, 3)]
+    assert scheduled[0] < scheduled[1] < scheduled[2], scheduled
+    assert all(gap >= delay for gap, delay in zip(gaps, scheduled, strict=True)), (
+        f"retry delays should be at least {scheduled}: {gaps}"
+    )
     assert probe.effect_counts(tmp_path / "probe.db") == {}
 
     behaviour.fail = False
@@ -268,12 +275,16 @@ async def test_out_of_order_events_of_one_aggregate_are_applied_in_order(
         return len(probe.applied_versions(db)) == 3
 
     await wait_for(three_applied, what="all three versions")
-    await asyncio.sleep(0.5)
+    ordered = next(c for c in runtime.consumers if c.name == "probe__order_lifecycle")
+
+    async def stale_seen() -> bool:
+        return ordered.stats.outcomes.get("stale", 0) >= 1
+
+    await wait_for(stale_seen, what="the stale version 1 to be recognised")
     assert probe.applied_versions(db) == [
         ("OrderConfirmed", 1),
         ("OrderShipped", 2),
         ("OrderCancelled", 3),
     ]
-    ordered = next(c for c in runtime.consumers if c.name == "probe__order_lifecycle")
     assert ordered.stats.outcomes.get("held", 0) >= 1
     assert ordered.stats.outcomes.get("stale", 0) == 1

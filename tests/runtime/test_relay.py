@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from choreo import outbox
+from choreo.broker import BrokerLink
 from choreo.order.v1 import events_pb2 as order_events
 from choreo.settings import RuntimeSettings
 from choreo.store.port import Database
@@ -48,10 +49,10 @@ async def outbox_size(db: Database) -> int:
 
 
 async def test_submitted_rows_are_published_then_deleted_together_after_the_delay(
-    js: Any, db: Database
+    nc: Any, js: Any, db: Database
 ) -> None:
     await ensure_streams(js, RuntimeSettings())
-    relay = outbox.OutboxRelay(db, js, delete_delay_s=3.0, sweep_interval_s=30)
+    relay = outbox.OutboxRelay(db, BrokerLink.of(nc), delete_delay_s=3.0, sweep_interval_s=30)
     stopping = asyncio.Event()
     running = asyncio.create_task(relay.run(stopping))
     try:
@@ -67,9 +68,11 @@ async def test_submitted_rows_are_published_then_deleted_together_after_the_dela
     assert await stream_count(js, STREAM, SUBJECT) == 5
 
 
-async def test_flush_publishes_and_deletes_everything_at_once(js: Any, db: Database) -> None:
+async def test_flush_publishes_and_deletes_everything_at_once(
+    nc: Any, js: Any, db: Database
+) -> None:
     await ensure_streams(js, RuntimeSettings())
-    relay = outbox.OutboxRelay(db, js, delete_delay_s=60, sweep_interval_s=60)
+    relay = outbox.OutboxRelay(db, BrokerLink.of(nc), delete_delay_s=60, sweep_interval_s=60)
     await commit_events(db, 3)  # left in the table, as after a crash: only a sweep finds them
     relay.submit(await commit_events(db, 2))
     await relay.flush(timeout_s=10)
@@ -78,10 +81,10 @@ async def test_flush_publishes_and_deletes_everything_at_once(js: Any, db: Datab
 
 
 async def test_a_sweep_of_a_backlog_larger_than_a_batch_sends_each_row_once(
-    js: Any, db: Database
+    nc: Any, js: Any, db: Database
 ) -> None:
     await ensure_streams(js, RuntimeSettings())
-    relay = outbox.OutboxRelay(db, js, batch=4, delete_delay_s=60)
+    relay = outbox.OutboxRelay(db, BrokerLink.of(nc), batch=4, delete_delay_s=60)
     await commit_events(db, 10)  # a backlog, as after a crash or a broker outage
     assert await relay.sweep(min_age_s=0.0) == 10
     assert relay.duplicates_dropped == 0
@@ -90,9 +93,9 @@ async def test_a_sweep_of_a_backlog_larger_than_a_batch_sends_each_row_once(
     assert await stream_count(js, STREAM, SUBJECT) == 10
 
 
-async def test_a_row_published_twice_is_stored_once(js: Any, db: Database) -> None:
+async def test_a_row_published_twice_is_stored_once(nc: Any, js: Any, db: Database) -> None:
     await ensure_streams(js, RuntimeSettings())
-    relay = outbox.OutboxRelay(db, js, delete_delay_s=60)
+    relay = outbox.OutboxRelay(db, BrokerLink.of(nc), delete_delay_s=60)
     rows = await commit_events(db, 1)
     relay.submit(rows)
     await relay.publish_queued()

@@ -49,7 +49,7 @@ async def emitted(js: Any, cls: type[M]) -> list[M]:
         if not seq:
             continue
         msg = await js.get_msg(stream, seq)
-        if msg.subject == subject:
+        if subjects.event_type_of_subject(msg.subject) == subject:
             found.append(cls.FromString(msg.data))
     return found
 

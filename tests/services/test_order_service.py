@@ -31,7 +31,9 @@ from choreo.payment.v1 import events_pb2 as payment_events
 from choreo.service import ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.shipping.v1 import events_pb2 as shipping_events
+from choreo.streamread import read_stream
 from choreo.testing import publish_event, stream_count, wait_for
+from services import payment_token
 from services.order.service import build
 from services.settings import SagaSettings
 
@@ -55,7 +57,7 @@ async def runtime(broker: EmbeddedBroker, tmp_path: Path) -> AsyncIterator[Servi
         fetch_timeout_s=0.2,
         relay_sweep_interval_s=0.2,
     )
-    service = ServiceRuntime(build(settings, SagaSettings()), settings)
+    service = ServiceRuntime(build(settings, SagaSettings(data_dir=tmp_path)), settings)
     await service.start()
     yield service
     await service.stop(grace_s=1.0)
@@ -134,7 +136,7 @@ async def table_rows(runtime: ServiceRuntime, table: str) -> int:
 
 
 async def last_event(js: Any, subject: str, cls: type[Message]) -> tuple[Envelope, Any]:
-    raw = await js.get_last_msg(ORDER_STREAM, subject)
+    raw = await js.get_last_msg(ORDER_STREAM, subjects.event_type_filter(subject))
     event = cls()
     event.ParseFromString(raw.data)
     return Envelope.from_headers(raw.headers), event
@@ -165,7 +167,7 @@ async def settle() -> None:
 
 
 async def test_a_placed_order_is_pending_and_publishes_one_order_created(
-    stub: Stub, js: Any
+    stub: Stub, js: Any, tmp_path: Path
 ) -> None:
     order = await place(stub)
 
@@ -186,7 +188,10 @@ async def test_a_placed_order_is_pending_and_publishes_one_order_created(
     assert [line.unit_price.amount_minor for line in event.lines] == [1250, 199]
     assert event.total == order.total
     assert event.shipping_address.city == "Springfield"
-    assert event.payment_token == "tok-ok"
+    # Sealed for the payment service: only its private key (here the data folder's) opens it.
+    assert "tok-ok" not in event.payment_token
+    opening_key = payment_token.opening_key(SagaSettings(data_dir=tmp_path))
+    assert payment_token.open_token(opening_key, order.order_id, event.payment_token) == "tok-ok"
     assert event.placed_at == order.created_at
     await settle()
     assert await count(js) == 1
@@ -417,30 +422,78 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def test_a_shipment_seen_before_the_payment_still_ships_the_order(
+async def order_history(js: Any, order_id: str) -> list[tuple[int, str]]:
+    """(aggregate version, event name) of the order's events, in stream order."""
+    envelopes = [Envelope.from_headers(m.headers) for m in await read_stream(js, ORDER_STREAM)]
+    return [
+        (e.aggregate_version, e.event_type.rsplit(".", 1)[-1])
+        for e in envelopes
+        if e.aggregate_id == order_id
+    ]
+
+
+async def test_a_shipment_seen_before_the_payment_confirms_then_ships_the_order(
     stub: Stub, js: Any
 ) -> None:
     order_id = (await place(stub)).order_id
     await publish_event(
         js,
-        shipping_events.ShipmentCreated(order_id=order_id, shipment_id="shp-1", tracking_id="T1"),
+        shipping_events.ShipmentCreated(
+            order_id=order_id, shipment_id="shp-1", tracking_id="T1", payment_id="pay-1"
+        ),
         aggregate_id=order_id,
     )
     await wait_status(stub, order_id, pb.ORDER_STATUS_SHIPPED)
+    assert (await status_of(stub, order_id)).payment_id == "pay-1"
     await publish_event(
         js,
-        payment_events.PaymentCompleted(order_id=order_id, payment_id="pay-late"),
+        payment_events.PaymentCompleted(order_id=order_id, payment_id="pay-1"),
         aggregate_id=order_id,
     )
-
-    async def payment_recorded() -> bool:
-        return (await status_of(stub, order_id)).payment_id == "pay-late"
-
-    await wait_for(payment_recorded, what="the late payment id to be recorded")
-    assert (await status_of(stub, order_id)).status == pb.ORDER_STATUS_SHIPPED
     await wait_count(js, SHIPPED, 1)
     await settle()
-    assert await count(js, CONFIRMED) == 0
+    assert await order_history(js, order_id) == [
+        (1, "OrderCreated"), (2, "OrderConfirmed"), (3, "OrderShipped"),
+    ]  # fmt: skip
+    (confirmed,) = [
+        order_events.OrderConfirmed.FromString(m.data) for m in await _stream(js, CONFIRMED)
+    ]
+    assert confirmed.payment_id == "pay-1"
+
+
+async def test_a_shipping_failure_seen_before_the_payment_confirms_then_cancels_the_order(
+    stub: Stub, js: Any
+) -> None:
+    order_id = (await place(stub)).order_id
+    await publish_event(
+        js,
+        shipping_events.ShippingFailed(
+            order_id=order_id,
+            payment_id="pay-1",
+            reason=shipping_events.SHIPPING_FAILURE_REASON_UNSERVICEABLE_DESTINATION,
+            detail="no carrier delivers to AQ",
+        ),
+        aggregate_id=order_id,
+    )
+    await wait_status(stub, order_id, pb.ORDER_STATUS_CANCELLED)
+    await publish_event(
+        js,
+        payment_events.PaymentCompleted(order_id=order_id, payment_id="pay-1"),
+        aggregate_id=order_id,
+    )
+    await wait_count(js, CANCELLED, 1)
+    await settle()
+    assert await order_history(js, order_id) == [
+        (1, "OrderCreated"), (2, "OrderConfirmed"), (3, "OrderCancelled"),
+    ]  # fmt: skip
+    (cancelled,) = [
+        order_events.OrderCancelled.FromString(m.data) for m in await _stream(js, CANCELLED)
+    ]
+    assert cancelled.charged  # the customer is told the charge is refunded
+
+
+async def _stream(js: Any, event_type: str) -> list[Any]:
+    return await read_stream(js, ORDER_STREAM, subjects.event_type_filter(event_type))
 
 
 async def test_a_shipping_failure_after_confirmation_cancels_once_even_when_delivered_twice(
@@ -477,6 +530,7 @@ async def test_a_shipping_failure_after_confirmation_cancels_once_even_when_deli
     assert event.customer_id == "cust-1"
     assert event.reason == order_events.CANCELLATION_REASON_SHIPPING_FAILED
     assert event.detail == cancelled.cancellation_detail
+    assert event.charged  # confirmed = paid: the customer is told about the refund
 
 
 @pytest.mark.parametrize(
@@ -512,16 +566,17 @@ async def test_a_failed_step_cancels_a_pending_order_with_its_reason(
     await wait_count(js, CANCELLED, 1)
     _, published = await last_event(js, CANCELLED, order_events.OrderCancelled)
     assert (published.reason, published.customer_id) == (reason, "cust-1")
+    assert not published.charged  # nothing was taken: no refund to mention
 
 
 async def test_an_event_for_an_order_never_placed_here_is_dead_lettered(
     runtime: ServiceRuntime, js: Any
 ) -> None:
-    await publish_event(
+    published = await publish_event(
         js, payment_events.PaymentCompleted(order_id="ghost", payment_id="p"), aggregate_id="ghost"
     )
 
-    dead = subjects.dlq_subject("order", "choreo.payment.v1.PaymentCompleted")
+    dead = subjects.dlq_subject("order", published.subject)
     await wait_count(js, dead, 1, stream="CHOREO_DLQ")
     raw = await js.get_last_msg("CHOREO_DLQ", dead)
     assert raw.headers[dlq.H_REASON] == dlq.REJECTED

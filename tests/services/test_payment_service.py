@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from choreo import sealing
 from choreo.broker import EmbeddedBroker
 from choreo.common.v1 import address_pb2, money_pb2, order_line_pb2
 from choreo.inventory.v1 import events_pb2 as inv
@@ -20,6 +21,7 @@ from choreo.payment.v1 import payment_service_pb2_grpc as pb_grpc
 from choreo.service import ServiceRuntime
 from choreo.shipping.v1 import events_pb2 as shipping_events
 from choreo.testing import publish_event
+from services import payment_token
 from services.payment.gateway import FakePaymentGateway
 from services.payment.service import build
 from services.settings import SagaSettings
@@ -34,6 +36,10 @@ from tests.services import (
 
 Start = Callable[..., Any]
 
+# The payment service's key in these tests: events are sealed with its public half, as the
+# order service seals them.
+TOKEN_KEY = sealing.generate()
+
 
 @pytest.fixture
 async def start_payment(
@@ -42,8 +48,12 @@ async def start_payment(
     """Start the payment service with the given SagaSettings overrides (default catalog)."""
     started: list[ServiceRuntime] = []
 
+    key_file = tmp_path / "payment-token-key.pem"
+    sealing.write_keypair(key_file, tmp_path / "payment-token-public.pem", TOKEN_KEY)
+
     async def start(**saga: Any) -> ServiceRuntime:
         settings = runtime_settings("payment", broker, tmp_path)
+        saga.setdefault("payment_token_private_key_file", key_file)
         runtime = ServiceRuntime(build(settings, SagaSettings(data_dir=tmp_path, **saga)), settings)
         await runtime.start()
         started.append(runtime)
@@ -66,14 +76,18 @@ def gateway(runtime: ServiceRuntime) -> FakePaymentGateway:
 
 
 def reserved(
-    customer_id: str = "cust-alice", total: int = 2500, token: str = "tok_visa"
+    customer_id: str = "cust-alice",
+    total: int = 2500,
+    token: str = "tok_visa",
+    order_id: str | None = None,
 ) -> inv.InventoryReserved:
+    order_id = order_id or f"ord-{uuid.uuid4().hex[:8]}"
     return inv.InventoryReserved(
-        order_id=f"ord-{uuid.uuid4().hex[:8]}",
+        order_id=order_id,
         reservation_id="res-1",
         customer_id=customer_id,
         total=money_pb2.Money(amount_minor=total, currency_code="USD"),
-        payment_token=token,
+        payment_token=payment_token.seal(TOKEN_KEY.sealing_key, order_id, token),
         lines=[
             order_line_pb2.OrderLine(
                 sku="SKU-MUG",

@@ -138,7 +138,7 @@ async def test_given_a_provider_failing_transiently_the_booking_is_retried_and_b
     await deliver(js, event)
     await wait_for_count(js, ship.ShipmentCreated, 1)
     assert (await provider(runtime).ledger_counts()).bookings == {event.order_id: 1}
-    (consumer,) = runtime.consumers
+    (consumer,) = [c for c in runtime.consumers if c.name.endswith("PaymentCompleted")]
     assert consumer.stats.outcomes.get("retry") == 3
 
 

@@ -81,13 +81,15 @@ async def test_outbox_rows_and_aggregate_versions_commit_with_the_state(db: Data
         first = await outbox.next_aggregate_version(tx, "order", "o-1")
         second = await outbox.next_aggregate_version(tx, "order", "o-1")
         await outbox.enqueue(
-            tx, envelope_for(event, aggregate_id="o-1", version=second), event.SerializeToString()
+            tx,
+            envelope_for(event, aggregate_id="o-1", version=second, correlation_id="o-1"),
+            event.SerializeToString(),
         )
     assert (first, second) == (1, 2)
     async with db.read() as tx:
         rows = await tx.fetchall("SELECT subject, body FROM choreo_outbox")
     assert [(subject, bytes(body)) for subject, body in rows] == [
-        ("choreo.order.v1.OrderConfirmed", event.SerializeToString())
+        ("choreo.order.v1.OrderConfirmed.o-1", event.SerializeToString())
     ]
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)choreo/choreography/v1/choreography.proto\x12\x16\x63horeo.choreography.v1\x1a google/protobuf/descriptor.proto\";\n\x0c\x45ventOptions\x12\x16\n\x0e\x61ggregate_type\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"?\n\x08Reaction\x12\x0f\n\x07trigger\x18\x01 \x01(\t\x12\r\n\x05\x65mits\x18\x02 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"J\n\x13\x43horeographyOptions\x12\x33\n\treactions\x18\x01 \x03(\x0b\x32 .choreo.choreography.v1.Reaction:V\n\x05\x65vent\x12\x1f.google.protobuf.MessageOptions\x18\xd1\x86\x03 \x01(\x0b\x32$.choreo.choreography.v1.EventOptions:d\n\x0c\x63horeography\x12\x1f.google.protobuf.ServiceOptions\x18\xd2\x86\x03 \x01(\x0b\x32+.choreo.choreography.v1.ChoreographyOptions:/\n\x05\x65mits\x12\x1e.google.protobuf.MethodOptions\x18\xd3\x86\x03 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)choreo/choreography/v1/choreography.proto\x12\x16\x63horeo.choreography.v1\x1a google/protobuf/descriptor.proto\";\n\x0c\x45ventOptions\x12\x16\n\x0e\x61ggregate_type\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"Q\n\x08Reaction\x12\x0f\n\x07trigger\x18\x01 \x01(\t\x12\r\n\x05\x65mits\x18\x02 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tch_up\x18\x04 \x03(\t\"J\n\x13\x43horeographyOptions\x12\x33\n\treactions\x18\x01 \x03(\x0b\x32 .choreo.choreography.v1.Reaction:V\n\x05\x65vent\x12\x1f.google.protobuf.MessageOptions\x18\xd1\x86\x03 \x01(\x0b\x32$.choreo.choreography.v1.EventOptions:d\n\x0c\x63horeography\x12\x1f.google.protobuf.ServiceOptions\x18\xd2\x86\x03 \x01(\x0b\x32+.choreo.choreography.v1.ChoreographyOptions:/\n\x05\x65mits\x12\x1e.google.protobuf.MethodOptions\x18\xd3\x86\x03 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTOPTIONS']._serialized_start=103
   _globals['_EVENTOPTIONS']._serialized_end=162
   _globals['_REACTION']._serialized_start=164
-  _globals['_REACTION']._serialized_end=227
-  _globals['_CHOREOGRAPHYOPTIONS']._serialized_start=229
-  _globals['_CHOREOGRAPHYOPTIONS']._serialized_end=303
+  _globals['_REACTION']._serialized_end=245
+  _globals['_CHOREOGRAPHYOPTIONS']._serialized_start=247
+  _globals['_CHOREOGRAPHYOPTIONS']._serialized_end=321
 # @@protoc_insertion_point(module_scope)

@@ -57,13 +57,16 @@ Global___EventOptions: _TypeAlias = EventOptions  # noqa: Y015
 
 @_typing.final
 class Reaction(_message.Message):
-    """One reaction of a service: when it receives the trigger event, it emits one of the events."""
+    """One reaction of a service: when it receives the trigger event, it emits one of the events
+    (after the events of `catch_up` that its aggregate still owes, if any).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TRIGGER_FIELD_NUMBER: _builtins.int
     EMITS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CATCH_UP_FIELD_NUMBER: _builtins.int
     trigger: _builtins.str
     """The full Protobuf name of the event that triggers the reaction, for example
     "choreo.order.v1.OrderCreated".
@@ -73,7 +76,17 @@ class Reaction(_message.Message):
     @_builtins.property
     def emits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The full Protobuf names of the events the reaction may emit; it emits exactly one of them
-        per trigger, and the list is empty when the reaction only records what happened.
+        per trigger, and the list is empty when the reaction only records what happened. A
+        duplicate trigger, or one that arrives after the aggregate moved past it, emits nothing.
+        """
+
+    @_builtins.property
+    def catch_up(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Events the reaction publishes before its outcome when the trigger overtook the event that
+        normally causes them, so that the aggregate's history still holds every step, in version
+        order. For example the order service confirms an order (OrderConfirmed) before shipping or
+        cancelling it when the shipment's outcome arrives before PaymentCompleted; each such event
+        is still published once per aggregate.
         """
 
     def __init__(
@@ -82,10 +95,11 @@ class Reaction(_message.Message):
         trigger: _builtins.str = ...,
         emits: _abc.Iterable[_builtins.str] | None = ...,
         description: _builtins.str = ...,
+        catch_up: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "emits", b"emits", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catch_up", b"catch_up", "description", b"description", "emits", b"emits", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,15 +22,28 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63horeo/common/v1/address.proto\x12\x10\x63horeo.common.v1\"x\n\x07\x41\x64\x64ress\x12\x16\n\x0erecipient_name\x18\x01 \x01(\t\x12\r\n\x05line1\x18\x02 \x01(\t\x12\r\n\x05line2\x18\x03 \x01(\t\x12\x0c\n\x04\x63ity\x18\x04 \x01(\t\x12\x13\n\x0bpostal_code\x18\x05 \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\x06 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63horeo/common/v1/address.proto\x12\x10\x63horeo.common.v1\x1a\x1b\x62uf/validate/validate.proto\"\xb2\x02\n\x07\x41\x64\x64ress\x12\x37\n\x0erecipient_name\x18\x01 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18\xc8\x01\x32\x13^[^\\x00-\\x1F\\x7F]*$\x12.\n\x05line1\x18\x02 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18\xc8\x01\x32\x13^[^\\x00-\\x1F\\x7F]*$\x12,\n\x05line2\x18\x03 \x01(\tB\x1d\xbaH\x1ar\x18\x18\xc8\x01\x32\x13^[^\\x00-\\x1F\\x7F]*$\x12,\n\x04\x63ity\x18\x04 \x01(\tB\x1e\xbaH\x1br\x19\x10\x01\x18\x64\x32\x13^[^\\x00-\\x1F\\x7F]*$\x12\x39\n\x0bpostal_code\x18\x05 \x01(\tB$\xbaH!r\x1f\x18\x10\x32\x1b^[A-Za-z0-9][A-Za-z0-9 -]*$\x12\'\n\x0c\x63ountry_code\x18\x06 \x01(\tB\x11\xbaH\x0er\x0c\x32\n^[A-Z]{2}$b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'choreo.common.v1.address_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ADDRESS']._serialized_start=52
-  _globals['_ADDRESS']._serialized_end=172
+  _globals['_ADDRESS'].fields_by_name['recipient_name']._loaded_options = None
+  _globals['_ADDRESS'].fields_by_name['recipient_name']._serialized_options = b'\272H\034r\032\020\001\030\310\0012\023^[^\\x00-\\x1F\\x7F]*$'
+  _globals['_ADDRESS'].fields_by_name['line1']._loaded_options = None
+  _globals['_ADDRESS'].fields_by_name['line1']._serialized_options = b'\272H\034r\032\020\001\030\310\0012\023^[^\\x00-\\x1F\\x7F]*$'
+  _globals['_ADDRESS'].fields_by_name['line2']._loaded_options = None
+  _globals['_ADDRESS'].fields_by_name['line2']._serialized_options = b'\272H\032r\030\030\310\0012\023^[^\\x00-\\x1F\\x7F]*$'
+  _globals['_ADDRESS'].fields_by_name['city']._loaded_options = None
+  _globals['_ADDRESS'].fields_by_name['city']._serialized_options = b'\272H\033r\031\020\001\030d2\023^[^\\x00-\\x1F\\x7F]*$'
+  _globals['_ADDRESS'].fields_by_name['postal_code']._loaded_options = None
+  _globals['_ADDRESS'].fields_by_name['postal_code']._serialized_options = b'\272H!r\037\030\0202\033^[A-Za-z0-9][A-Za-z0-9 -]*$'
+  _globals['_ADDRESS'].fields_by_name['country_code']._loaded_options = None
+  _globals['_ADDRESS'].fields_by_name['country_code']._serialized_options = b'\272H\016r\0142\n^[A-Z]{2}$'
+  _globals['_ADDRESS']._serialized_start=82
+  _globals['_ADDRESS']._serialized_end=388
 # @@protoc_insertion_point(module_scope)

@@ -18,7 +18,11 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class Address(_message.Message):
-    """A postal address that a shipment can be delivered to."""
+    """A postal address that a shipment can be delivered to.
+
+    The buf.validate rules bound every field and refuse control characters (NUL above all,
+    which Postgres cannot store), so an address copied into every event of a saga stays small.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -37,7 +41,9 @@ class Address(_message.Message):
     city: _builtins.str
     """The city or town."""
     postal_code: _builtins.str
-    """The postal code in the format of the destination country."""
+    """The postal code in the format of the destination country: up to 16 letters, digits, spaces
+    and hyphens.
+    """
     country_code: _builtins.str
     """The ISO 3166-1 alpha-2 country code in upper case, for example "DE" or "US"."""
     def __init__(

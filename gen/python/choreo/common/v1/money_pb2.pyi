@@ -25,7 +25,9 @@ class Money(_message.Message):
     AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     amount_minor: _builtins.int
-    """The amount in the currency's minor unit, for example cents for USD: 1050 is USD 10.50."""
+    """The amount in the currency's minor unit, for example cents for USD: 1050 is USD 10.50; never
+    negative.
+    """
     currency_code: _builtins.str
     """The ISO 4217 alphabetic currency code in upper case, for example "USD" or "EUR"."""
     def __init__(

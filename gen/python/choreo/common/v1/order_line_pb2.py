@@ -22,16 +22,21 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from choreo.common.v1 import money_pb2 as choreo_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!choreo/common/v1/order_line.proto\x12\x10\x63horeo.common.v1\x1a\x1c\x63horeo/common/v1/money.proto\"W\n\tOrderLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12+\n\nunit_price\x18\x03 \x01(\x0b\x32\x17.choreo.common.v1.Moneyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!choreo/common/v1/order_line.proto\x12\x10\x63horeo.common.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1c\x63horeo/common/v1/money.proto\"\x82\x01\n\tOrderLine\x12)\n\x03sku\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x10\x01\x18@2\x11^[A-Za-z0-9._-]*$\x12\x1d\n\x08quantity\x18\x02 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xa0\x8d\x06(\x01\x12+\n\nunit_price\x18\x03 \x01(\x0b\x32\x17.choreo.common.v1.Moneyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'choreo.common.v1.order_line_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORDERLINE']._serialized_start=85
-  _globals['_ORDERLINE']._serialized_end=172
+  _globals['_ORDERLINE'].fields_by_name['sku']._loaded_options = None
+  _globals['_ORDERLINE'].fields_by_name['sku']._serialized_options = b'\272H\031r\027\020\001\030@2\021^[A-Za-z0-9._-]*$'
+  _globals['_ORDERLINE'].fields_by_name['quantity']._loaded_options = None
+  _globals['_ORDERLINE'].fields_by_name['quantity']._serialized_options = b'\272H\010\032\006\030\240\215\006(\001'
+  _globals['_ORDERLINE']._serialized_start=115
+  _globals['_ORDERLINE']._serialized_end=245
 # @@protoc_insertion_point(module_scope)

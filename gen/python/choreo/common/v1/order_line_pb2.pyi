@@ -27,9 +27,14 @@ class OrderLine(_message.Message):
     QUANTITY_FIELD_NUMBER: _builtins.int
     UNIT_PRICE_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
-    """The stock keeping unit that identifies the product, for example "SKU-RED-MUG"."""
+    """The stock keeping unit that identifies the product, for example "SKU-RED-MUG": 1 to 64
+    letters, digits, dots, underscores and hyphens.
+    """
     quantity: _builtins.int
-    """The number of units ordered; it is always at least one."""
+    """The number of units ordered; it is always at least one. A placed order has at most 1000 per
+    line (see PlaceOrderRequest.lines); a reservation sums the lines of one SKU, so it holds at
+    most 100 lines times 1000.
+    """
     @_builtins.property
     def unit_price(self) -> _money_pb2.Money:
         """The price of one unit, in the order's currency."""

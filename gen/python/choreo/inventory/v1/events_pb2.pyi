@@ -58,6 +58,8 @@ class _ReleaseReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Release
     """The order's payment failed."""
     RELEASE_REASON_SHIPPING_FAILED: _ReleaseReason.ValueType  # 2
     """The order's shipment could not be booked."""
+    RELEASE_REASON_ORDER_CANCELLED: _ReleaseReason.ValueType  # 3
+    """The order was cancelled at its saga deadline before it could ship."""
 
 class ReleaseReason(_ReleaseReason, metaclass=_ReleaseReasonEnumTypeWrapper):
     """Why a reservation was released: the later step of the saga that failed."""
@@ -68,6 +70,8 @@ RELEASE_REASON_PAYMENT_FAILED: ReleaseReason.ValueType  # 1
 """The order's payment failed."""
 RELEASE_REASON_SHIPPING_FAILED: ReleaseReason.ValueType  # 2
 """The order's shipment could not be booked."""
+RELEASE_REASON_ORDER_CANCELLED: ReleaseReason.ValueType  # 3
+"""The order was cancelled at its saga deadline before it could ship."""
 Global___ReleaseReason: _TypeAlias = ReleaseReason  # noqa: Y015
 
 @_typing.final

@@ -22,33 +22,54 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from choreo.choreography.v1 import choreography_pb2 as choreo_dot_choreography_dot_v1_dot_choreography__pb2
 from choreo.common.v1 import order_line_pb2 as choreo_dot_common_dot_v1_dot_order__line__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+choreo/inventory/v1/inventory_service.proto\x12\x13\x63horeo.inventory.v1\x1a)choreo/choreography/v1/choreography.proto\x1a!choreo/common/v1/order_line.proto\"O\n\nStockLevel\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x05\x12\x10\n\x08reserved\x18\x03 \x01(\x05\x12\x0f\n\x07shipped\x18\x04 \x01(\x05\"\x9b\x01\n\x0bReservation\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\x12*\n\x05lines\x18\x03 \x03(\x0b\x32\x1b.choreo.common.v1.OrderLine\x12\x36\n\x06status\x18\x04 \x01(\x0e\x32&.choreo.inventory.v1.ReservationStatus\"\x1e\n\x0fGetStockRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"H\n\x10GetStockResponse\x12\x34\n\x0bstock_level\x18\x01 \x01(\x0b\x32\x1f.choreo.inventory.v1.StockLevel\")\n\x15GetReservationRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"O\n\x16GetReservationResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .choreo.inventory.v1.Reservation*\x99\x01\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bRESERVATION_STATUS_RESERVED\x10\x01\x12\x1f\n\x1bRESERVATION_STATUS_RELEASED\x10\x02\x12\x1e\n\x1aRESERVATION_STATUS_SHIPPED\x10\x03\x32\xae\x06\n\x10InventoryService\x12W\n\x08GetStock\x12$.choreo.inventory.v1.GetStockRequest\x1a%.choreo.inventory.v1.GetStockResponse\x12i\n\x0eGetReservation\x12*.choreo.inventory.v1.GetReservationRequest\x1a+.choreo.inventory.v1.GetReservationResponse\x1a\xd5\x04\x92\xb5\x18\xd0\x04\n\xac\x01\n\x1c\x63horeo.order.v1.OrderCreated\x12%choreo.inventory.v1.InventoryReserved\x12.choreo.inventory.v1.InventoryReservationFailed\x1a\x35Reserves every line of the order atomically, or none.\n\x8c\x01\n\x1f\x63horeo.payment.v1.PaymentFailed\x12%choreo.inventory.v1.InventoryReleased\x1a\x42Releases the order\'s reservation because it could not be paid for.\n\x8a\x01\n!choreo.shipping.v1.ShippingFailed\x12%choreo.inventory.v1.InventoryReleased\x1a>Releases the order\'s reservation because it cannot be shipped.\n\x82\x01\n\"choreo.shipping.v1.ShipmentCreated\x12$choreo.inventory.v1.InventoryShipped\x1a\x36Moves the order\'s reserved stock out of the warehouse.b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+choreo/inventory/v1/inventory_service.proto\x12\x13\x63horeo.inventory.v1\x1a\x1b\x62uf/validate/validate.proto\x1a)choreo/choreography/v1/choreography.proto\x1a!choreo/common/v1/order_line.proto\"O\n\nStockLevel\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x05\x12\x10\n\x08reserved\x18\x03 \x01(\x05\x12\x0f\n\x07shipped\x18\x04 \x01(\x05\"\x9b\x01\n\x0bReservation\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\x12*\n\x05lines\x18\x03 \x03(\x0b\x32\x1b.choreo.common.v1.OrderLine\x12\x36\n\x06status\x18\x04 \x01(\x0e\x32&.choreo.inventory.v1.ReservationStatus\"<\n\x0fGetStockRequest\x12)\n\x03sku\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x10\x01\x18@2\x11^[A-Za-z0-9._-]*$\"H\n\x10GetStockResponse\x12\x34\n\x0bstock_level\x18\x01 \x01(\x0b\x32\x1f.choreo.inventory.v1.StockLevel\"I\n\x15GetReservationRequest\x12\x30\n\x08order_id\x18\x01 \x01(\tB\x1e\xbaH\x1br\x19\x10\x01\x18@2\x13^[A-Za-z0-9._:~-]*$\"O\n\x16GetReservationResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .choreo.inventory.v1.Reservation\"b\n\x10ListStockRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xf4\x03(\x00\x12/\n\npage_token\x18\x02 \x01(\tB\x1b\xbaH\x18r\x16\x18\x80\x04\x32\x11^[A-Za-z0-9_=-]*$\"c\n\x11ListStockResponse\x12\x35\n\x0cstock_levels\x18\x01 \x03(\x0b\x32\x1f.choreo.inventory.v1.StockLevel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"i\n\x17ListReservationsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xf4\x03(\x00\x12/\n\npage_token\x18\x02 \x01(\tB\x1b\xbaH\x18r\x16\x18\x80\x04\x32\x11^[A-Za-z0-9_=-]*$\"k\n\x18ListReservationsResponse\x12\x36\n\x0creservations\x18\x01 \x03(\x0b\x32 .choreo.inventory.v1.Reservation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x99\x01\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bRESERVATION_STATUS_RESERVED\x10\x01\x12\x1f\n\x1bRESERVATION_STATUS_RELEASED\x10\x02\x12\x1e\n\x1aRESERVATION_STATUS_SHIPPED\x10\x03\x32\xda\n\n\x10InventoryService\x12W\n\x08GetStock\x12$.choreo.inventory.v1.GetStockRequest\x1a%.choreo.inventory.v1.GetStockResponse\x12i\n\x0eGetReservation\x12*.choreo.inventory.v1.GetReservationRequest\x1a+.choreo.inventory.v1.GetReservationResponse\x12Z\n\tListStock\x12%.choreo.inventory.v1.ListStockRequest\x1a&.choreo.inventory.v1.ListStockResponse\x12o\n\x10ListReservations\x12,.choreo.inventory.v1.ListReservationsRequest\x1a-.choreo.inventory.v1.ListReservationsResponse\x1a\xb4\x07\x92\xb5\x18\xaf\x07\n\xac\x01\n\x1c\x63horeo.order.v1.OrderCreated\x12%choreo.inventory.v1.InventoryReserved\x12.choreo.inventory.v1.InventoryReservationFailed\x1a\x35Reserves every line of the order atomically, or none.\n\xd1\x01\n\x1c\x63horeo.order.v2.OrderCreated\x12%choreo.inventory.v1.InventoryReserved\x12.choreo.inventory.v1.InventoryReservationFailed\x1aZThe same for version 2 of the event; an order published in both versions is reserved once.\n\x8c\x01\n\x1f\x63horeo.payment.v1.PaymentFailed\x12%choreo.inventory.v1.InventoryReleased\x1a\x42Releases the order\'s reservation because it could not be paid for.\n\x8a\x01\n!choreo.shipping.v1.ShippingFailed\x12%choreo.inventory.v1.InventoryReleased\x1a>Releases the order\'s reservation because it cannot be shipped.\n\x82\x01\n\"choreo.shipping.v1.ShipmentCreated\x12$choreo.inventory.v1.InventoryShipped\x1a\x36Moves the order\'s reserved stock out of the warehouse.\n\x88\x01\n\x1e\x63horeo.order.v1.OrderCancelled\x12%choreo.inventory.v1.InventoryReleased\x1a?Releases the reservation of an order cancelled at its deadline.b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'choreo.inventory.v1.inventory_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GETSTOCKREQUEST'].fields_by_name['sku']._loaded_options = None
+  _globals['_GETSTOCKREQUEST'].fields_by_name['sku']._serialized_options = b'\272H\031r\027\020\001\030@2\021^[A-Za-z0-9._-]*$'
+  _globals['_GETRESERVATIONREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_GETRESERVATIONREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\033r\031\020\001\030@2\023^[A-Za-z0-9._:~-]*$'
+  _globals['_LISTSTOCKREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTSTOCKREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\364\003(\000'
+  _globals['_LISTSTOCKREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTSTOCKREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\030r\026\030\200\0042\021^[A-Za-z0-9_=-]*$'
+  _globals['_LISTRESERVATIONSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTRESERVATIONSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\364\003(\000'
+  _globals['_LISTRESERVATIONSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTRESERVATIONSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\030r\026\030\200\0042\021^[A-Za-z0-9_=-]*$'
   _globals['_INVENTORYSERVICE']._loaded_options = None
-  _globals['_INVENTORYSERVICE']._serialized_options = b'\222\265\030\320\004\n\254\001\n\034choreo.order.v1.OrderCreated\022%choreo.inventory.v1.InventoryReserved\022.choreo.inventory.v1.InventoryReservationFailed\0325Reserves every line of the order atomically, or none.\n\214\001\n\037choreo.payment.v1.PaymentFailed\022%choreo.inventory.v1.InventoryReleased\032BReleases the order\'s reservation because it could not be paid for.\n\212\001\n!choreo.shipping.v1.ShippingFailed\022%choreo.inventory.v1.InventoryReleased\032>Releases the order\'s reservation because it cannot be shipped.\n\202\001\n\"choreo.shipping.v1.ShipmentCreated\022$choreo.inventory.v1.InventoryShipped\0326Moves the order\'s reserved stock out of the warehouse.'
-  _globals['_RESERVATIONSTATUS']._serialized_start=616
-  _globals['_RESERVATIONSTATUS']._serialized_end=769
-  _globals['_STOCKLEVEL']._serialized_start=146
-  _globals['_STOCKLEVEL']._serialized_end=225
-  _globals['_RESERVATION']._serialized_start=228
-  _globals['_RESERVATION']._serialized_end=383
-  _globals['_GETSTOCKREQUEST']._serialized_start=385
-  _globals['_GETSTOCKREQUEST']._serialized_end=415
-  _globals['_GETSTOCKRESPONSE']._serialized_start=417
-  _globals['_GETSTOCKRESPONSE']._serialized_end=489
-  _globals['_GETRESERVATIONREQUEST']._serialized_start=491
-  _globals['_GETRESERVATIONREQUEST']._serialized_end=532
-  _globals['_GETRESERVATIONRESPONSE']._serialized_start=534
-  _globals['_GETRESERVATIONRESPONSE']._serialized_end=613
-  _globals['_INVENTORYSERVICE']._serialized_start=772
-  _globals['_INVENTORYSERVICE']._serialized_end=1586
+  _globals['_INVENTORYSERVICE']._serialized_options = b'\222\265\030\257\007\n\254\001\n\034choreo.order.v1.OrderCreated\022%choreo.inventory.v1.InventoryReserved\022.choreo.inventory.v1.InventoryReservationFailed\0325Reserves every line of the order atomically, or none.\n\321\001\n\034choreo.order.v2.OrderCreated\022%choreo.inventory.v1.InventoryReserved\022.choreo.inventory.v1.InventoryReservationFailed\032ZThe same for version 2 of the event; an order published in both versions is reserved once.\n\214\001\n\037choreo.payment.v1.PaymentFailed\022%choreo.inventory.v1.InventoryReleased\032BReleases the order\'s reservation because it could not be paid for.\n\212\001\n!choreo.shipping.v1.ShippingFailed\022%choreo.inventory.v1.InventoryReleased\032>Releases the order\'s reservation because it cannot be shipped.\n\202\001\n\"choreo.shipping.v1.ShipmentCreated\022$choreo.inventory.v1.InventoryShipped\0326Moves the order\'s reserved stock out of the warehouse.\n\210\001\n\036choreo.order.v1.OrderCancelled\022%choreo.inventory.v1.InventoryReleased\032?Releases the reservation of an order cancelled at its deadline.'
+  _globals['_RESERVATIONSTATUS']._serialized_start=1124
+  _globals['_RESERVATIONSTATUS']._serialized_end=1277
+  _globals['_STOCKLEVEL']._serialized_start=175
+  _globals['_STOCKLEVEL']._serialized_end=254
+  _globals['_RESERVATION']._serialized_start=257
+  _globals['_RESERVATION']._serialized_end=412
+  _globals['_GETSTOCKREQUEST']._serialized_start=414
+  _globals['_GETSTOCKREQUEST']._serialized_end=474
+  _globals['_GETSTOCKRESPONSE']._serialized_start=476
+  _globals['_GETSTOCKRESPONSE']._serialized_end=548
+  _globals['_GETRESERVATIONREQUEST']._serialized_start=550
+  _globals['_GETRESERVATIONREQUEST']._serialized_end=623
+  _globals['_GETRESERVATIONRESPONSE']._serialized_start=625
+  _globals['_GETRESERVATIONRESPONSE']._serialized_end=704
+  _globals['_LISTSTOCKREQUEST']._serialized_start=706
+  _globals['_LISTSTOCKREQUEST']._serialized_end=804
+  _globals['_LISTSTOCKRESPONSE']._serialized_start=806
+  _globals['_LISTSTOCKRESPONSE']._serialized_end=905
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=907
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=1012
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_start=1014
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_end=1121
+  _globals['_INVENTORYSERVICE']._serialized_start=1280
+  _globals['_INVENTORYSERVICE']._serialized_end=2650
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,16 @@ class InventoryServiceStub:
                 request_serializer=choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.GetReservationRequest.SerializeToString,
                 response_deserializer=choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.GetReservationResponse.FromString,
                 _registered_method=True)
+        self.ListStock = channel.unary_unary(
+                '/choreo.inventory.v1.InventoryService/ListStock',
+                request_serializer=choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.ListStockRequest.SerializeToString,
+                response_deserializer=choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.ListStockResponse.FromString,
+                _registered_method=True)
+        self.ListReservations = channel.unary_unary(
+                '/choreo.inventory.v1.InventoryService/ListReservations',
+                request_serializer=choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.ListReservationsRequest.SerializeToString,
+                response_deserializer=choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.ListReservationsResponse.FromString,
+                _registered_method=True)
 
 
 class InventoryServiceServicer:
@@ -65,6 +75,21 @@ class InventoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListStock(self, request, context):
+        """Lists the stock level of every SKU, by SKU, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReservations(self, request, context):
+        """Lists reservations, newest first, a page at a time (an order whose stock could not be
+        reserved has none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InventoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +102,16 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.GetReservation,
                     request_deserializer=choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.GetReservationRequest.FromString,
                     response_serializer=choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.GetReservationResponse.SerializeToString,
+            ),
+            'ListStock': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStock,
+                    request_deserializer=choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.ListStockRequest.FromString,
+                    response_serializer=choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.ListStockResponse.SerializeToString,
+            ),
+            'ListReservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReservations,
+                    request_deserializer=choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.ListReservationsRequest.FromString,
+                    response_serializer=choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.ListReservationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +169,60 @@ class InventoryService:
             '/choreo.inventory.v1.InventoryService/GetReservation',
             choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.GetReservationRequest.SerializeToString,
             choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.GetReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/choreo.inventory.v1.InventoryService/ListStock',
+            choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.ListStockRequest.SerializeToString,
+            choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.ListStockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/choreo.inventory.v1.InventoryService/ListReservations',
+            choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.ListReservationsRequest.SerializeToString,
+            choreo_dot_inventory_dot_v1_dot_inventory__service__pb2.ListReservationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,12 @@ class InventoryServiceStub:
     """Returns the stock level of one SKU, or NOT_FOUND for an unknown SKU."""
     GetReservation: _grpc.UnaryUnaryMultiCallable[_inventory_service_pb2.GetReservationRequest, _inventory_service_pb2.GetReservationResponse]
     """Returns the reservation of one order, or NOT_FOUND when the order has none."""
+    ListStock: _grpc.UnaryUnaryMultiCallable[_inventory_service_pb2.ListStockRequest, _inventory_service_pb2.ListStockResponse]
+    """Lists the stock level of every SKU, by SKU, a page at a time."""
+    ListReservations: _grpc.UnaryUnaryMultiCallable[_inventory_service_pb2.ListReservationsRequest, _inventory_service_pb2.ListReservationsResponse]
+    """Lists reservations, newest first, a page at a time (an order whose stock could not be
+    reserved has none).
+    """
 
 @_typing.type_check_only
 class InventoryServiceAsyncStub(InventoryServiceStub):
@@ -47,6 +53,12 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     """Returns the stock level of one SKU, or NOT_FOUND for an unknown SKU."""
     GetReservation: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.GetReservationRequest, _inventory_service_pb2.GetReservationResponse]  # type: ignore[assignment]
     """Returns the reservation of one order, or NOT_FOUND when the order has none."""
+    ListStock: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.ListStockRequest, _inventory_service_pb2.ListStockResponse]  # type: ignore[assignment]
+    """Lists the stock level of every SKU, by SKU, a page at a time."""
+    ListReservations: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.ListReservationsRequest, _inventory_service_pb2.ListReservationsResponse]  # type: ignore[assignment]
+    """Lists reservations, newest first, a page at a time (an order whose stock could not be
+    reserved has none).
+    """
 
 class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Serves stock levels and reservations; the inventory context owns the stock of every SKU."""
@@ -66,5 +78,23 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_service_pb2.GetReservationResponse, _abc.Awaitable[_inventory_service_pb2.GetReservationResponse]]:
         """Returns the reservation of one order, or NOT_FOUND when the order has none."""
+
+    @_abc_1.abstractmethod
+    def ListStock(
+        self,
+        request: _inventory_service_pb2.ListStockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_service_pb2.ListStockResponse, _abc.Awaitable[_inventory_service_pb2.ListStockResponse]]:
+        """Lists the stock level of every SKU, by SKU, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def ListReservations(
+        self,
+        request: _inventory_service_pb2.ListReservationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_service_pb2.ListReservationsResponse, _abc.Awaitable[_inventory_service_pb2.ListReservationsResponse]]:
+        """Lists reservations, newest first, a page at a time (an order whose stock could not be
+        reserved has none).
+        """
 
 def add_InventoryServiceServicer_to_server(servicer: InventoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

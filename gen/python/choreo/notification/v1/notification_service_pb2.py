@@ -22,26 +22,35 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from choreo.choreography.v1 import choreography_pb2 as choreo_dot_choreography_dot_v1_dot_choreography__pb2
 from choreo.notification.v1 import events_pb2 as choreo_dot_notification_dot_v1_dot_events__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1choreo/notification/v1/notification_service.proto\x12\x16\x63horeo.notification.v1\x1a)choreo/choreography/v1/choreography.proto\x1a#choreo/notification/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n\x0cNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x30\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x1f.choreo.notification.v1.Channel\x12\x36\n\x04kind\x18\x05 \x01(\x0e\x32(.choreo.notification.v1.NotificationKind\x12\x0f\n\x07message\x18\x06 \x01(\t\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x18ListNotificationsRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"q\n\x19ListNotificationsResponse\x12;\n\rnotifications\x18\x01 \x03(\x0b\x32$.choreo.notification.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x9c\x03\n\x13NotificationService\x12x\n\x11ListNotifications\x12\x30.choreo.notification.v1.ListNotificationsRequest\x1a\x31.choreo.notification.v1.ListNotificationsResponse\x1a\x8a\x02\x92\xb5\x18\x85\x02\n}\n\"choreo.shipping.v1.ShipmentCreated\x12\'choreo.notification.v1.NotificationSent\x1a.Tells the customer that the order was shipped.\n\x83\x01\n\x1e\x63horeo.order.v1.OrderCancelled\x12\'choreo.notification.v1.NotificationSent\x1a\x38Tells the customer that the order was cancelled and why.b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1choreo/notification/v1/notification_service.proto\x12\x16\x63horeo.notification.v1\x1a\x1b\x62uf/validate/validate.proto\x1a)choreo/choreography/v1/choreography.proto\x1a#choreo/notification/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n\x0cNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x30\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x1f.choreo.notification.v1.Channel\x12\x36\n\x04kind\x18\x05 \x01(\x0e\x32(.choreo.notification.v1.NotificationKind\x12\x0f\n\x07message\x18\x06 \x01(\t\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xca\x01\n\x18ListNotificationsRequest\x12.\n\x08order_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x18@2\x13^[A-Za-z0-9._:~-]*$\x12\x31\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x1c\xbaH\x19r\x17\x18@2\x13^[A-Za-z0-9._:~-]*$\x12\x1a\n\tpage_size\x18\x03 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12/\n\npage_token\x18\x04 \x01(\tB\x1b\xbaH\x18r\x16\x18\x80\x04\x32\x11^[A-Za-z0-9_=-]*$\"q\n\x19ListNotificationsResponse\x12;\n\rnotifications\x18\x01 \x03(\x0b\x32$.choreo.notification.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x9c\x03\n\x13NotificationService\x12x\n\x11ListNotifications\x12\x30.choreo.notification.v1.ListNotificationsRequest\x1a\x31.choreo.notification.v1.ListNotificationsResponse\x1a\x8a\x02\x92\xb5\x18\x85\x02\n}\n\"choreo.shipping.v1.ShipmentCreated\x12\'choreo.notification.v1.NotificationSent\x1a.Tells the customer that the order was shipped.\n\x83\x01\n\x1e\x63horeo.order.v1.OrderCancelled\x12\'choreo.notification.v1.NotificationSent\x1a\x38Tells the customer that the order was cancelled and why.b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'choreo.notification.v1.notification_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\031r\027\030@2\023^[A-Za-z0-9._:~-]*$'
+  _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['customer_id']._serialized_options = b'\272H\031r\027\030@2\023^[A-Za-z0-9._:~-]*$'
+  _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\030r\026\030\200\0042\021^[A-Za-z0-9_=-]*$'
   _globals['_NOTIFICATIONSERVICE']._loaded_options = None
   _globals['_NOTIFICATIONSERVICE']._serialized_options = b'\222\265\030\205\002\n}\n\"choreo.shipping.v1.ShipmentCreated\022\'choreo.notification.v1.NotificationSent\032.Tells the customer that the order was shipped.\n\203\001\n\036choreo.order.v1.OrderCancelled\022\'choreo.notification.v1.NotificationSent\0328Tells the customer that the order was cancelled and why.'
-  _globals['_NOTIFICATION']._serialized_start=191
-  _globals['_NOTIFICATION']._serialized_end=437
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=439
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=543
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=545
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=658
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=661
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=1073
+  _globals['_NOTIFICATION']._serialized_start=220
+  _globals['_NOTIFICATION']._serialized_end=466
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=469
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=671
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=673
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=786
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=789
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=1201
 # @@protoc_insertion_point(module_scope)

@@ -70,7 +70,9 @@ Global___Notification: _TypeAlias = Notification  # noqa: Y015
 
 @_typing.final
 class ListNotificationsRequest(_message.Message):
-    """The request for a page of notifications."""
+    """The request for a page of notifications; without order_id and customer_id it lists the most
+    recent notifications of all orders.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -83,7 +85,9 @@ class ListNotificationsRequest(_message.Message):
     customer_id: _builtins.str
     """When not empty, only notifications to this customer are returned."""
     page_size: _builtins.int
-    """The largest number of notifications to return; zero means the server's default."""
+    """The largest number of notifications to return; zero means the server's default (50), and
+    a larger number than the server's maximum (500) is lowered to it.
+    """
     page_token: _builtins.str
     """The next_page_token of the previous response, or empty for the first page."""
     def __init__(

@@ -37,6 +37,8 @@ class _CancellationReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ca
     """The payment gateway declined or could not take the charge."""
     CANCELLATION_REASON_SHIPPING_FAILED: _CancellationReason.ValueType  # 3
     """The shipping provider could not book the shipment."""
+    CANCELLATION_REASON_DEADLINE_EXCEEDED: _CancellationReason.ValueType  # 4
+    """The saga did not reach a final state within its deadline."""
 
 class CancellationReason(_CancellationReason, metaclass=_CancellationReasonEnumTypeWrapper):
     """Why an order was cancelled: always the failed step of the saga."""
@@ -49,6 +51,8 @@ CANCELLATION_REASON_PAYMENT_FAILED: CancellationReason.ValueType  # 2
 """The payment gateway declined or could not take the charge."""
 CANCELLATION_REASON_SHIPPING_FAILED: CancellationReason.ValueType  # 3
 """The shipping provider could not book the shipment."""
+CANCELLATION_REASON_DEADLINE_EXCEEDED: CancellationReason.ValueType  # 4
+"""The saga did not reach a final state within its deadline."""
 Global___CancellationReason: _TypeAlias = CancellationReason  # noqa: Y015
 
 @_typing.final
@@ -171,6 +175,7 @@ class OrderCancelled(_message.Message):
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    CHARGED_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     """The id of the cancelled order."""
     customer_id: _builtins.str
@@ -179,6 +184,10 @@ class OrderCancelled(_message.Message):
     """The step of the saga that failed."""
     detail: _builtins.str
     """A human-readable explanation of the failure, for the customer and for operators."""
+    charged: _builtins.bool
+    """True when the customer's payment had been taken before the failure; the payment service
+    then refunds it in full (a required compensation). False: nothing was ever charged.
+    """
     def __init__(
         self,
         *,
@@ -186,10 +195,11 @@ class OrderCancelled(_message.Message):
         customer_id: _builtins.str = ...,
         reason: Global___CancellationReason.ValueType = ...,
         detail: _builtins.str = ...,
+        charged: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "detail", b"detail", "order_id", b"order_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charged", b"charged", "customer_id", b"customer_id", "detail", b"detail", "order_id", b"order_id", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from choreo.choreography.v1 import choreography_pb2 as choreo_dot_choreography_dot_v1_dot_choreography__pb2
 from choreo.common.v1 import address_pb2 as choreo_dot_common_dot_v1_dot_address__pb2
 from choreo.common.v1 import money_pb2 as choreo_dot_common_dot_v1_dot_money__pb2
@@ -30,37 +31,59 @@ from choreo.order.v1 import events_pb2 as choreo_dot_order_dot_v1_dot_events__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#choreo/order/v1/order_service.proto\x12\x0f\x63horeo.order.v1\x1a)choreo/choreography/v1/choreography.proto\x1a\x1e\x63horeo/common/v1/address.proto\x1a\x1c\x63horeo/common/v1/money.proto\x1a!choreo/common/v1/order_line.proto\x1a\x1c\x63horeo/order/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x03\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12*\n\x05lines\x18\x03 \x03(\x0b\x32\x1b.choreo.common.v1.OrderLine\x12&\n\x05total\x18\x04 \x01(\x0b\x32\x17.choreo.common.v1.Money\x12,\n\x06status\x18\x05 \x01(\x0e\x32\x1c.choreo.order.v1.OrderStatus\x12@\n\x13\x63\x61ncellation_reason\x18\x06 \x01(\x0e\x32#.choreo.order.v1.CancellationReason\x12\x1b\n\x13\x63\x61ncellation_detail\x18\x07 \x01(\t\x12\x19\n\x11\x63ustomer_notified\x18\x08 \x01(\x08\x12\x12\n\npayment_id\x18\t \x01(\t\x12\x13\n\x0bshipment_id\x18\n \x01(\t\x12\x13\n\x0btracking_id\x18\x0b \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd0\x01\n\x11PlaceOrderRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12*\n\x05lines\x18\x03 \x03(\x0b\x32\x1b.choreo.common.v1.OrderLine\x12\x15\n\rcurrency_code\x18\x04 \x01(\t\x12\x33\n\x10shipping_address\x18\x05 \x01(\x0b\x32\x19.choreo.common.v1.Address\x12\x15\n\rpayment_token\x18\x06 \x01(\t\";\n\x12PlaceOrderResponse\x12%\n\x05order\x18\x01 \x01(\x0b\x32\x16.choreo.order.v1.Order\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"9\n\x10GetOrderResponse\x12%\n\x05order\x18\x01 \x01(\x0b\x32\x16.choreo.order.v1.Order\"x\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32\x1c.choreo.order.v1.OrderStatusH\x00\x88\x01\x01\x42\t\n\x07_status\"U\n\x12ListOrdersResponse\x12&\n\x06orders\x18\x01 \x03(\x0b\x32\x16.choreo.order.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11WatchOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\";\n\x12WatchOrderResponse\x12%\n\x05order\x18\x01 \x01(\x0b\x32\x16.choreo.order.v1.Order*\x97\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x02\x12\x18\n\x14ORDER_STATUS_SHIPPED\x10\x03\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x04\x32\x83\t\n\x0cOrderService\x12w\n\nPlaceOrder\x12\".choreo.order.v1.PlaceOrderRequest\x1a#.choreo.order.v1.PlaceOrderResponse\" \x9a\xb5\x18\x1c\x63horeo.order.v1.OrderCreated\x12O\n\x08GetOrder\x12 .choreo.order.v1.GetOrderRequest\x1a!.choreo.order.v1.GetOrderResponse\x12U\n\nListOrders\x12\".choreo.order.v1.ListOrdersRequest\x1a#.choreo.order.v1.ListOrdersResponse\x12W\n\nWatchOrder\x12\".choreo.order.v1.WatchOrderRequest\x1a#.choreo.order.v1.WatchOrderResponse0\x01\x1a\xf8\x05\x92\xb5\x18\xf3\x05\np\n\"choreo.payment.v1.PaymentCompleted\x12\x1e\x63horeo.order.v1.OrderConfirmed\x1a*Moves the order from pending to confirmed.\nn\n\"choreo.shipping.v1.ShipmentCreated\x12\x1c\x63horeo.order.v1.OrderShipped\x1a*Moves the order from confirmed to shipped.\nl\n\'choreo.notification.v1.NotificationSent\x1a\x41Records that the customer was told about the order\'s final state.\n\x8c\x01\n.choreo.inventory.v1.InventoryReservationFailed\x12\x1e\x63horeo.order.v1.OrderCancelled\x1a:Cancels the order because its stock could not be reserved.\nv\n\x1f\x63horeo.payment.v1.PaymentFailed\x12\x1e\x63horeo.order.v1.OrderCancelled\x1a\x33\x43\x61ncels the order because it could not be paid for.\n\x99\x01\n!choreo.shipping.v1.ShippingFailed\x12\x1e\x63horeo.order.v1.OrderCancelled\x1aTCancels the order, also when it was already confirmed, because it cannot be shipped.b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#choreo/order/v1/order_service.proto\x12\x0f\x63horeo.order.v1\x1a\x1b\x62uf/validate/validate.proto\x1a)choreo/choreography/v1/choreography.proto\x1a\x1e\x63horeo/common/v1/address.proto\x1a\x1c\x63horeo/common/v1/money.proto\x1a!choreo/common/v1/order_line.proto\x1a\x1c\x63horeo/order/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x03\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12*\n\x05lines\x18\x03 \x03(\x0b\x32\x1b.choreo.common.v1.OrderLine\x12&\n\x05total\x18\x04 \x01(\x0b\x32\x17.choreo.common.v1.Money\x12,\n\x06status\x18\x05 \x01(\x0e\x32\x1c.choreo.order.v1.OrderStatus\x12@\n\x13\x63\x61ncellation_reason\x18\x06 \x01(\x0e\x32#.choreo.order.v1.CancellationReason\x12\x1b\n\x13\x63\x61ncellation_detail\x18\x07 \x01(\t\x12\x19\n\x11\x63ustomer_notified\x18\x08 \x01(\x08\x12\x12\n\npayment_id\x18\t \x01(\t\x12\x13\n\x0bshipment_id\x18\n \x01(\t\x12\x13\n\x0btracking_id\x18\x0b \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbb\x03\n\x11PlaceOrderRequest\x12\x38\n\x0fidempotency_key\x18\x01 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18\x80\x01\x32\x13^[A-Za-z0-9._:~-]*$\x12\x33\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x1e\xbaH\x1br\x19\x10\x01\x18@2\x13^[A-Za-z0-9._:~-]*$\x12\x98\x01\n\x05lines\x18\x03 \x03(\x0b\x32\x1b.choreo.common.v1.OrderLineBl\xbaHi\x92\x01\x66\x08\x01\x10\x64\"`\xba\x01]\n\x1corder_line.quantity_per_line\x12&quantity must be at most 1000 per line\x1a\x15this.quantity <= 1000\x12(\n\rcurrency_code\x18\x04 \x01(\tB\x11\xbaH\x0er\x0c\x32\n^[A-Z]{3}$\x12;\n\x10shipping_address\x18\x05 \x01(\x0b\x32\x19.choreo.common.v1.AddressB\x06\xbaH\x03\xc8\x01\x01\x12\x35\n\rpayment_token\x18\x06 \x01(\tB\x1e\xbaH\x1br\x19\x10\x01\x18\x80\x01\x32\x12^[A-Za-z0-9._:-]*$\";\n\x12PlaceOrderResponse\x12%\n\x05order\x18\x01 \x01(\x0b\x32\x16.choreo.order.v1.Order\"C\n\x0fGetOrderRequest\x12\x30\n\x08order_id\x18\x01 \x01(\tB\x1e\xbaH\x1br\x19\x10\x01\x18@2\x13^[A-Za-z0-9._:~-]*$\"9\n\x10GetOrderResponse\x12%\n\x05order\x18\x01 \x01(\x0b\x32\x16.choreo.order.v1.Order\"\xad\x01\n\x11ListOrdersRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xf4\x03(\x00\x12/\n\npage_token\x18\x02 \x01(\tB\x1b\xbaH\x18r\x16\x18\x80\x04\x32\x11^[A-Za-z0-9_=-]*$\x12=\n\x06status\x18\x03 \x01(\x0e\x32\x1c.choreo.order.v1.OrderStatusB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00H\x00\x88\x01\x01\x42\t\n\x07_status\"U\n\x12ListOrdersResponse\x12&\n\x06orders\x18\x01 \x03(\x0b\x32\x16.choreo.order.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"E\n\x11WatchOrderRequest\x12\x30\n\x08order_id\x18\x01 \x01(\tB\x1e\xbaH\x1br\x19\x10\x01\x18@2\x13^[A-Za-z0-9._:~-]*$\";\n\x12WatchOrderResponse\x12%\n\x05order\x18\x01 \x01(\x0b\x32\x16.choreo.order.v1.Order*\x97\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x02\x12\x18\n\x14ORDER_STATUS_SHIPPED\x10\x03\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x04\x32\x89\x0b\n\x0cOrderService\x12\x97\x01\n\nPlaceOrder\x12\".choreo.order.v1.PlaceOrderRequest\x1a#.choreo.order.v1.PlaceOrderResponse\"@\x9a\xb5\x18\x1c\x63horeo.order.v1.OrderCreated\x9a\xb5\x18\x1c\x63horeo.order.v2.OrderCreated\x12O\n\x08GetOrder\x12 .choreo.order.v1.GetOrderRequest\x1a!.choreo.order.v1.GetOrderResponse\x12U\n\nListOrders\x12\".choreo.order.v1.ListOrdersRequest\x1a#.choreo.order.v1.ListOrdersResponse\x12W\n\nWatchOrder\x12\".choreo.order.v1.WatchOrderRequest\x1a#.choreo.order.v1.WatchOrderResponse0\x01\x1a\xdd\x07\x92\xb5\x18\xd8\x07\n\xa7\x01\n\"choreo.payment.v1.PaymentCompleted\x12\x1e\x63horeo.order.v1.OrderConfirmed\x1a\x61Moves the order from pending to confirmed (nothing when a shipment\'s outcome confirmed it first).\n\xcf\x01\n\"choreo.shipping.v1.ShipmentCreated\x12\x1c\x63horeo.order.v1.OrderShipped\x1akMoves the order from confirmed to shipped, confirming it first when the shipment overtook PaymentCompleted.\"\x1e\x63horeo.order.v1.OrderConfirmed\nl\n\'choreo.notification.v1.NotificationSent\x1a\x41Records that the customer was told about the order\'s final state.\n\x8c\x01\n.choreo.inventory.v1.InventoryReservationFailed\x12\x1e\x63horeo.order.v1.OrderCancelled\x1a:Cancels the order because its stock could not be reserved.\nv\n\x1f\x63horeo.payment.v1.PaymentFailed\x12\x1e\x63horeo.order.v1.OrderCancelled\x1a\x33\x43\x61ncels the order because it could not be paid for.\n\xe4\x01\n!choreo.shipping.v1.ShippingFailed\x12\x1e\x63horeo.order.v1.OrderCancelled\x1a\x7f\x43\x61ncels the order, also when it was already confirmed, because it cannot be shipped; a paid order still pending confirms first.\"\x1e\x63horeo.order.v1.OrderConfirmedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'choreo.order.v1.order_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PLACEORDERREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_PLACEORDERREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\272H\034r\032\020\001\030\200\0012\023^[A-Za-z0-9._:~-]*$'
+  _globals['_PLACEORDERREQUEST'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_PLACEORDERREQUEST'].fields_by_name['customer_id']._serialized_options = b'\272H\033r\031\020\001\030@2\023^[A-Za-z0-9._:~-]*$'
+  _globals['_PLACEORDERREQUEST'].fields_by_name['lines']._loaded_options = None
+  _globals['_PLACEORDERREQUEST'].fields_by_name['lines']._serialized_options = b'\272Hi\222\001f\010\001\020d\"`\272\001]\n\034order_line.quantity_per_line\022&quantity must be at most 1000 per line\032\025this.quantity <= 1000'
+  _globals['_PLACEORDERREQUEST'].fields_by_name['currency_code']._loaded_options = None
+  _globals['_PLACEORDERREQUEST'].fields_by_name['currency_code']._serialized_options = b'\272H\016r\0142\n^[A-Z]{3}$'
+  _globals['_PLACEORDERREQUEST'].fields_by_name['shipping_address']._loaded_options = None
+  _globals['_PLACEORDERREQUEST'].fields_by_name['shipping_address']._serialized_options = b'\272H\003\310\001\001'
+  _globals['_PLACEORDERREQUEST'].fields_by_name['payment_token']._loaded_options = None
+  _globals['_PLACEORDERREQUEST'].fields_by_name['payment_token']._serialized_options = b'\272H\033r\031\020\001\030\200\0012\022^[A-Za-z0-9._:-]*$'
+  _globals['_GETORDERREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_GETORDERREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\033r\031\020\001\030@2\023^[A-Za-z0-9._:~-]*$'
+  _globals['_LISTORDERSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTORDERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\364\003(\000'
+  _globals['_LISTORDERSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTORDERSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\030r\026\030\200\0042\021^[A-Za-z0-9_=-]*$'
+  _globals['_LISTORDERSREQUEST'].fields_by_name['status']._loaded_options = None
+  _globals['_LISTORDERSREQUEST'].fields_by_name['status']._serialized_options = b'\272H\007\202\001\004\020\001 \000'
+  _globals['_WATCHORDERREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_WATCHORDERREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\033r\031\020\001\030@2\023^[A-Za-z0-9._:~-]*$'
   _globals['_ORDERSERVICE']._loaded_options = None
-  _globals['_ORDERSERVICE']._serialized_options = b'\222\265\030\363\005\np\n\"choreo.payment.v1.PaymentCompleted\022\036choreo.order.v1.OrderConfirmed\032*Moves the order from pending to confirmed.\nn\n\"choreo.shipping.v1.ShipmentCreated\022\034choreo.order.v1.OrderShipped\032*Moves the order from confirmed to shipped.\nl\n\'choreo.notification.v1.NotificationSent\032ARecords that the customer was told about the order\'s final state.\n\214\001\n.choreo.inventory.v1.InventoryReservationFailed\022\036choreo.order.v1.OrderCancelled\032:Cancels the order because its stock could not be reserved.\nv\n\037choreo.payment.v1.PaymentFailed\022\036choreo.order.v1.OrderCancelled\0323Cancels the order because it could not be paid for.\n\231\001\n!choreo.shipping.v1.ShippingFailed\022\036choreo.order.v1.OrderCancelled\032TCancels the order, also when it was already confirmed, because it cannot be shipped.'
+  _globals['_ORDERSERVICE']._serialized_options = b'\222\265\030\330\007\n\247\001\n\"choreo.payment.v1.PaymentCompleted\022\036choreo.order.v1.OrderConfirmed\032aMoves the order from pending to confirmed (nothing when a shipment\'s outcome confirmed it first).\n\317\001\n\"choreo.shipping.v1.ShipmentCreated\022\034choreo.order.v1.OrderShipped\032kMoves the order from confirmed to shipped, confirming it first when the shipment overtook PaymentCompleted.\"\036choreo.order.v1.OrderConfirmed\nl\n\'choreo.notification.v1.NotificationSent\032ARecords that the customer was told about the order\'s final state.\n\214\001\n.choreo.inventory.v1.InventoryReservationFailed\022\036choreo.order.v1.OrderCancelled\032:Cancels the order because its stock could not be reserved.\nv\n\037choreo.payment.v1.PaymentFailed\022\036choreo.order.v1.OrderCancelled\0323Cancels the order because it could not be paid for.\n\344\001\n!choreo.shipping.v1.ShippingFailed\022\036choreo.order.v1.OrderCancelled\032\177Cancels the order, also when it was already confirmed, because it cannot be shipped; a paid order still pending confirms first.\"\036choreo.order.v1.OrderConfirmed'
   _globals['_ORDERSERVICE'].methods_by_name['PlaceOrder']._loaded_options = None
-  _globals['_ORDERSERVICE'].methods_by_name['PlaceOrder']._serialized_options = b'\232\265\030\034choreo.order.v1.OrderCreated'
-  _globals['_ORDERSTATUS']._serialized_start=1420
-  _globals['_ORDERSTATUS']._serialized_end=1571
-  _globals['_ORDER']._serialized_start=260
-  _globals['_ORDER']._serialized_end=740
-  _globals['_PLACEORDERREQUEST']._serialized_start=743
-  _globals['_PLACEORDERREQUEST']._serialized_end=951
-  _globals['_PLACEORDERRESPONSE']._serialized_start=953
-  _globals['_PLACEORDERRESPONSE']._serialized_end=1012
-  _globals['_GETORDERREQUEST']._serialized_start=1014
-  _globals['_GETORDERREQUEST']._serialized_end=1049
-  _globals['_GETORDERRESPONSE']._serialized_start=1051
-  _globals['_GETORDERRESPONSE']._serialized_end=1108
-  _globals['_LISTORDERSREQUEST']._serialized_start=1110
-  _globals['_LISTORDERSREQUEST']._serialized_end=1230
-  _globals['_LISTORDERSRESPONSE']._serialized_start=1232
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1317
-  _globals['_WATCHORDERREQUEST']._serialized_start=1319
-  _globals['_WATCHORDERREQUEST']._serialized_end=1356
-  _globals['_WATCHORDERRESPONSE']._serialized_start=1358
-  _globals['_WATCHORDERRESPONSE']._serialized_end=1417
-  _globals['_ORDERSERVICE']._serialized_start=1574
-  _globals['_ORDERSERVICE']._serialized_end=2729
+  _globals['_ORDERSERVICE'].methods_by_name['PlaceOrder']._serialized_options = b'\232\265\030\034choreo.order.v1.OrderCreated\232\265\030\034choreo.order.v2.OrderCreated'
+  _globals['_ORDERSTATUS']._serialized_start=1802
+  _globals['_ORDERSTATUS']._serialized_end=1953
+  _globals['_ORDER']._serialized_start=289
+  _globals['_ORDER']._serialized_end=769
+  _globals['_PLACEORDERREQUEST']._serialized_start=772
+  _globals['_PLACEORDERREQUEST']._serialized_end=1215
+  _globals['_PLACEORDERRESPONSE']._serialized_start=1217
+  _globals['_PLACEORDERRESPONSE']._serialized_end=1276
+  _globals['_GETORDERREQUEST']._serialized_start=1278
+  _globals['_GETORDERREQUEST']._serialized_end=1345
+  _globals['_GETORDERRESPONSE']._serialized_start=1347
+  _globals['_GETORDERRESPONSE']._serialized_end=1404
+  _globals['_LISTORDERSREQUEST']._serialized_start=1407
+  _globals['_LISTORDERSREQUEST']._serialized_end=1580
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1582
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1667
+  _globals['_WATCHORDERREQUEST']._serialized_start=1669
+  _globals['_WATCHORDERREQUEST']._serialized_end=1738
+  _globals['_WATCHORDERRESPONSE']._serialized_start=1740
+  _globals['_WATCHORDERRESPONSE']._serialized_end=1799
+  _globals['_ORDERSERVICE']._serialized_start=1956
+  _globals['_ORDERSERVICE']._serialized_end=3373
 # @@protoc_insertion_point(module_scope)

@@ -140,7 +140,11 @@ Global___Order: _TypeAlias = Order  # noqa: Y015
 
 @_typing.final
 class PlaceOrderRequest(_message.Message):
-    """The request to place an order."""
+    """The request to place an order.
+
+    Every field is bounded (buf.validate rules below and on the common types), so the largest
+    valid request, and every event of its saga, stays far below the broker's message size limit.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -152,18 +156,22 @@ class PlaceOrderRequest(_message.Message):
     PAYMENT_TOKEN_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """A key chosen by the client, unique per order it means to place; a retry with the same key
-    returns the order placed by the first call instead of placing a second one.
+    returns the order placed by the first call instead of placing a second one. 1 to 128
+    letters, digits and ". _ : ~ -" (a UUID fits).
     """
     customer_id: _builtins.str
-    """The id of the customer who places the order."""
+    """The id of the customer who places the order: 1 to 64 letters, digits and ". _ : ~ -"."""
     currency_code: _builtins.str
     """The ISO 4217 currency code of the order; it must be the catalog's currency."""
     payment_token: _builtins.str
-    """An opaque token issued by the payment provider; it is never card data."""
+    """An opaque token issued by the payment provider; it is never card data. 1 to 128 letters,
+    digits and ". _ : -".
+    """
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[_order_line_pb2.OrderLine]:
         """The lines to order: between 1 and 100, each a known SKU with a quantity from 1 to 1000.
-        Prices come from the catalog: a unit_price sent by the client is ignored.
+        Prices come from the catalog: a unit_price sent by the client is ignored (but, when set, it
+        must still be a valid Money).
         """
 
     @_builtins.property
@@ -197,7 +205,10 @@ class PlaceOrderResponse(_message.Message):
     ORDER_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def order(self) -> Global___Order:
-        """The placed order, pending; for a repeated idempotency key, the order placed the first time."""
+        """The placed order, pending. For a repeated idempotency key with the same request, the order
+        placed the first time, in its current state (it may have moved on since: confirmed,
+        shipped or cancelled).
+        """
 
     def __init__(
         self,
@@ -268,7 +279,7 @@ class ListOrdersRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The largest number of orders to return; zero means the server's default."""
+    """The largest number of orders to return, at most 500; zero means the server's default (50)."""
     page_token: _builtins.str
     """The next_page_token of the previous response, or empty for the first page."""
     status: Global___OrderStatus.ValueType

@@ -63,6 +63,8 @@ class OrderServiceServicer:
 
     def PlaceOrder(self, request, context):
         """Places a new order; calling it again with the same idempotency key returns the same order.
+        It publishes OrderCreated in the schema versions the order service is set to publish
+        (CHOREO_ORDER_CREATED_VERSIONS: v1, v2, or both during a migration window).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -34,7 +34,10 @@ class OrderServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> OrderServiceAsyncStub: ...
     PlaceOrder: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.PlaceOrderRequest, _order_service_pb2.PlaceOrderResponse]
-    """Places a new order; calling it again with the same idempotency key returns the same order."""
+    """Places a new order; calling it again with the same idempotency key returns the same order.
+    It publishes OrderCreated in the schema versions the order service is set to publish
+    (CHOREO_ORDER_CREATED_VERSIONS: v1, v2, or both during a migration window).
+    """
     GetOrder: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.GetOrderRequest, _order_service_pb2.GetOrderResponse]
     """Returns one order by its id, or NOT_FOUND."""
     ListOrders: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.ListOrdersRequest, _order_service_pb2.ListOrdersResponse]
@@ -48,7 +51,10 @@ class OrderServiceAsyncStub(OrderServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     PlaceOrder: _aio.UnaryUnaryMultiCallable[_order_service_pb2.PlaceOrderRequest, _order_service_pb2.PlaceOrderResponse]  # type: ignore[assignment]
-    """Places a new order; calling it again with the same idempotency key returns the same order."""
+    """Places a new order; calling it again with the same idempotency key returns the same order.
+    It publishes OrderCreated in the schema versions the order service is set to publish
+    (CHOREO_ORDER_CREATED_VERSIONS: v1, v2, or both during a migration window).
+    """
     GetOrder: _aio.UnaryUnaryMultiCallable[_order_service_pb2.GetOrderRequest, _order_service_pb2.GetOrderResponse]  # type: ignore[assignment]
     """Returns one order by its id, or NOT_FOUND."""
     ListOrders: _aio.UnaryUnaryMultiCallable[_order_service_pb2.ListOrdersRequest, _order_service_pb2.ListOrdersResponse]  # type: ignore[assignment]
@@ -65,7 +71,10 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _order_service_pb2.PlaceOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_order_service_pb2.PlaceOrderResponse, _abc.Awaitable[_order_service_pb2.PlaceOrderResponse]]:
-        """Places a new order; calling it again with the same idempotency key returns the same order."""
+        """Places a new order; calling it again with the same idempotency key returns the same order.
+        It publishes OrderCreated in the schema versions the order service is set to publish
+        (CHOREO_ORDER_CREATED_VERSIONS: v1, v2, or both during a migration window).
+        """
 
     @_abc_1.abstractmethod
     def GetOrder(

@@ -22,28 +22,39 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from choreo.choreography.v1 import choreography_pb2 as choreo_dot_choreography_dot_v1_dot_choreography__pb2
 from choreo.common.v1 import money_pb2 as choreo_dot_common_dot_v1_dot_money__pb2
 from choreo.payment.v1 import events_pb2 as choreo_dot_payment_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'choreo/payment/v1/payment_service.proto\x12\x11\x63horeo.payment.v1\x1a)choreo/choreography/v1/choreography.proto\x1a\x1c\x63horeo/common/v1/money.proto\x1a\x1e\x63horeo/payment/v1/events.proto\"\x8b\x02\n\x07Payment\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\'\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x17.choreo.common.v1.Money\x12\x30\n\x06status\x18\x05 \x01(\x0e\x32 .choreo.payment.v1.PaymentStatus\x12?\n\x0e\x66\x61ilure_reason\x18\x06 \x01(\x0e\x32\'.choreo.payment.v1.PaymentFailureReason\x12\x16\n\x0e\x66\x61ilure_detail\x18\x07 \x01(\t\x12\x11\n\trefund_id\x18\x08 \x01(\t\"%\n\x11GetPaymentRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"A\n\x12GetPaymentResponse\x12+\n\x07payment\x18\x01 \x01(\x0b\x32\x1a.choreo.payment.v1.Payment*\x85\x01\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18PAYMENT_STATUS_COMPLETED\x10\x01\x12\x19\n\x15PAYMENT_STATUS_FAILED\x10\x02\x12\x1b\n\x17PAYMENT_STATUS_REFUNDED\x10\x03\x32\x80\x03\n\x0ePaymentService\x12Y\n\nGetPayment\x12$.choreo.payment.v1.GetPaymentRequest\x1a%.choreo.payment.v1.GetPaymentResponse\x1a\x92\x02\x92\xb5\x18\x8d\x02\n\x86\x01\n%choreo.inventory.v1.InventoryReserved\x12\"choreo.payment.v1.PaymentCompleted\x12\x1f\x63horeo.payment.v1.PaymentFailed\x1a\x18\x43harges the order total.\n\x81\x01\n!choreo.shipping.v1.ShippingFailed\x12!choreo.payment.v1.PaymentRefunded\x1a\x39Refunds the order\'s payment because it cannot be shipped.b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'choreo/payment/v1/payment_service.proto\x12\x11\x63horeo.payment.v1\x1a\x1b\x62uf/validate/validate.proto\x1a)choreo/choreography/v1/choreography.proto\x1a\x1c\x63horeo/common/v1/money.proto\x1a\x1e\x63horeo/payment/v1/events.proto\"\x8b\x02\n\x07Payment\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\'\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x17.choreo.common.v1.Money\x12\x30\n\x06status\x18\x05 \x01(\x0e\x32 .choreo.payment.v1.PaymentStatus\x12?\n\x0e\x66\x61ilure_reason\x18\x06 \x01(\x0e\x32\'.choreo.payment.v1.PaymentFailureReason\x12\x16\n\x0e\x66\x61ilure_detail\x18\x07 \x01(\t\x12\x11\n\trefund_id\x18\x08 \x01(\t\"E\n\x11GetPaymentRequest\x12\x30\n\x08order_id\x18\x01 \x01(\tB\x1e\xbaH\x1br\x19\x10\x01\x18@2\x13^[A-Za-z0-9._:~-]*$\"A\n\x12GetPaymentResponse\x12+\n\x07payment\x18\x01 \x01(\x0b\x32\x1a.choreo.payment.v1.Payment\"e\n\x13ListPaymentsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xf4\x03(\x00\x12/\n\npage_token\x18\x02 \x01(\tB\x1b\xbaH\x18r\x16\x18\x80\x04\x32\x11^[A-Za-z0-9_=-]*$\"]\n\x14ListPaymentsResponse\x12,\n\x08payments\x18\x01 \x03(\x0b\x32\x1a.choreo.payment.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x85\x01\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18PAYMENT_STATUS_COMPLETED\x10\x01\x12\x19\n\x15PAYMENT_STATUS_FAILED\x10\x02\x12\x1b\n\x17PAYMENT_STATUS_REFUNDED\x10\x03\x32\xeb\x04\n\x0ePaymentService\x12Y\n\nGetPayment\x12$.choreo.payment.v1.GetPaymentRequest\x1a%.choreo.payment.v1.GetPaymentResponse\x12_\n\x0cListPayments\x12&.choreo.payment.v1.ListPaymentsRequest\x1a\'.choreo.payment.v1.ListPaymentsResponse\x1a\x9c\x03\x92\xb5\x18\x97\x03\n\x86\x01\n%choreo.inventory.v1.InventoryReserved\x12\"choreo.payment.v1.PaymentCompleted\x12\x1f\x63horeo.payment.v1.PaymentFailed\x1a\x18\x43harges the order total.\n\x81\x01\n!choreo.shipping.v1.ShippingFailed\x12!choreo.payment.v1.PaymentRefunded\x1a\x39Refunds the order\'s payment because it cannot be shipped.\n\x87\x01\n\x1e\x63horeo.order.v1.OrderCancelled\x12!choreo.payment.v1.PaymentRefunded\x1a\x42Voids or refunds the charge of an order cancelled at its deadline.b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'choreo.payment.v1.payment_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GETPAYMENTREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_GETPAYMENTREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\033r\031\020\001\030@2\023^[A-Za-z0-9._:~-]*$'
+  _globals['_LISTPAYMENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTPAYMENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\364\003(\000'
+  _globals['_LISTPAYMENTSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTPAYMENTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\030r\026\030\200\0042\021^[A-Za-z0-9_=-]*$'
   _globals['_PAYMENTSERVICE']._loaded_options = None
-  _globals['_PAYMENTSERVICE']._serialized_options = b'\222\265\030\215\002\n\206\001\n%choreo.inventory.v1.InventoryReserved\022\"choreo.payment.v1.PaymentCompleted\022\037choreo.payment.v1.PaymentFailed\032\030Charges the order total.\n\201\001\n!choreo.shipping.v1.ShippingFailed\022!choreo.payment.v1.PaymentRefunded\0329Refunds the order\'s payment because it cannot be shipped.'
-  _globals['_PAYMENTSTATUS']._serialized_start=544
-  _globals['_PAYMENTSTATUS']._serialized_end=677
-  _globals['_PAYMENT']._serialized_start=168
-  _globals['_PAYMENT']._serialized_end=435
-  _globals['_GETPAYMENTREQUEST']._serialized_start=437
-  _globals['_GETPAYMENTREQUEST']._serialized_end=474
-  _globals['_GETPAYMENTRESPONSE']._serialized_start=476
-  _globals['_GETPAYMENTRESPONSE']._serialized_end=541
-  _globals['_PAYMENTSERVICE']._serialized_start=680
-  _globals['_PAYMENTSERVICE']._serialized_end=1064
+  _globals['_PAYMENTSERVICE']._serialized_options = b'\222\265\030\227\003\n\206\001\n%choreo.inventory.v1.InventoryReserved\022\"choreo.payment.v1.PaymentCompleted\022\037choreo.payment.v1.PaymentFailed\032\030Charges the order total.\n\201\001\n!choreo.shipping.v1.ShippingFailed\022!choreo.payment.v1.PaymentRefunded\0329Refunds the order\'s payment because it cannot be shipped.\n\207\001\n\036choreo.order.v1.OrderCancelled\022!choreo.payment.v1.PaymentRefunded\032BVoids or refunds the charge of an order cancelled at its deadline.'
+  _globals['_PAYMENTSTATUS']._serialized_start=803
+  _globals['_PAYMENTSTATUS']._serialized_end=936
+  _globals['_PAYMENT']._serialized_start=197
+  _globals['_PAYMENT']._serialized_end=464
+  _globals['_GETPAYMENTREQUEST']._serialized_start=466
+  _globals['_GETPAYMENTREQUEST']._serialized_end=535
+  _globals['_GETPAYMENTRESPONSE']._serialized_start=537
+  _globals['_GETPAYMENTRESPONSE']._serialized_end=602
+  _globals['_LISTPAYMENTSREQUEST']._serialized_start=604
+  _globals['_LISTPAYMENTSREQUEST']._serialized_end=705
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=707
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=800
+  _globals['_PAYMENTSERVICE']._serialized_start=939
+  _globals['_PAYMENTSERVICE']._serialized_end=1558
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,11 @@ class PaymentServiceStub:
                 request_serializer=choreo_dot_payment_dot_v1_dot_payment__service__pb2.GetPaymentRequest.SerializeToString,
                 response_deserializer=choreo_dot_payment_dot_v1_dot_payment__service__pb2.GetPaymentResponse.FromString,
                 _registered_method=True)
+        self.ListPayments = channel.unary_unary(
+                '/choreo.payment.v1.PaymentService/ListPayments',
+                request_serializer=choreo_dot_payment_dot_v1_dot_payment__service__pb2.ListPaymentsRequest.SerializeToString,
+                response_deserializer=choreo_dot_payment_dot_v1_dot_payment__service__pb2.ListPaymentsResponse.FromString,
+                _registered_method=True)
 
 
 class PaymentServiceServicer:
@@ -53,6 +58,13 @@ class PaymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPayments(self, request, context):
+        """Lists payments (completed, failed and refunded), newest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PaymentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +72,11 @@ def add_PaymentServiceServicer_to_server(servicer, server):
                     servicer.GetPayment,
                     request_deserializer=choreo_dot_payment_dot_v1_dot_payment__service__pb2.GetPaymentRequest.FromString,
                     response_serializer=choreo_dot_payment_dot_v1_dot_payment__service__pb2.GetPaymentResponse.SerializeToString,
+            ),
+            'ListPayments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPayments,
+                    request_deserializer=choreo_dot_payment_dot_v1_dot_payment__service__pb2.ListPaymentsRequest.FromString,
+                    response_serializer=choreo_dot_payment_dot_v1_dot_payment__service__pb2.ListPaymentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +107,33 @@ class PaymentService:
             '/choreo.payment.v1.PaymentService/GetPayment',
             choreo_dot_payment_dot_v1_dot_payment__service__pb2.GetPaymentRequest.SerializeToString,
             choreo_dot_payment_dot_v1_dot_payment__service__pb2.GetPaymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPayments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/choreo.payment.v1.PaymentService/ListPayments',
+            choreo_dot_payment_dot_v1_dot_payment__service__pb2.ListPaymentsRequest.SerializeToString,
+            choreo_dot_payment_dot_v1_dot_payment__service__pb2.ListPaymentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,8 @@ class PaymentServiceStub:
     def __new__(cls, channel: _aio.Channel) -> PaymentServiceAsyncStub: ...
     GetPayment: _grpc.UnaryUnaryMultiCallable[_payment_service_pb2.GetPaymentRequest, _payment_service_pb2.GetPaymentResponse]
     """Returns the payment of one order, or NOT_FOUND when the order has none."""
+    ListPayments: _grpc.UnaryUnaryMultiCallable[_payment_service_pb2.ListPaymentsRequest, _payment_service_pb2.ListPaymentsResponse]
+    """Lists payments (completed, failed and refunded), newest first, a page at a time."""
 
 @_typing.type_check_only
 class PaymentServiceAsyncStub(PaymentServiceStub):
@@ -43,6 +45,8 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetPayment: _aio.UnaryUnaryMultiCallable[_payment_service_pb2.GetPaymentRequest, _payment_service_pb2.GetPaymentResponse]  # type: ignore[assignment]
     """Returns the payment of one order, or NOT_FOUND when the order has none."""
+    ListPayments: _aio.UnaryUnaryMultiCallable[_payment_service_pb2.ListPaymentsRequest, _payment_service_pb2.ListPaymentsResponse]  # type: ignore[assignment]
+    """Lists payments (completed, failed and refunded), newest first, a page at a time."""
 
 class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
     """Serves payments; the payment context owns every charge and refund."""
@@ -54,5 +58,13 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_payment_service_pb2.GetPaymentResponse, _abc.Awaitable[_payment_service_pb2.GetPaymentResponse]]:
         """Returns the payment of one order, or NOT_FOUND when the order has none."""
+
+    @_abc_1.abstractmethod
+    def ListPayments(
+        self,
+        request: _payment_service_pb2.ListPaymentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payment_service_pb2.ListPaymentsResponse, _abc.Awaitable[_payment_service_pb2.ListPaymentsResponse]]:
+        """Lists payments (completed, failed and refunded), newest first, a page at a time."""
 
 def add_PaymentServiceServicer_to_server(servicer: PaymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,7 @@ from choreo.choreography.v1 import choreography_pb2 as choreo_dot_choreography_d
 from choreo.common.v1 import address_pb2 as choreo_dot_common_dot_v1_dot_address__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63horeo/shipping/v1/events.proto\x12\x12\x63horeo.shipping.v1\x1a)choreo/choreography/v1/choreography.proto\x1a\x1e\x63horeo/common/v1/address.proto\"\xf4\x01\n\x0fShipmentCreated\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0bshipment_id\x18\x02 \x01(\t\x12\x13\n\x0btracking_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x61rrier\x18\x04 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\x12.\n\x0b\x64\x65stination\x18\x06 \x01(\x0b\x32\x19.choreo.common.v1.Address:O\x8a\xb5\x18K\n\x08shipment\x12?A shipment for the order was booked with the shipping provider.\"\xd5\x01\n\x0eShippingFailed\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x12\n\npayment_id\x18\x03 \x01(\t\x12\x39\n\x06reason\x18\x04 \x01(\x0e\x32).choreo.shipping.v1.ShippingFailureReason\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t:=\x8a\xb5\x18\x39\n\x08shipment\x12-A shipment for the order could not be booked.*\xa9\x01\n\x15ShippingFailureReason\x12\'\n#SHIPPING_FAILURE_REASON_UNSPECIFIED\x10\x00\x12\x35\n1SHIPPING_FAILURE_REASON_UNSERVICEABLE_DESTINATION\x10\x01\x12\x30\n,SHIPPING_FAILURE_REASON_PROVIDER_UNAVAILABLE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63horeo/shipping/v1/events.proto\x12\x12\x63horeo.shipping.v1\x1a)choreo/choreography/v1/choreography.proto\x1a\x1e\x63horeo/common/v1/address.proto\"\x88\x02\n\x0fShipmentCreated\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0bshipment_id\x18\x02 \x01(\t\x12\x13\n\x0btracking_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x61rrier\x18\x04 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\x12.\n\x0b\x64\x65stination\x18\x06 \x01(\x0b\x32\x19.choreo.common.v1.Address\x12\x12\n\npayment_id\x18\x07 \x01(\t:O\x8a\xb5\x18K\n\x08shipment\x12?A shipment for the order was booked with the shipping provider.\"\xd5\x01\n\x0eShippingFailed\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x12\n\npayment_id\x18\x03 \x01(\t\x12\x39\n\x06reason\x18\x04 \x01(\x0e\x32).choreo.shipping.v1.ShippingFailureReason\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t:=\x8a\xb5\x18\x39\n\x08shipment\x12-A shipment for the order could not be booked.*\xa9\x01\n\x15ShippingFailureReason\x12\'\n#SHIPPING_FAILURE_REASON_UNSPECIFIED\x10\x00\x12\x35\n1SHIPPING_FAILURE_REASON_UNSERVICEABLE_DESTINATION\x10\x01\x12\x30\n,SHIPPING_FAILURE_REASON_PROVIDER_UNAVAILABLE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHIPMENTCREATED']._serialized_options = b'\212\265\030K\n\010shipment\022?A shipment for the order was booked with the shipping provider.'
   _globals['_SHIPPINGFAILED']._loaded_options = None
   _globals['_SHIPPINGFAILED']._serialized_options = b'\212\265\0309\n\010shipment\022-A shipment for the order could not be booked.'
-  _globals['_SHIPPINGFAILUREREASON']._serialized_start=594
-  _globals['_SHIPPINGFAILUREREASON']._serialized_end=763
+  _globals['_SHIPPINGFAILUREREASON']._serialized_start=614
+  _globals['_SHIPPINGFAILUREREASON']._serialized_end=783
   _globals['_SHIPMENTCREATED']._serialized_start=131
-  _globals['_SHIPMENTCREATED']._serialized_end=375
-  _globals['_SHIPPINGFAILED']._serialized_start=378
-  _globals['_SHIPPINGFAILED']._serialized_end=591
+  _globals['_SHIPMENTCREATED']._serialized_end=395
+  _globals['_SHIPPINGFAILED']._serialized_start=398
+  _globals['_SHIPPINGFAILED']._serialized_end=611
 # @@protoc_insertion_point(module_scope)

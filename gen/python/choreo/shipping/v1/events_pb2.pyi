@@ -54,6 +54,7 @@ class ShipmentCreated(_message.Message):
     CARRIER_FIELD_NUMBER: _builtins.int
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     DESTINATION_FIELD_NUMBER: _builtins.int
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     """The id of the order that is shipped."""
     shipment_id: _builtins.str
@@ -64,6 +65,11 @@ class ShipmentCreated(_message.Message):
     """The name of the carrier that delivers the shipment."""
     customer_id: _builtins.str
     """The id of the customer who placed the order, so that they can be told."""
+    payment_id: _builtins.str
+    """The id of the payment that paid for the order (a shipment is booked only once it is
+    paid); the order service confirms the order with it when this event overtakes
+    PaymentCompleted. Empty from a shipping service older than this field.
+    """
     @_builtins.property
     def destination(self) -> _address_pb2.Address:
         """The address the shipment is delivered to."""
@@ -77,10 +83,11 @@ class ShipmentCreated(_message.Message):
         carrier: _builtins.str = ...,
         customer_id: _builtins.str = ...,
         destination: _address_pb2.Address | None = ...,
+        payment_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier", b"carrier", "customer_id", b"customer_id", "destination", b"destination", "order_id", b"order_id", "shipment_id", b"shipment_id", "tracking_id", b"tracking_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier", b"carrier", "customer_id", b"customer_id", "destination", b"destination", "order_id", b"order_id", "payment_id", b"payment_id", "shipment_id", b"shipment_id", "tracking_id", b"tracking_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,28 +22,39 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from choreo.choreography.v1 import choreography_pb2 as choreo_dot_choreography_dot_v1_dot_choreography__pb2
 from choreo.common.v1 import address_pb2 as choreo_dot_common_dot_v1_dot_address__pb2
 from choreo.shipping.v1 import events_pb2 as choreo_dot_shipping_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)choreo/shipping/v1/shipping_service.proto\x12\x12\x63horeo.shipping.v1\x1a)choreo/choreography/v1/choreography.proto\x1a\x1e\x63horeo/common/v1/address.proto\x1a\x1f\x63horeo/shipping/v1/events.proto\"\x96\x02\n\x08Shipment\x12\x13\n\x0bshipment_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x13\n\x0btracking_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x61rrier\x18\x04 \x01(\t\x12.\n\x0b\x64\x65stination\x18\x05 \x01(\x0b\x32\x19.choreo.common.v1.Address\x12\x32\n\x06status\x18\x06 \x01(\x0e\x32\".choreo.shipping.v1.ShipmentStatus\x12\x41\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\x0e\x32).choreo.shipping.v1.ShippingFailureReason\x12\x16\n\x0e\x66\x61ilure_detail\x18\x08 \x01(\t\"&\n\x12GetShipmentRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"E\n\x13GetShipmentResponse\x12.\n\x08shipment\x18\x01 \x01(\x0b\x32\x1c.choreo.shipping.v1.Shipment*j\n\x0eShipmentStatus\x12\x1f\n\x1bSHIPMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17SHIPMENT_STATUS_CREATED\x10\x01\x12\x1a\n\x16SHIPMENT_STATUS_FAILED\x10\x02\x32\x9f\x02\n\x0fShippingService\x12^\n\x0bGetShipment\x12&.choreo.shipping.v1.GetShipmentRequest\x1a\'.choreo.shipping.v1.GetShipmentResponse\x1a\xab\x01\x92\xb5\x18\xa6\x01\n\xa3\x01\n\"choreo.payment.v1.PaymentCompleted\x12\"choreo.shipping.v1.ShipmentCreated\x12!choreo.shipping.v1.ShippingFailed\x1a\x36\x42ooks the order\'s shipment with the shipping provider.b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)choreo/shipping/v1/shipping_service.proto\x12\x12\x63horeo.shipping.v1\x1a\x1b\x62uf/validate/validate.proto\x1a)choreo/choreography/v1/choreography.proto\x1a\x1e\x63horeo/common/v1/address.proto\x1a\x1f\x63horeo/shipping/v1/events.proto\"\x96\x02\n\x08Shipment\x12\x13\n\x0bshipment_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x13\n\x0btracking_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x61rrier\x18\x04 \x01(\t\x12.\n\x0b\x64\x65stination\x18\x05 \x01(\x0b\x32\x19.choreo.common.v1.Address\x12\x32\n\x06status\x18\x06 \x01(\x0e\x32\".choreo.shipping.v1.ShipmentStatus\x12\x41\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\x0e\x32).choreo.shipping.v1.ShippingFailureReason\x12\x16\n\x0e\x66\x61ilure_detail\x18\x08 \x01(\t\"F\n\x12GetShipmentRequest\x12\x30\n\x08order_id\x18\x01 \x01(\tB\x1e\xbaH\x1br\x19\x10\x01\x18@2\x13^[A-Za-z0-9._:~-]*$\"E\n\x13GetShipmentResponse\x12.\n\x08shipment\x18\x01 \x01(\x0b\x32\x1c.choreo.shipping.v1.Shipment\"f\n\x14ListShipmentsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xf4\x03(\x00\x12/\n\npage_token\x18\x02 \x01(\tB\x1b\xbaH\x18r\x16\x18\x80\x04\x32\x11^[A-Za-z0-9_=-]*$\"a\n\x15ListShipmentsResponse\x12/\n\tshipments\x18\x01 \x03(\x0b\x32\x1c.choreo.shipping.v1.Shipment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*j\n\x0eShipmentStatus\x12\x1f\n\x1bSHIPMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17SHIPMENT_STATUS_CREATED\x10\x01\x12\x1a\n\x16SHIPMENT_STATUS_FAILED\x10\x02\x32\xf3\x03\n\x0fShippingService\x12^\n\x0bGetShipment\x12&.choreo.shipping.v1.GetShipmentRequest\x1a\'.choreo.shipping.v1.GetShipmentResponse\x12\x64\n\rListShipments\x12(.choreo.shipping.v1.ListShipmentsRequest\x1a).choreo.shipping.v1.ListShipmentsResponse\x1a\x99\x02\x92\xb5\x18\x94\x02\n\xa3\x01\n\"choreo.payment.v1.PaymentCompleted\x12\"choreo.shipping.v1.ShipmentCreated\x12!choreo.shipping.v1.ShippingFailed\x1a\x36\x42ooks the order\'s shipment with the shipping provider.\nl\n\x1e\x63horeo.order.v1.OrderCancelled\x1aJCancels the booking of an order cancelled at its deadline, or prevents it.b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'choreo.shipping.v1.shipping_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GETSHIPMENTREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_GETSHIPMENTREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\033r\031\020\001\030@2\023^[A-Za-z0-9._:~-]*$'
+  _globals['_LISTSHIPMENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTSHIPMENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\364\003(\000'
+  _globals['_LISTSHIPMENTSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTSHIPMENTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\030r\026\030\200\0042\021^[A-Za-z0-9_=-]*$'
   _globals['_SHIPPINGSERVICE']._loaded_options = None
-  _globals['_SHIPPINGSERVICE']._serialized_options = b'\222\265\030\246\001\n\243\001\n\"choreo.payment.v1.PaymentCompleted\022\"choreo.shipping.v1.ShipmentCreated\022!choreo.shipping.v1.ShippingFailed\0326Books the order\'s shipment with the shipping provider.'
-  _globals['_SHIPMENTSTATUS']._serialized_start=565
-  _globals['_SHIPMENTSTATUS']._serialized_end=671
-  _globals['_SHIPMENT']._serialized_start=174
-  _globals['_SHIPMENT']._serialized_end=452
-  _globals['_GETSHIPMENTREQUEST']._serialized_start=454
-  _globals['_GETSHIPMENTREQUEST']._serialized_end=492
-  _globals['_GETSHIPMENTRESPONSE']._serialized_start=494
-  _globals['_GETSHIPMENTRESPONSE']._serialized_end=563
-  _globals['_SHIPPINGSERVICE']._serialized_start=674
-  _globals['_SHIPPINGSERVICE']._serialized_end=961
+  _globals['_SHIPPINGSERVICE']._serialized_options = b'\222\265\030\224\002\n\243\001\n\"choreo.payment.v1.PaymentCompleted\022\"choreo.shipping.v1.ShipmentCreated\022!choreo.shipping.v1.ShippingFailed\0326Books the order\'s shipment with the shipping provider.\nl\n\036choreo.order.v1.OrderCancelled\032JCancels the booking of an order cancelled at its deadline, or prevents it.'
+  _globals['_SHIPMENTSTATUS']._serialized_start=829
+  _globals['_SHIPMENTSTATUS']._serialized_end=935
+  _globals['_SHIPMENT']._serialized_start=203
+  _globals['_SHIPMENT']._serialized_end=481
+  _globals['_GETSHIPMENTREQUEST']._serialized_start=483
+  _globals['_GETSHIPMENTREQUEST']._serialized_end=553
+  _globals['_GETSHIPMENTRESPONSE']._serialized_start=555
+  _globals['_GETSHIPMENTRESPONSE']._serialized_end=624
+  _globals['_LISTSHIPMENTSREQUEST']._serialized_start=626
+  _globals['_LISTSHIPMENTSREQUEST']._serialized_end=728
+  _globals['_LISTSHIPMENTSRESPONSE']._serialized_start=730
+  _globals['_LISTSHIPMENTSRESPONSE']._serialized_end=827
+  _globals['_SHIPPINGSERVICE']._serialized_start=938
+  _globals['_SHIPPINGSERVICE']._serialized_end=1437
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,11 @@ class ShippingServiceStub:
                 request_serializer=choreo_dot_shipping_dot_v1_dot_shipping__service__pb2.GetShipmentRequest.SerializeToString,
                 response_deserializer=choreo_dot_shipping_dot_v1_dot_shipping__service__pb2.GetShipmentResponse.FromString,
                 _registered_method=True)
+        self.ListShipments = channel.unary_unary(
+                '/choreo.shipping.v1.ShippingService/ListShipments',
+                request_serializer=choreo_dot_shipping_dot_v1_dot_shipping__service__pb2.ListShipmentsRequest.SerializeToString,
+                response_deserializer=choreo_dot_shipping_dot_v1_dot_shipping__service__pb2.ListShipmentsResponse.FromString,
+                _registered_method=True)
 
 
 class ShippingServiceServicer:
@@ -53,6 +58,13 @@ class ShippingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListShipments(self, request, context):
+        """Lists shipments (booked and failed), newest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShippingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +72,11 @@ def add_ShippingServiceServicer_to_server(servicer, server):
                     servicer.GetShipment,
                     request_deserializer=choreo_dot_shipping_dot_v1_dot_shipping__service__pb2.GetShipmentRequest.FromString,
                     response_serializer=choreo_dot_shipping_dot_v1_dot_shipping__service__pb2.GetShipmentResponse.SerializeToString,
+            ),
+            'ListShipments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListShipments,
+                    request_deserializer=choreo_dot_shipping_dot_v1_dot_shipping__service__pb2.ListShipmentsRequest.FromString,
+                    response_serializer=choreo_dot_shipping_dot_v1_dot_shipping__service__pb2.ListShipmentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +107,33 @@ class ShippingService:
             '/choreo.shipping.v1.ShippingService/GetShipment',
             choreo_dot_shipping_dot_v1_dot_shipping__service__pb2.GetShipmentRequest.SerializeToString,
             choreo_dot_shipping_dot_v1_dot_shipping__service__pb2.GetShipmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListShipments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/choreo.shipping.v1.ShippingService/ListShipments',
+            choreo_dot_shipping_dot_v1_dot_shipping__service__pb2.ListShipmentsRequest.SerializeToString,
+            choreo_dot_shipping_dot_v1_dot_shipping__service__pb2.ListShipmentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,8 @@ class ShippingServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ShippingServiceAsyncStub: ...
     GetShipment: _grpc.UnaryUnaryMultiCallable[_shipping_service_pb2.GetShipmentRequest, _shipping_service_pb2.GetShipmentResponse]
     """Returns the shipment of one order, or NOT_FOUND when the order has none."""
+    ListShipments: _grpc.UnaryUnaryMultiCallable[_shipping_service_pb2.ListShipmentsRequest, _shipping_service_pb2.ListShipmentsResponse]
+    """Lists shipments (booked and failed), newest first, a page at a time."""
 
 @_typing.type_check_only
 class ShippingServiceAsyncStub(ShippingServiceStub):
@@ -43,6 +45,8 @@ class ShippingServiceAsyncStub(ShippingServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetShipment: _aio.UnaryUnaryMultiCallable[_shipping_service_pb2.GetShipmentRequest, _shipping_service_pb2.GetShipmentResponse]  # type: ignore[assignment]
     """Returns the shipment of one order, or NOT_FOUND when the order has none."""
+    ListShipments: _aio.UnaryUnaryMultiCallable[_shipping_service_pb2.ListShipmentsRequest, _shipping_service_pb2.ListShipmentsResponse]  # type: ignore[assignment]
+    """Lists shipments (booked and failed), newest first, a page at a time."""
 
 class ShippingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Serves shipments; the shipping context owns every booking with the shipping provider."""
@@ -54,5 +58,13 @@ class ShippingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_shipping_service_pb2.GetShipmentResponse, _abc.Awaitable[_shipping_service_pb2.GetShipmentResponse]]:
         """Returns the shipment of one order, or NOT_FOUND when the order has none."""
+
+    @_abc_1.abstractmethod
+    def ListShipments(
+        self,
+        request: _shipping_service_pb2.ListShipmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_shipping_service_pb2.ListShipmentsResponse, _abc.Awaitable[_shipping_service_pb2.ListShipmentsResponse]]:
+        """Lists shipments (booked and failed), newest first, a page at a time."""
 
 def add_ShippingServiceServicer_to_server(servicer: ShippingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

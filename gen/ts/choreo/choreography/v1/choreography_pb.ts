@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file choreo/choreography/v1/choreography.proto.
  */
 export const file_choreo_choreography_v1_choreography: GenFile = /*@__PURE__*/
-  fileDesc("CiljaG9yZW8vY2hvcmVvZ3JhcGh5L3YxL2Nob3Jlb2dyYXBoeS5wcm90bxIWY2hvcmVvLmNob3Jlb2dyYXBoeS52MSI7CgxFdmVudE9wdGlvbnMSFgoOYWdncmVnYXRlX3R5cGUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkiPwoIUmVhY3Rpb24SDwoHdHJpZ2dlchgBIAEoCRINCgVlbWl0cxgCIAMoCRITCgtkZXNjcmlwdGlvbhgDIAEoCSJKChNDaG9yZW9ncmFwaHlPcHRpb25zEjMKCXJlYWN0aW9ucxgBIAMoCzIgLmNob3Jlby5jaG9yZW9ncmFwaHkudjEuUmVhY3Rpb246XQoFZXZlbnQSHy5nb29nbGUucHJvdG9idWYuTWVzc2FnZU9wdGlvbnMY0YYDIAEoCzIkLmNob3Jlby5jaG9yZW9ncmFwaHkudjEuRXZlbnRPcHRpb25zUgVldmVudDpyCgxjaG9yZW9ncmFwaHkSHy5nb29nbGUucHJvdG9idWYuU2VydmljZU9wdGlvbnMY0oYDIAEoCzIrLmNob3Jlby5jaG9yZW9ncmFwaHkudjEuQ2hvcmVvZ3JhcGh5T3B0aW9uc1IMY2hvcmVvZ3JhcGh5OjYKBWVtaXRzEh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMY04YDIAMoCVIFZW1pdHNiBnByb3RvMw", [file_google_protobuf_descriptor]);
+  fileDesc("CiljaG9yZW8vY2hvcmVvZ3JhcGh5L3YxL2Nob3Jlb2dyYXBoeS5wcm90bxIWY2hvcmVvLmNob3Jlb2dyYXBoeS52MSI7CgxFdmVudE9wdGlvbnMSFgoOYWdncmVnYXRlX3R5cGUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkiUQoIUmVhY3Rpb24SDwoHdHJpZ2dlchgBIAEoCRINCgVlbWl0cxgCIAMoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIQCghjYXRjaF91cBgEIAMoCSJKChNDaG9yZW9ncmFwaHlPcHRpb25zEjMKCXJlYWN0aW9ucxgBIAMoCzIgLmNob3Jlby5jaG9yZW9ncmFwaHkudjEuUmVhY3Rpb246XQoFZXZlbnQSHy5nb29nbGUucHJvdG9idWYuTWVzc2FnZU9wdGlvbnMY0YYDIAEoCzIkLmNob3Jlby5jaG9yZW9ncmFwaHkudjEuRXZlbnRPcHRpb25zUgVldmVudDpyCgxjaG9yZW9ncmFwaHkSHy5nb29nbGUucHJvdG9idWYuU2VydmljZU9wdGlvbnMY0oYDIAEoCzIrLmNob3Jlby5jaG9yZW9ncmFwaHkudjEuQ2hvcmVvZ3JhcGh5T3B0aW9uc1IMY2hvcmVvZ3JhcGh5OjYKBWVtaXRzEh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMY04YDIAMoCVIFZW1pdHNiBnByb3RvMw", [file_google_protobuf_descriptor]);
 
 /**
  * Marks a message as a published domain event and describes the aggregate it belongs to.
@@ -44,7 +44,8 @@ export const EventOptionsSchema: GenMessage<EventOptions> = /*@__PURE__*/
   messageDesc(file_choreo_choreography_v1_choreography, 0);
 
 /**
- * One reaction of a service: when it receives the trigger event, it emits one of the events.
+ * One reaction of a service: when it receives the trigger event, it emits one of the events
+ * (after the events of `catch_up` that its aggregate still owes, if any).
  *
  * @generated from message choreo.choreography.v1.Reaction
  */
@@ -59,7 +60,8 @@ export type Reaction = Message<"choreo.choreography.v1.Reaction"> & {
 
   /**
    * The full Protobuf names of the events the reaction may emit; it emits exactly one of them
-   * per trigger, and the list is empty when the reaction only records what happened.
+   * per trigger, and the list is empty when the reaction only records what happened. A
+   * duplicate trigger, or one that arrives after the aggregate moved past it, emits nothing.
    *
    * @generated from field: repeated string emits = 2;
    */
@@ -71,6 +73,17 @@ export type Reaction = Message<"choreo.choreography.v1.Reaction"> & {
    * @generated from field: string description = 3;
    */
   description: string;
+
+  /**
+   * Events the reaction publishes before its outcome when the trigger overtook the event that
+   * normally causes them, so that the aggregate's history still holds every step, in version
+   * order. For example the order service confirms an order (OrderConfirmed) before shipping or
+   * cancelling it when the shipment's outcome arrives before PaymentCompleted; each such event
+   * is still published once per aggregate.
+   *
+   * @generated from field: repeated string catch_up = 4;
+   */
+  catchUp: string[];
 };
 
 /**

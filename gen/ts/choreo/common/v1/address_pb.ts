@@ -4,16 +4,20 @@
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_buf_validate_validate } from "../../../buf/validate/validate_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file choreo/common/v1/address.proto.
  */
 export const file_choreo_common_v1_address: GenFile = /*@__PURE__*/
-  fileDesc("Ch5jaG9yZW8vY29tbW9uL3YxL2FkZHJlc3MucHJvdG8SEGNob3Jlby5jb21tb24udjEieAoHQWRkcmVzcxIWCg5yZWNpcGllbnRfbmFtZRgBIAEoCRINCgVsaW5lMRgCIAEoCRINCgVsaW5lMhgDIAEoCRIMCgRjaXR5GAQgASgJEhMKC3Bvc3RhbF9jb2RlGAUgASgJEhQKDGNvdW50cnlfY29kZRgGIAEoCWIGcHJvdG8z");
+  fileDesc("Ch5jaG9yZW8vY29tbW9uL3YxL2FkZHJlc3MucHJvdG8SEGNob3Jlby5jb21tb24udjEisgIKB0FkZHJlc3MSNwoOcmVjaXBpZW50X25hbWUYASABKAlCH7pIHHIaEAEYyAEyE15bXlx4MDAtXHgxRlx4N0ZdKiQSLgoFbGluZTEYAiABKAlCH7pIHHIaEAEYyAEyE15bXlx4MDAtXHgxRlx4N0ZdKiQSLAoFbGluZTIYAyABKAlCHbpIGnIYGMgBMhNeW15ceDAwLVx4MUZceDdGXSokEiwKBGNpdHkYBCABKAlCHrpIG3IZEAEYZDITXlteXHgwMC1ceDFGXHg3Rl0qJBI5Cgtwb3N0YWxfY29kZRgFIAEoCUIkukghch8YEDIbXltBLVphLXowLTldW0EtWmEtejAtOSAtXSokEicKDGNvdW50cnlfY29kZRgGIAEoCUIRukgOcgwyCl5bQS1aXXsyfSRiBnByb3RvMw", [file_buf_validate_validate]);
 
 /**
  * A postal address that a shipment can be delivered to.
+ *
+ * The buf.validate rules bound every field and refuse control characters (NUL above all,
+ * which Postgres cannot store), so an address copied into every event of a saga stays small.
  *
  * @generated from message choreo.common.v1.Address
  */
@@ -47,7 +51,8 @@ export type Address = Message<"choreo.common.v1.Address"> & {
   city: string;
 
   /**
-   * The postal code in the format of the destination country.
+   * The postal code in the format of the destination country: up to 16 letters, digits, spaces
+   * and hyphens.
    *
    * @generated from field: string postal_code = 5;
    */

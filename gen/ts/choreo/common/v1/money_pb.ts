@@ -4,13 +4,14 @@
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_buf_validate_validate } from "../../../buf/validate/validate_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file choreo/common/v1/money.proto.
  */
 export const file_choreo_common_v1_money: GenFile = /*@__PURE__*/
-  fileDesc("ChxjaG9yZW8vY29tbW9uL3YxL21vbmV5LnByb3RvEhBjaG9yZW8uY29tbW9uLnYxIjQKBU1vbmV5EhQKDGFtb3VudF9taW5vchgBIAEoAxIVCg1jdXJyZW5jeV9jb2RlGAIgASgJYgZwcm90bzM");
+  fileDesc("ChxjaG9yZW8vY29tbW9uL3YxL21vbmV5LnByb3RvEhBjaG9yZW8uY29tbW9uLnYxIlAKBU1vbmV5Eh0KDGFtb3VudF9taW5vchgBIAEoA0IHukgEIgIoABIoCg1jdXJyZW5jeV9jb2RlGAIgASgJQhG6SA5yDDIKXltBLVpdezN9JGIGcHJvdG8z", [file_buf_validate_validate]);
 
 /**
  * An amount of money in one currency, in integer minor units so that no float ever rounds it.
@@ -19,7 +20,8 @@ export const file_choreo_common_v1_money: GenFile = /*@__PURE__*/
  */
 export type Money = Message<"choreo.common.v1.Money"> & {
   /**
-   * The amount in the currency's minor unit, for example cents for USD: 1050 is USD 10.50.
+   * The amount in the currency's minor unit, for example cents for USD: 1050 is USD 10.50; never
+   * negative.
    *
    * @generated from field: int64 amount_minor = 1;
    */

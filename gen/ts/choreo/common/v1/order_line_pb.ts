@@ -4,6 +4,7 @@
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_buf_validate_validate } from "../../../buf/validate/validate_pb.js";
 import type { Money } from "./money_pb.js";
 import { file_choreo_common_v1_money } from "./money_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file choreo/common/v1/order_line.proto.
  */
 export const file_choreo_common_v1_order_line: GenFile = /*@__PURE__*/
-  fileDesc("CiFjaG9yZW8vY29tbW9uL3YxL29yZGVyX2xpbmUucHJvdG8SEGNob3Jlby5jb21tb24udjEiVwoJT3JkZXJMaW5lEgsKA3NrdRgBIAEoCRIQCghxdWFudGl0eRgCIAEoBRIrCgp1bml0X3ByaWNlGAMgASgLMhcuY2hvcmVvLmNvbW1vbi52MS5Nb25leWIGcHJvdG8z", [file_choreo_common_v1_money]);
+  fileDesc("CiFjaG9yZW8vY29tbW9uL3YxL29yZGVyX2xpbmUucHJvdG8SEGNob3Jlby5jb21tb24udjEiggEKCU9yZGVyTGluZRIpCgNza3UYASABKAlCHLpIGXIXEAEYQDIRXltBLVphLXowLTkuXy1dKiQSHQoIcXVhbnRpdHkYAiABKAVCC7pICBoGGKCNBigBEisKCnVuaXRfcHJpY2UYAyABKAsyFy5jaG9yZW8uY29tbW9uLnYxLk1vbmV5YgZwcm90bzM", [file_buf_validate_validate, file_choreo_common_v1_money]);
 
 /**
  * One line of an order: a quantity of one stock keeping unit at a unit price.
@@ -21,14 +22,17 @@ export const file_choreo_common_v1_order_line: GenFile = /*@__PURE__*/
  */
 export type OrderLine = Message<"choreo.common.v1.OrderLine"> & {
   /**
-   * The stock keeping unit that identifies the product, for example "SKU-RED-MUG".
+   * The stock keeping unit that identifies the product, for example "SKU-RED-MUG": 1 to 64
+   * letters, digits, dots, underscores and hyphens.
    *
    * @generated from field: string sku = 1;
    */
   sku: string;
 
   /**
-   * The number of units ordered; it is always at least one.
+   * The number of units ordered; it is always at least one. A placed order has at most 1000 per
+   * line (see PlaceOrderRequest.lines); a reservation sums the lines of one SKU, so it holds at
+   * most 100 lines times 1000.
    *
    * @generated from field: int32 quantity = 2;
    */

@@ -4,6 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_buf_validate_validate } from "../../../buf/validate/validate_pb.js";
 import { file_choreo_choreography_v1_choreography } from "../../choreography/v1/choreography_pb.js";
 import type { OrderLine } from "../../common/v1/order_line_pb.js";
 import { file_choreo_common_v1_order_line } from "../../common/v1/order_line_pb.js";
@@ -13,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file choreo/inventory/v1/inventory_service.proto.
  */
 export const file_choreo_inventory_v1_inventory_service: GenFile = /*@__PURE__*/
-  fileDesc("CitjaG9yZW8vaW52ZW50b3J5L3YxL2ludmVudG9yeV9zZXJ2aWNlLnByb3RvEhNjaG9yZW8uaW52ZW50b3J5LnYxIk8KClN0b2NrTGV2ZWwSCwoDc2t1GAEgASgJEhEKCWF2YWlsYWJsZRgCIAEoBRIQCghyZXNlcnZlZBgDIAEoBRIPCgdzaGlwcGVkGAQgASgFIpsBCgtSZXNlcnZhdGlvbhIQCghvcmRlcl9pZBgBIAEoCRIWCg5yZXNlcnZhdGlvbl9pZBgCIAEoCRIqCgVsaW5lcxgDIAMoCzIbLmNob3Jlby5jb21tb24udjEuT3JkZXJMaW5lEjYKBnN0YXR1cxgEIAEoDjImLmNob3Jlby5pbnZlbnRvcnkudjEuUmVzZXJ2YXRpb25TdGF0dXMiHgoPR2V0U3RvY2tSZXF1ZXN0EgsKA3NrdRgBIAEoCSJIChBHZXRTdG9ja1Jlc3BvbnNlEjQKC3N0b2NrX2xldmVsGAEgASgLMh8uY2hvcmVvLmludmVudG9yeS52MS5TdG9ja0xldmVsIikKFUdldFJlc2VydmF0aW9uUmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCSJPChZHZXRSZXNlcnZhdGlvblJlc3BvbnNlEjUKC3Jlc2VydmF0aW9uGAEgASgLMiAuY2hvcmVvLmludmVudG9yeS52MS5SZXNlcnZhdGlvbiqZAQoRUmVzZXJ2YXRpb25TdGF0dXMSIgoeUkVTRVJWQVRJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASHwobUkVTRVJWQVRJT05fU1RBVFVTX1JFU0VSVkVEEAESHwobUkVTRVJWQVRJT05fU1RBVFVTX1JFTEVBU0VEEAISHgoaUkVTRVJWQVRJT05fU1RBVFVTX1NISVBQRUQQAzKuBgoQSW52ZW50b3J5U2VydmljZRJXCghHZXRTdG9jaxIkLmNob3Jlby5pbnZlbnRvcnkudjEuR2V0U3RvY2tSZXF1ZXN0GiUuY2hvcmVvLmludmVudG9yeS52MS5HZXRTdG9ja1Jlc3BvbnNlEmkKDkdldFJlc2VydmF0aW9uEiouY2hvcmVvLmludmVudG9yeS52MS5HZXRSZXNlcnZhdGlvblJlcXVlc3QaKy5jaG9yZW8uaW52ZW50b3J5LnYxLkdldFJlc2VydmF0aW9uUmVzcG9uc2Ua1QSStRjQBAqsAQocY2hvcmVvLm9yZGVyLnYxLk9yZGVyQ3JlYXRlZBIlY2hvcmVvLmludmVudG9yeS52MS5JbnZlbnRvcnlSZXNlcnZlZBIuY2hvcmVvLmludmVudG9yeS52MS5JbnZlbnRvcnlSZXNlcnZhdGlvbkZhaWxlZBo1UmVzZXJ2ZXMgZXZlcnkgbGluZSBvZiB0aGUgb3JkZXIgYXRvbWljYWxseSwgb3Igbm9uZS4KjAEKH2Nob3Jlby5wYXltZW50LnYxLlBheW1lbnRGYWlsZWQSJWNob3Jlby5pbnZlbnRvcnkudjEuSW52ZW50b3J5UmVsZWFzZWQaQlJlbGVhc2VzIHRoZSBvcmRlcidzIHJlc2VydmF0aW9uIGJlY2F1c2UgaXQgY291bGQgbm90IGJlIHBhaWQgZm9yLgqKAQohY2hvcmVvLnNoaXBwaW5nLnYxLlNoaXBwaW5nRmFpbGVkEiVjaG9yZW8uaW52ZW50b3J5LnYxLkludmVudG9yeVJlbGVhc2VkGj5SZWxlYXNlcyB0aGUgb3JkZXIncyByZXNlcnZhdGlvbiBiZWNhdXNlIGl0IGNhbm5vdCBiZSBzaGlwcGVkLgqCAQoiY2hvcmVvLnNoaXBwaW5nLnYxLlNoaXBtZW50Q3JlYXRlZBIkY2hvcmVvLmludmVudG9yeS52MS5JbnZlbnRvcnlTaGlwcGVkGjZNb3ZlcyB0aGUgb3JkZXIncyByZXNlcnZlZCBzdG9jayBvdXQgb2YgdGhlIHdhcmVob3VzZS5iBnByb3RvMw", [file_choreo_choreography_v1_choreography, file_choreo_common_v1_order_line]);
+  fileDesc("CitjaG9yZW8vaW52ZW50b3J5L3YxL2ludmVudG9yeV9zZXJ2aWNlLnByb3RvEhNjaG9yZW8uaW52ZW50b3J5LnYxIk8KClN0b2NrTGV2ZWwSCwoDc2t1GAEgASgJEhEKCWF2YWlsYWJsZRgCIAEoBRIQCghyZXNlcnZlZBgDIAEoBRIPCgdzaGlwcGVkGAQgASgFIpsBCgtSZXNlcnZhdGlvbhIQCghvcmRlcl9pZBgBIAEoCRIWCg5yZXNlcnZhdGlvbl9pZBgCIAEoCRIqCgVsaW5lcxgDIAMoCzIbLmNob3Jlby5jb21tb24udjEuT3JkZXJMaW5lEjYKBnN0YXR1cxgEIAEoDjImLmNob3Jlby5pbnZlbnRvcnkudjEuUmVzZXJ2YXRpb25TdGF0dXMiPAoPR2V0U3RvY2tSZXF1ZXN0EikKA3NrdRgBIAEoCUIcukgZchcQARhAMhFeW0EtWmEtejAtOS5fLV0qJCJIChBHZXRTdG9ja1Jlc3BvbnNlEjQKC3N0b2NrX2xldmVsGAEgASgLMh8uY2hvcmVvLmludmVudG9yeS52MS5TdG9ja0xldmVsIkkKFUdldFJlc2VydmF0aW9uUmVxdWVzdBIwCghvcmRlcl9pZBgBIAEoCUIeukgbchkQARhAMhNeW0EtWmEtejAtOS5fOn4tXSokIk8KFkdldFJlc2VydmF0aW9uUmVzcG9uc2USNQoLcmVzZXJ2YXRpb24YASABKAsyIC5jaG9yZW8uaW52ZW50b3J5LnYxLlJlc2VydmF0aW9uImIKEExpc3RTdG9ja1JlcXVlc3QSHQoJcGFnZV9zaXplGAEgASgFQgq6SAcaBRj0AygAEi8KCnBhZ2VfdG9rZW4YAiABKAlCG7pIGHIWGIAEMhFeW0EtWmEtejAtOV89LV0qJCJjChFMaXN0U3RvY2tSZXNwb25zZRI1CgxzdG9ja19sZXZlbHMYASADKAsyHy5jaG9yZW8uaW52ZW50b3J5LnYxLlN0b2NrTGV2ZWwSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImkKF0xpc3RSZXNlcnZhdGlvbnNSZXF1ZXN0Eh0KCXBhZ2Vfc2l6ZRgBIAEoBUIKukgHGgUY9AMoABIvCgpwYWdlX3Rva2VuGAIgASgJQhu6SBhyFhiABDIRXltBLVphLXowLTlfPS1dKiQiawoYTGlzdFJlc2VydmF0aW9uc1Jlc3BvbnNlEjYKDHJlc2VydmF0aW9ucxgBIAMoCzIgLmNob3Jlby5pbnZlbnRvcnkudjEuUmVzZXJ2YXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKpkBChFSZXNlcnZhdGlvblN0YXR1cxIiCh5SRVNFUlZBVElPTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIfChtSRVNFUlZBVElPTl9TVEFUVVNfUkVTRVJWRUQQARIfChtSRVNFUlZBVElPTl9TVEFUVVNfUkVMRUFTRUQQAhIeChpSRVNFUlZBVElPTl9TVEFUVVNfU0hJUFBFRBADMtoKChBJbnZlbnRvcnlTZXJ2aWNlElcKCEdldFN0b2NrEiQuY2hvcmVvLmludmVudG9yeS52MS5HZXRTdG9ja1JlcXVlc3QaJS5jaG9yZW8uaW52ZW50b3J5LnYxLkdldFN0b2NrUmVzcG9uc2USaQoOR2V0UmVzZXJ2YXRpb24SKi5jaG9yZW8uaW52ZW50b3J5LnYxLkdldFJlc2VydmF0aW9uUmVxdWVzdBorLmNob3Jlby5pbnZlbnRvcnkudjEuR2V0UmVzZXJ2YXRpb25SZXNwb25zZRJaCglMaXN0U3RvY2sSJS5jaG9yZW8uaW52ZW50b3J5LnYxLkxpc3RTdG9ja1JlcXVlc3QaJi5jaG9yZW8uaW52ZW50b3J5LnYxLkxpc3RTdG9ja1Jlc3BvbnNlEm8KEExpc3RSZXNlcnZhdGlvbnMSLC5jaG9yZW8uaW52ZW50b3J5LnYxLkxpc3RSZXNlcnZhdGlvbnNSZXF1ZXN0Gi0uY2hvcmVvLmludmVudG9yeS52MS5MaXN0UmVzZXJ2YXRpb25zUmVzcG9uc2UatAeStRivBwqsAQocY2hvcmVvLm9yZGVyLnYxLk9yZGVyQ3JlYXRlZBIlY2hvcmVvLmludmVudG9yeS52MS5JbnZlbnRvcnlSZXNlcnZlZBIuY2hvcmVvLmludmVudG9yeS52MS5JbnZlbnRvcnlSZXNlcnZhdGlvbkZhaWxlZBo1UmVzZXJ2ZXMgZXZlcnkgbGluZSBvZiB0aGUgb3JkZXIgYXRvbWljYWxseSwgb3Igbm9uZS4K0QEKHGNob3Jlby5vcmRlci52Mi5PcmRlckNyZWF0ZWQSJWNob3Jlby5pbnZlbnRvcnkudjEuSW52ZW50b3J5UmVzZXJ2ZWQSLmNob3Jlby5pbnZlbnRvcnkudjEuSW52ZW50b3J5UmVzZXJ2YXRpb25GYWlsZWQaWlRoZSBzYW1lIGZvciB2ZXJzaW9uIDIgb2YgdGhlIGV2ZW50OyBhbiBvcmRlciBwdWJsaXNoZWQgaW4gYm90aCB2ZXJzaW9ucyBpcyByZXNlcnZlZCBvbmNlLgqMAQofY2hvcmVvLnBheW1lbnQudjEuUGF5bWVudEZhaWxlZBIlY2hvcmVvLmludmVudG9yeS52MS5JbnZlbnRvcnlSZWxlYXNlZBpCUmVsZWFzZXMgdGhlIG9yZGVyJ3MgcmVzZXJ2YXRpb24gYmVjYXVzZSBpdCBjb3VsZCBub3QgYmUgcGFpZCBmb3IuCooBCiFjaG9yZW8uc2hpcHBpbmcudjEuU2hpcHBpbmdGYWlsZWQSJWNob3Jlby5pbnZlbnRvcnkudjEuSW52ZW50b3J5UmVsZWFzZWQaPlJlbGVhc2VzIHRoZSBvcmRlcidzIHJlc2VydmF0aW9uIGJlY2F1c2UgaXQgY2Fubm90IGJlIHNoaXBwZWQuCoIBCiJjaG9yZW8uc2hpcHBpbmcudjEuU2hpcG1lbnRDcmVhdGVkEiRjaG9yZW8uaW52ZW50b3J5LnYxLkludmVudG9yeVNoaXBwZWQaNk1vdmVzIHRoZSBvcmRlcidzIHJlc2VydmVkIHN0b2NrIG91dCBvZiB0aGUgd2FyZWhvdXNlLgqIAQoeY2hvcmVvLm9yZGVyLnYxLk9yZGVyQ2FuY2VsbGVkEiVjaG9yZW8uaW52ZW50b3J5LnYxLkludmVudG9yeVJlbGVhc2VkGj9SZWxlYXNlcyB0aGUgcmVzZXJ2YXRpb24gb2YgYW4gb3JkZXIgY2FuY2VsbGVkIGF0IGl0cyBkZWFkbGluZS5iBnByb3RvMw", [file_buf_validate_validate, file_choreo_choreography_v1_choreography, file_choreo_common_v1_order_line]);
 
 /**
  * The stock of one SKU; available + reserved + shipped is constant.
@@ -106,7 +107,7 @@ export const ReservationSchema: GenMessage<Reservation> = /*@__PURE__*/
  */
 export type GetStockRequest = Message<"choreo.inventory.v1.GetStockRequest"> & {
   /**
-   * The SKU to return the stock level of.
+   * The SKU to return the stock level of, as in OrderLine.sku.
    *
    * @generated from field: string sku = 1;
    */
@@ -184,6 +185,118 @@ export const GetReservationResponseSchema: GenMessage<GetReservationResponse> = 
   messageDesc(file_choreo_inventory_v1_inventory_service, 5);
 
 /**
+ * The request for a page of stock levels.
+ *
+ * @generated from message choreo.inventory.v1.ListStockRequest
+ */
+export type ListStockRequest = Message<"choreo.inventory.v1.ListStockRequest"> & {
+  /**
+   * The largest number of stock levels to return, at most 500; zero means the server's default (50).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous response, or empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message choreo.inventory.v1.ListStockRequest.
+ * Use `create(ListStockRequestSchema)` to create a new message.
+ */
+export const ListStockRequestSchema: GenMessage<ListStockRequest> = /*@__PURE__*/
+  messageDesc(file_choreo_inventory_v1_inventory_service, 6);
+
+/**
+ * A page of stock levels.
+ *
+ * @generated from message choreo.inventory.v1.ListStockResponse
+ */
+export type ListStockResponse = Message<"choreo.inventory.v1.ListStockResponse"> & {
+  /**
+   * The stock levels of this page, in SKU order.
+   *
+   * @generated from field: repeated choreo.inventory.v1.StockLevel stock_levels = 1;
+   */
+  stockLevels: StockLevel[];
+
+  /**
+   * The token for the next page, or empty when this is the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message choreo.inventory.v1.ListStockResponse.
+ * Use `create(ListStockResponseSchema)` to create a new message.
+ */
+export const ListStockResponseSchema: GenMessage<ListStockResponse> = /*@__PURE__*/
+  messageDesc(file_choreo_inventory_v1_inventory_service, 7);
+
+/**
+ * The request for a page of reservations.
+ *
+ * @generated from message choreo.inventory.v1.ListReservationsRequest
+ */
+export type ListReservationsRequest = Message<"choreo.inventory.v1.ListReservationsRequest"> & {
+  /**
+   * The largest number of reservations to return, at most 500; zero means the server's default (50).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous response, or empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message choreo.inventory.v1.ListReservationsRequest.
+ * Use `create(ListReservationsRequestSchema)` to create a new message.
+ */
+export const ListReservationsRequestSchema: GenMessage<ListReservationsRequest> = /*@__PURE__*/
+  messageDesc(file_choreo_inventory_v1_inventory_service, 8);
+
+/**
+ * A page of reservations.
+ *
+ * @generated from message choreo.inventory.v1.ListReservationsResponse
+ */
+export type ListReservationsResponse = Message<"choreo.inventory.v1.ListReservationsResponse"> & {
+  /**
+   * The reservations of this page, newest first.
+   *
+   * @generated from field: repeated choreo.inventory.v1.Reservation reservations = 1;
+   */
+  reservations: Reservation[];
+
+  /**
+   * The token for the next page, or empty when this is the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message choreo.inventory.v1.ListReservationsResponse.
+ * Use `create(ListReservationsResponseSchema)` to create a new message.
+ */
+export const ListReservationsResponseSchema: GenMessage<ListReservationsResponse> = /*@__PURE__*/
+  messageDesc(file_choreo_inventory_v1_inventory_service, 9);
+
+/**
  * Where a reservation is in its lifecycle.
  *
  * @generated from enum choreo.inventory.v1.ReservationStatus
@@ -249,6 +362,27 @@ export const InventoryService: GenService<{
     methodKind: "unary";
     input: typeof GetReservationRequestSchema;
     output: typeof GetReservationResponseSchema;
+  },
+  /**
+   * Lists the stock level of every SKU, by SKU, a page at a time.
+   *
+   * @generated from rpc choreo.inventory.v1.InventoryService.ListStock
+   */
+  listStock: {
+    methodKind: "unary";
+    input: typeof ListStockRequestSchema;
+    output: typeof ListStockResponseSchema;
+  },
+  /**
+   * Lists reservations, newest first, a page at a time (an order whose stock could not be
+   * reserved has none).
+   *
+   * @generated from rpc choreo.inventory.v1.InventoryService.ListReservations
+   */
+  listReservations: {
+    methodKind: "unary";
+    input: typeof ListReservationsRequestSchema;
+    output: typeof ListReservationsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_choreo_inventory_v1_inventory_service, 0);

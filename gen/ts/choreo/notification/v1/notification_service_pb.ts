@@ -4,6 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_buf_validate_validate } from "../../../buf/validate/validate_pb.js";
 import { file_choreo_choreography_v1_choreography } from "../../choreography/v1/choreography_pb.js";
 import type { Channel, NotificationKind } from "./events_pb.js";
 import { file_choreo_notification_v1_events } from "./events_pb.js";
@@ -15,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file choreo/notification/v1/notification_service.proto.
  */
 export const file_choreo_notification_v1_notification_service: GenFile = /*@__PURE__*/
-  fileDesc("CjFjaG9yZW8vbm90aWZpY2F0aW9uL3YxL25vdGlmaWNhdGlvbl9zZXJ2aWNlLnByb3RvEhZjaG9yZW8ubm90aWZpY2F0aW9uLnYxIvYBCgxOb3RpZmljYXRpb24SFwoPbm90aWZpY2F0aW9uX2lkGAEgASgJEhAKCG9yZGVyX2lkGAIgASgJEhMKC2N1c3RvbWVyX2lkGAMgASgJEjAKB2NoYW5uZWwYBCABKA4yHy5jaG9yZW8ubm90aWZpY2F0aW9uLnYxLkNoYW5uZWwSNgoEa2luZBgFIAEoDjIoLmNob3Jlby5ub3RpZmljYXRpb24udjEuTm90aWZpY2F0aW9uS2luZBIPCgdtZXNzYWdlGAYgASgJEisKB3NlbnRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImgKGExpc3ROb3RpZmljYXRpb25zUmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJxChlMaXN0Tm90aWZpY2F0aW9uc1Jlc3BvbnNlEjsKDW5vdGlmaWNhdGlvbnMYASADKAsyJC5jaG9yZW8ubm90aWZpY2F0aW9uLnYxLk5vdGlmaWNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkynAMKE05vdGlmaWNhdGlvblNlcnZpY2USeAoRTGlzdE5vdGlmaWNhdGlvbnMSMC5jaG9yZW8ubm90aWZpY2F0aW9uLnYxLkxpc3ROb3RpZmljYXRpb25zUmVxdWVzdBoxLmNob3Jlby5ub3RpZmljYXRpb24udjEuTGlzdE5vdGlmaWNhdGlvbnNSZXNwb25zZRqKApK1GIUCCn0KImNob3Jlby5zaGlwcGluZy52MS5TaGlwbWVudENyZWF0ZWQSJ2Nob3Jlby5ub3RpZmljYXRpb24udjEuTm90aWZpY2F0aW9uU2VudBouVGVsbHMgdGhlIGN1c3RvbWVyIHRoYXQgdGhlIG9yZGVyIHdhcyBzaGlwcGVkLgqDAQoeY2hvcmVvLm9yZGVyLnYxLk9yZGVyQ2FuY2VsbGVkEidjaG9yZW8ubm90aWZpY2F0aW9uLnYxLk5vdGlmaWNhdGlvblNlbnQaOFRlbGxzIHRoZSBjdXN0b21lciB0aGF0IHRoZSBvcmRlciB3YXMgY2FuY2VsbGVkIGFuZCB3aHkuYgZwcm90bzM", [file_choreo_choreography_v1_choreography, file_choreo_notification_v1_events, file_google_protobuf_timestamp]);
+  fileDesc("CjFjaG9yZW8vbm90aWZpY2F0aW9uL3YxL25vdGlmaWNhdGlvbl9zZXJ2aWNlLnByb3RvEhZjaG9yZW8ubm90aWZpY2F0aW9uLnYxIvYBCgxOb3RpZmljYXRpb24SFwoPbm90aWZpY2F0aW9uX2lkGAEgASgJEhAKCG9yZGVyX2lkGAIgASgJEhMKC2N1c3RvbWVyX2lkGAMgASgJEjAKB2NoYW5uZWwYBCABKA4yHy5jaG9yZW8ubm90aWZpY2F0aW9uLnYxLkNoYW5uZWwSNgoEa2luZBgFIAEoDjIoLmNob3Jlby5ub3RpZmljYXRpb24udjEuTm90aWZpY2F0aW9uS2luZBIPCgdtZXNzYWdlGAYgASgJEisKB3NlbnRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsoBChhMaXN0Tm90aWZpY2F0aW9uc1JlcXVlc3QSLgoIb3JkZXJfaWQYASABKAlCHLpIGXIXGEAyE15bQS1aYS16MC05Ll86fi1dKiQSMQoLY3VzdG9tZXJfaWQYAiABKAlCHLpIGXIXGEAyE15bQS1aYS16MC05Ll86fi1dKiQSGgoJcGFnZV9zaXplGAMgASgFQge6SAQaAigAEi8KCnBhZ2VfdG9rZW4YBCABKAlCG7pIGHIWGIAEMhFeW0EtWmEtejAtOV89LV0qJCJxChlMaXN0Tm90aWZpY2F0aW9uc1Jlc3BvbnNlEjsKDW5vdGlmaWNhdGlvbnMYASADKAsyJC5jaG9yZW8ubm90aWZpY2F0aW9uLnYxLk5vdGlmaWNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkynAMKE05vdGlmaWNhdGlvblNlcnZpY2USeAoRTGlzdE5vdGlmaWNhdGlvbnMSMC5jaG9yZW8ubm90aWZpY2F0aW9uLnYxLkxpc3ROb3RpZmljYXRpb25zUmVxdWVzdBoxLmNob3Jlby5ub3RpZmljYXRpb24udjEuTGlzdE5vdGlmaWNhdGlvbnNSZXNwb25zZRqKApK1GIUCCn0KImNob3Jlby5zaGlwcGluZy52MS5TaGlwbWVudENyZWF0ZWQSJ2Nob3Jlby5ub3RpZmljYXRpb24udjEuTm90aWZpY2F0aW9uU2VudBouVGVsbHMgdGhlIGN1c3RvbWVyIHRoYXQgdGhlIG9yZGVyIHdhcyBzaGlwcGVkLgqDAQoeY2hvcmVvLm9yZGVyLnYxLk9yZGVyQ2FuY2VsbGVkEidjaG9yZW8ubm90aWZpY2F0aW9uLnYxLk5vdGlmaWNhdGlvblNlbnQaOFRlbGxzIHRoZSBjdXN0b21lciB0aGF0IHRoZSBvcmRlciB3YXMgY2FuY2VsbGVkIGFuZCB3aHkuYgZwcm90bzM", [file_buf_validate_validate, file_choreo_choreography_v1_choreography, file_choreo_notification_v1_events, file_google_protobuf_timestamp]);
 
 /**
  * A notification that was sent to a customer.
@@ -81,7 +82,8 @@ export const NotificationSchema: GenMessage<Notification> = /*@__PURE__*/
   messageDesc(file_choreo_notification_v1_notification_service, 0);
 
 /**
- * The request for a page of notifications.
+ * The request for a page of notifications; without order_id and customer_id it lists the most
+ * recent notifications of all orders.
  *
  * @generated from message choreo.notification.v1.ListNotificationsRequest
  */
@@ -101,7 +103,8 @@ export type ListNotificationsRequest = Message<"choreo.notification.v1.ListNotif
   customerId: string;
 
   /**
-   * The largest number of notifications to return; zero means the server's default.
+   * The largest number of notifications to return; zero means the server's default (50), and
+   * a larger number than the server's maximum (500) is lowered to it.
    *
    * @generated from field: int32 page_size = 3;
    */

@@ -4,6 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_buf_validate_validate } from "../../../buf/validate/validate_pb.js";
 import { file_choreo_choreography_v1_choreography } from "../../choreography/v1/choreography_pb.js";
 import type { Address } from "../../common/v1/address_pb.js";
 import { file_choreo_common_v1_address } from "../../common/v1/address_pb.js";
@@ -21,7 +22,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file choreo/order/v1/order_service.proto.
  */
 export const file_choreo_order_v1_order_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNjaG9yZW8vb3JkZXIvdjEvb3JkZXJfc2VydmljZS5wcm90bxIPY2hvcmVvLm9yZGVyLnYxIuADCgVPcmRlchIQCghvcmRlcl9pZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRIqCgVsaW5lcxgDIAMoCzIbLmNob3Jlby5jb21tb24udjEuT3JkZXJMaW5lEiYKBXRvdGFsGAQgASgLMhcuY2hvcmVvLmNvbW1vbi52MS5Nb25leRIsCgZzdGF0dXMYBSABKA4yHC5jaG9yZW8ub3JkZXIudjEuT3JkZXJTdGF0dXMSQAoTY2FuY2VsbGF0aW9uX3JlYXNvbhgGIAEoDjIjLmNob3Jlby5vcmRlci52MS5DYW5jZWxsYXRpb25SZWFzb24SGwoTY2FuY2VsbGF0aW9uX2RldGFpbBgHIAEoCRIZChFjdXN0b21lcl9ub3RpZmllZBgIIAEoCBISCgpwYXltZW50X2lkGAkgASgJEhMKC3NoaXBtZW50X2lkGAogASgJEhMKC3RyYWNraW5nX2lkGAsgASgJEhYKDmNvcnJlbGF0aW9uX2lkGAwgASgJEi4KCmNyZWF0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wItABChFQbGFjZU9yZGVyUmVxdWVzdBIXCg9pZGVtcG90ZW5jeV9rZXkYASABKAkSEwoLY3VzdG9tZXJfaWQYAiABKAkSKgoFbGluZXMYAyADKAsyGy5jaG9yZW8uY29tbW9uLnYxLk9yZGVyTGluZRIVCg1jdXJyZW5jeV9jb2RlGAQgASgJEjMKEHNoaXBwaW5nX2FkZHJlc3MYBSABKAsyGS5jaG9yZW8uY29tbW9uLnYxLkFkZHJlc3MSFQoNcGF5bWVudF90b2tlbhgGIAEoCSI7ChJQbGFjZU9yZGVyUmVzcG9uc2USJQoFb3JkZXIYASABKAsyFi5jaG9yZW8ub3JkZXIudjEuT3JkZXIiIwoPR2V0T3JkZXJSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJIjkKEEdldE9yZGVyUmVzcG9uc2USJQoFb3JkZXIYASABKAsyFi5jaG9yZW8ub3JkZXIudjEuT3JkZXIieAoRTGlzdE9yZGVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSMQoGc3RhdHVzGAMgASgOMhwuY2hvcmVvLm9yZGVyLnYxLk9yZGVyU3RhdHVzSACIAQFCCQoHX3N0YXR1cyJVChJMaXN0T3JkZXJzUmVzcG9uc2USJgoGb3JkZXJzGAEgAygLMhYuY2hvcmVvLm9yZGVyLnYxLk9yZGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIlChFXYXRjaE9yZGVyUmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCSI7ChJXYXRjaE9yZGVyUmVzcG9uc2USJQoFb3JkZXIYASABKAsyFi5jaG9yZW8ub3JkZXIudjEuT3JkZXIqlwEKC09yZGVyU3RhdHVzEhwKGE9SREVSX1NUQVRVU19VTlNQRUNJRklFRBAAEhgKFE9SREVSX1NUQVRVU19QRU5ESU5HEAESGgoWT1JERVJfU1RBVFVTX0NPTkZJUk1FRBACEhgKFE9SREVSX1NUQVRVU19TSElQUEVEEAMSGgoWT1JERVJfU1RBVFVTX0NBTkNFTExFRBAEMoMJCgxPcmRlclNlcnZpY2USdwoKUGxhY2VPcmRlchIiLmNob3Jlby5vcmRlci52MS5QbGFjZU9yZGVyUmVxdWVzdBojLmNob3Jlby5vcmRlci52MS5QbGFjZU9yZGVyUmVzcG9uc2UiIJq1GBxjaG9yZW8ub3JkZXIudjEuT3JkZXJDcmVhdGVkEk8KCEdldE9yZGVyEiAuY2hvcmVvLm9yZGVyLnYxLkdldE9yZGVyUmVxdWVzdBohLmNob3Jlby5vcmRlci52MS5HZXRPcmRlclJlc3BvbnNlElUKCkxpc3RPcmRlcnMSIi5jaG9yZW8ub3JkZXIudjEuTGlzdE9yZGVyc1JlcXVlc3QaIy5jaG9yZW8ub3JkZXIudjEuTGlzdE9yZGVyc1Jlc3BvbnNlElcKCldhdGNoT3JkZXISIi5jaG9yZW8ub3JkZXIudjEuV2F0Y2hPcmRlclJlcXVlc3QaIy5jaG9yZW8ub3JkZXIudjEuV2F0Y2hPcmRlclJlc3BvbnNlMAEa+AWStRjzBQpwCiJjaG9yZW8ucGF5bWVudC52MS5QYXltZW50Q29tcGxldGVkEh5jaG9yZW8ub3JkZXIudjEuT3JkZXJDb25maXJtZWQaKk1vdmVzIHRoZSBvcmRlciBmcm9tIHBlbmRpbmcgdG8gY29uZmlybWVkLgpuCiJjaG9yZW8uc2hpcHBpbmcudjEuU2hpcG1lbnRDcmVhdGVkEhxjaG9yZW8ub3JkZXIudjEuT3JkZXJTaGlwcGVkGipNb3ZlcyB0aGUgb3JkZXIgZnJvbSBjb25maXJtZWQgdG8gc2hpcHBlZC4KbAonY2hvcmVvLm5vdGlmaWNhdGlvbi52MS5Ob3RpZmljYXRpb25TZW50GkFSZWNvcmRzIHRoYXQgdGhlIGN1c3RvbWVyIHdhcyB0b2xkIGFib3V0IHRoZSBvcmRlcidzIGZpbmFsIHN0YXRlLgqMAQouY2hvcmVvLmludmVudG9yeS52MS5JbnZlbnRvcnlSZXNlcnZhdGlvbkZhaWxlZBIeY2hvcmVvLm9yZGVyLnYxLk9yZGVyQ2FuY2VsbGVkGjpDYW5jZWxzIHRoZSBvcmRlciBiZWNhdXNlIGl0cyBzdG9jayBjb3VsZCBub3QgYmUgcmVzZXJ2ZWQuCnYKH2Nob3Jlby5wYXltZW50LnYxLlBheW1lbnRGYWlsZWQSHmNob3Jlby5vcmRlci52MS5PcmRlckNhbmNlbGxlZBozQ2FuY2VscyB0aGUgb3JkZXIgYmVjYXVzZSBpdCBjb3VsZCBub3QgYmUgcGFpZCBmb3IuCpkBCiFjaG9yZW8uc2hpcHBpbmcudjEuU2hpcHBpbmdGYWlsZWQSHmNob3Jlby5vcmRlci52MS5PcmRlckNhbmNlbGxlZBpUQ2FuY2VscyB0aGUgb3JkZXIsIGFsc28gd2hlbiBpdCB3YXMgYWxyZWFkeSBjb25maXJtZWQsIGJlY2F1c2UgaXQgY2Fubm90IGJlIHNoaXBwZWQuYgZwcm90bzM", [file_choreo_choreography_v1_choreography, file_choreo_common_v1_address, file_choreo_common_v1_money, file_choreo_common_v1_order_line, file_choreo_order_v1_events, file_google_protobuf_timestamp]);
+  fileDesc("CiNjaG9yZW8vb3JkZXIvdjEvb3JkZXJfc2VydmljZS5wcm90bxIPY2hvcmVvLm9yZGVyLnYxIuADCgVPcmRlchIQCghvcmRlcl9pZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRIqCgVsaW5lcxgDIAMoCzIbLmNob3Jlby5jb21tb24udjEuT3JkZXJMaW5lEiYKBXRvdGFsGAQgASgLMhcuY2hvcmVvLmNvbW1vbi52MS5Nb25leRIsCgZzdGF0dXMYBSABKA4yHC5jaG9yZW8ub3JkZXIudjEuT3JkZXJTdGF0dXMSQAoTY2FuY2VsbGF0aW9uX3JlYXNvbhgGIAEoDjIjLmNob3Jlby5vcmRlci52MS5DYW5jZWxsYXRpb25SZWFzb24SGwoTY2FuY2VsbGF0aW9uX2RldGFpbBgHIAEoCRIZChFjdXN0b21lcl9ub3RpZmllZBgIIAEoCBISCgpwYXltZW50X2lkGAkgASgJEhMKC3NoaXBtZW50X2lkGAogASgJEhMKC3RyYWNraW5nX2lkGAsgASgJEhYKDmNvcnJlbGF0aW9uX2lkGAwgASgJEi4KCmNyZWF0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrsDChFQbGFjZU9yZGVyUmVxdWVzdBI4Cg9pZGVtcG90ZW5jeV9rZXkYASABKAlCH7pIHHIaEAEYgAEyE15bQS1aYS16MC05Ll86fi1dKiQSMwoLY3VzdG9tZXJfaWQYAiABKAlCHrpIG3IZEAEYQDITXltBLVphLXowLTkuXzp+LV0qJBKYAQoFbGluZXMYAyADKAsyGy5jaG9yZW8uY29tbW9uLnYxLk9yZGVyTGluZUJsukhpkgFmCAEQZCJgugFdChxvcmRlcl9saW5lLnF1YW50aXR5X3Blcl9saW5lEiZxdWFudGl0eSBtdXN0IGJlIGF0IG1vc3QgMTAwMCBwZXIgbGluZRoVdGhpcy5xdWFudGl0eSA8PSAxMDAwEigKDWN1cnJlbmN5X2NvZGUYBCABKAlCEbpIDnIMMgpeW0EtWl17M30kEjsKEHNoaXBwaW5nX2FkZHJlc3MYBSABKAsyGS5jaG9yZW8uY29tbW9uLnYxLkFkZHJlc3NCBrpIA8gBARI1Cg1wYXltZW50X3Rva2VuGAYgASgJQh66SBtyGRABGIABMhJeW0EtWmEtejAtOS5fOi1dKiQiOwoSUGxhY2VPcmRlclJlc3BvbnNlEiUKBW9yZGVyGAEgASgLMhYuY2hvcmVvLm9yZGVyLnYxLk9yZGVyIkMKD0dldE9yZGVyUmVxdWVzdBIwCghvcmRlcl9pZBgBIAEoCUIeukgbchkQARhAMhNeW0EtWmEtejAtOS5fOn4tXSokIjkKEEdldE9yZGVyUmVzcG9uc2USJQoFb3JkZXIYASABKAsyFi5jaG9yZW8ub3JkZXIudjEuT3JkZXIirQEKEUxpc3RPcmRlcnNSZXF1ZXN0Eh0KCXBhZ2Vfc2l6ZRgBIAEoBUIKukgHGgUY9AMoABIvCgpwYWdlX3Rva2VuGAIgASgJQhu6SBhyFhiABDIRXltBLVphLXowLTlfPS1dKiQSPQoGc3RhdHVzGAMgASgOMhwuY2hvcmVvLm9yZGVyLnYxLk9yZGVyU3RhdHVzQgq6SAeCAQQQASAASACIAQFCCQoHX3N0YXR1cyJVChJMaXN0T3JkZXJzUmVzcG9uc2USJgoGb3JkZXJzGAEgAygLMhYuY2hvcmVvLm9yZGVyLnYxLk9yZGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJFChFXYXRjaE9yZGVyUmVxdWVzdBIwCghvcmRlcl9pZBgBIAEoCUIeukgbchkQARhAMhNeW0EtWmEtejAtOS5fOn4tXSokIjsKEldhdGNoT3JkZXJSZXNwb25zZRIlCgVvcmRlchgBIAEoCzIWLmNob3Jlby5vcmRlci52MS5PcmRlciqXAQoLT3JkZXJTdGF0dXMSHAoYT1JERVJfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGAoUT1JERVJfU1RBVFVTX1BFTkRJTkcQARIaChZPUkRFUl9TVEFUVVNfQ09ORklSTUVEEAISGAoUT1JERVJfU1RBVFVTX1NISVBQRUQQAxIaChZPUkRFUl9TVEFUVVNfQ0FOQ0VMTEVEEAQyiQsKDE9yZGVyU2VydmljZRKXAQoKUGxhY2VPcmRlchIiLmNob3Jlby5vcmRlci52MS5QbGFjZU9yZGVyUmVxdWVzdBojLmNob3Jlby5vcmRlci52MS5QbGFjZU9yZGVyUmVzcG9uc2UiQJq1GBxjaG9yZW8ub3JkZXIudjEuT3JkZXJDcmVhdGVkmrUYHGNob3Jlby5vcmRlci52Mi5PcmRlckNyZWF0ZWQSTwoIR2V0T3JkZXISIC5jaG9yZW8ub3JkZXIudjEuR2V0T3JkZXJSZXF1ZXN0GiEuY2hvcmVvLm9yZGVyLnYxLkdldE9yZGVyUmVzcG9uc2USVQoKTGlzdE9yZGVycxIiLmNob3Jlby5vcmRlci52MS5MaXN0T3JkZXJzUmVxdWVzdBojLmNob3Jlby5vcmRlci52MS5MaXN0T3JkZXJzUmVzcG9uc2USVwoKV2F0Y2hPcmRlchIiLmNob3Jlby5vcmRlci52MS5XYXRjaE9yZGVyUmVxdWVzdBojLmNob3Jlby5vcmRlci52MS5XYXRjaE9yZGVyUmVzcG9uc2UwARrdB5K1GNgHCqcBCiJjaG9yZW8ucGF5bWVudC52MS5QYXltZW50Q29tcGxldGVkEh5jaG9yZW8ub3JkZXIudjEuT3JkZXJDb25maXJtZWQaYU1vdmVzIHRoZSBvcmRlciBmcm9tIHBlbmRpbmcgdG8gY29uZmlybWVkIChub3RoaW5nIHdoZW4gYSBzaGlwbWVudCdzIG91dGNvbWUgY29uZmlybWVkIGl0IGZpcnN0KS4KzwEKImNob3Jlby5zaGlwcGluZy52MS5TaGlwbWVudENyZWF0ZWQSHGNob3Jlby5vcmRlci52MS5PcmRlclNoaXBwZWQaa01vdmVzIHRoZSBvcmRlciBmcm9tIGNvbmZpcm1lZCB0byBzaGlwcGVkLCBjb25maXJtaW5nIGl0IGZpcnN0IHdoZW4gdGhlIHNoaXBtZW50IG92ZXJ0b29rIFBheW1lbnRDb21wbGV0ZWQuIh5jaG9yZW8ub3JkZXIudjEuT3JkZXJDb25maXJtZWQKbAonY2hvcmVvLm5vdGlmaWNhdGlvbi52MS5Ob3RpZmljYXRpb25TZW50GkFSZWNvcmRzIHRoYXQgdGhlIGN1c3RvbWVyIHdhcyB0b2xkIGFib3V0IHRoZSBvcmRlcidzIGZpbmFsIHN0YXRlLgqMAQouY2hvcmVvLmludmVudG9yeS52MS5JbnZlbnRvcnlSZXNlcnZhdGlvbkZhaWxlZBIeY2hvcmVvLm9yZGVyLnYxLk9yZGVyQ2FuY2VsbGVkGjpDYW5jZWxzIHRoZSBvcmRlciBiZWNhdXNlIGl0cyBzdG9jayBjb3VsZCBub3QgYmUgcmVzZXJ2ZWQuCnYKH2Nob3Jlby5wYXltZW50LnYxLlBheW1lbnRGYWlsZWQSHmNob3Jlby5vcmRlci52MS5PcmRlckNhbmNlbGxlZBozQ2FuY2VscyB0aGUgb3JkZXIgYmVjYXVzZSBpdCBjb3VsZCBub3QgYmUgcGFpZCBmb3IuCuQBCiFjaG9yZW8uc2hpcHBpbmcudjEuU2hpcHBpbmdGYWlsZWQSHmNob3Jlby5vcmRlci52MS5PcmRlckNhbmNlbGxlZBp/Q2FuY2VscyB0aGUgb3JkZXIsIGFsc28gd2hlbiBpdCB3YXMgYWxyZWFkeSBjb25maXJtZWQsIGJlY2F1c2UgaXQgY2Fubm90IGJlIHNoaXBwZWQ7IGEgcGFpZCBvcmRlciBzdGlsbCBwZW5kaW5nIGNvbmZpcm1zIGZpcnN0LiIeY2hvcmVvLm9yZGVyLnYxLk9yZGVyQ29uZmlybWVkYgZwcm90bzM", [file_buf_validate_validate, file_choreo_choreography_v1_choreography, file_choreo_common_v1_address, file_choreo_common_v1_money, file_choreo_common_v1_order_line, file_choreo_order_v1_events, file_google_protobuf_timestamp]);
 
 /**
  * An order as the order service sees it.
@@ -138,19 +139,23 @@ export const OrderSchema: GenMessage<Order> = /*@__PURE__*/
 /**
  * The request to place an order.
  *
+ * Every field is bounded (buf.validate rules below and on the common types), so the largest
+ * valid request, and every event of its saga, stays far below the broker's message size limit.
+ *
  * @generated from message choreo.order.v1.PlaceOrderRequest
  */
 export type PlaceOrderRequest = Message<"choreo.order.v1.PlaceOrderRequest"> & {
   /**
    * A key chosen by the client, unique per order it means to place; a retry with the same key
-   * returns the order placed by the first call instead of placing a second one.
+   * returns the order placed by the first call instead of placing a second one. 1 to 128
+   * letters, digits and ". _ : ~ -" (a UUID fits).
    *
    * @generated from field: string idempotency_key = 1;
    */
   idempotencyKey: string;
 
   /**
-   * The id of the customer who places the order.
+   * The id of the customer who places the order: 1 to 64 letters, digits and ". _ : ~ -".
    *
    * @generated from field: string customer_id = 2;
    */
@@ -158,7 +163,8 @@ export type PlaceOrderRequest = Message<"choreo.order.v1.PlaceOrderRequest"> & {
 
   /**
    * The lines to order: between 1 and 100, each a known SKU with a quantity from 1 to 1000.
-   * Prices come from the catalog: a unit_price sent by the client is ignored.
+   * Prices come from the catalog: a unit_price sent by the client is ignored (but, when set, it
+   * must still be a valid Money).
    *
    * @generated from field: repeated choreo.common.v1.OrderLine lines = 3;
    */
@@ -179,7 +185,8 @@ export type PlaceOrderRequest = Message<"choreo.order.v1.PlaceOrderRequest"> & {
   shippingAddress?: Address | undefined;
 
   /**
-   * An opaque token issued by the payment provider; it is never card data.
+   * An opaque token issued by the payment provider; it is never card data. 1 to 128 letters,
+   * digits and ". _ : -".
    *
    * @generated from field: string payment_token = 6;
    */
@@ -200,7 +207,9 @@ export const PlaceOrderRequestSchema: GenMessage<PlaceOrderRequest> = /*@__PURE_
  */
 export type PlaceOrderResponse = Message<"choreo.order.v1.PlaceOrderResponse"> & {
   /**
-   * The placed order, pending; for a repeated idempotency key, the order placed the first time.
+   * The placed order, pending. For a repeated idempotency key with the same request, the order
+   * placed the first time, in its current state (it may have moved on since: confirmed,
+   * shipped or cancelled).
    *
    * @generated from field: choreo.order.v1.Order order = 1;
    */
@@ -263,7 +272,7 @@ export const GetOrderResponseSchema: GenMessage<GetOrderResponse> = /*@__PURE__*
  */
 export type ListOrdersRequest = Message<"choreo.order.v1.ListOrdersRequest"> & {
   /**
-   * The largest number of orders to return; zero means the server's default.
+   * The largest number of orders to return, at most 500; zero means the server's default (50).
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -417,6 +426,8 @@ export const OrderStatusSchema: GenEnum<OrderStatus> = /*@__PURE__*/
 export const OrderService: GenService<{
   /**
    * Places a new order; calling it again with the same idempotency key returns the same order.
+   * It publishes OrderCreated in the schema versions the order service is set to publish
+   * (CHOREO_ORDER_CREATED_VERSIONS: v1, v2, or both during a migration window).
    *
    * @generated from rpc choreo.order.v1.OrderService.PlaceOrder
    */

@@ -4,6 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_buf_validate_validate } from "../../../buf/validate/validate_pb.js";
 import { file_choreo_choreography_v1_choreography } from "../../choreography/v1/choreography_pb.js";
 import type { Money } from "../../common/v1/money_pb.js";
 import { file_choreo_common_v1_money } from "../../common/v1/money_pb.js";
@@ -15,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file choreo/payment/v1/payment_service.proto.
  */
 export const file_choreo_payment_v1_payment_service: GenFile = /*@__PURE__*/
-  fileDesc("CidjaG9yZW8vcGF5bWVudC92MS9wYXltZW50X3NlcnZpY2UucHJvdG8SEWNob3Jlby5wYXltZW50LnYxIosCCgdQYXltZW50EhIKCnBheW1lbnRfaWQYASABKAkSEAoIb3JkZXJfaWQYAiABKAkSEwoLY3VzdG9tZXJfaWQYAyABKAkSJwoGYW1vdW50GAQgASgLMhcuY2hvcmVvLmNvbW1vbi52MS5Nb25leRIwCgZzdGF0dXMYBSABKA4yIC5jaG9yZW8ucGF5bWVudC52MS5QYXltZW50U3RhdHVzEj8KDmZhaWx1cmVfcmVhc29uGAYgASgOMicuY2hvcmVvLnBheW1lbnQudjEuUGF5bWVudEZhaWx1cmVSZWFzb24SFgoOZmFpbHVyZV9kZXRhaWwYByABKAkSEQoJcmVmdW5kX2lkGAggASgJIiUKEUdldFBheW1lbnRSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJIkEKEkdldFBheW1lbnRSZXNwb25zZRIrCgdwYXltZW50GAEgASgLMhouY2hvcmVvLnBheW1lbnQudjEuUGF5bWVudCqFAQoNUGF5bWVudFN0YXR1cxIeChpQQVlNRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhwKGFBBWU1FTlRfU1RBVFVTX0NPTVBMRVRFRBABEhkKFVBBWU1FTlRfU1RBVFVTX0ZBSUxFRBACEhsKF1BBWU1FTlRfU1RBVFVTX1JFRlVOREVEEAMygAMKDlBheW1lbnRTZXJ2aWNlElkKCkdldFBheW1lbnQSJC5jaG9yZW8ucGF5bWVudC52MS5HZXRQYXltZW50UmVxdWVzdBolLmNob3Jlby5wYXltZW50LnYxLkdldFBheW1lbnRSZXNwb25zZRqSApK1GI0CCoYBCiVjaG9yZW8uaW52ZW50b3J5LnYxLkludmVudG9yeVJlc2VydmVkEiJjaG9yZW8ucGF5bWVudC52MS5QYXltZW50Q29tcGxldGVkEh9jaG9yZW8ucGF5bWVudC52MS5QYXltZW50RmFpbGVkGhhDaGFyZ2VzIHRoZSBvcmRlciB0b3RhbC4KgQEKIWNob3Jlby5zaGlwcGluZy52MS5TaGlwcGluZ0ZhaWxlZBIhY2hvcmVvLnBheW1lbnQudjEuUGF5bWVudFJlZnVuZGVkGjlSZWZ1bmRzIHRoZSBvcmRlcidzIHBheW1lbnQgYmVjYXVzZSBpdCBjYW5ub3QgYmUgc2hpcHBlZC5iBnByb3RvMw", [file_choreo_choreography_v1_choreography, file_choreo_common_v1_money, file_choreo_payment_v1_events]);
+  fileDesc("CidjaG9yZW8vcGF5bWVudC92MS9wYXltZW50X3NlcnZpY2UucHJvdG8SEWNob3Jlby5wYXltZW50LnYxIosCCgdQYXltZW50EhIKCnBheW1lbnRfaWQYASABKAkSEAoIb3JkZXJfaWQYAiABKAkSEwoLY3VzdG9tZXJfaWQYAyABKAkSJwoGYW1vdW50GAQgASgLMhcuY2hvcmVvLmNvbW1vbi52MS5Nb25leRIwCgZzdGF0dXMYBSABKA4yIC5jaG9yZW8ucGF5bWVudC52MS5QYXltZW50U3RhdHVzEj8KDmZhaWx1cmVfcmVhc29uGAYgASgOMicuY2hvcmVvLnBheW1lbnQudjEuUGF5bWVudEZhaWx1cmVSZWFzb24SFgoOZmFpbHVyZV9kZXRhaWwYByABKAkSEQoJcmVmdW5kX2lkGAggASgJIkUKEUdldFBheW1lbnRSZXF1ZXN0EjAKCG9yZGVyX2lkGAEgASgJQh66SBtyGRABGEAyE15bQS1aYS16MC05Ll86fi1dKiQiQQoSR2V0UGF5bWVudFJlc3BvbnNlEisKB3BheW1lbnQYASABKAsyGi5jaG9yZW8ucGF5bWVudC52MS5QYXltZW50ImUKE0xpc3RQYXltZW50c1JlcXVlc3QSHQoJcGFnZV9zaXplGAEgASgFQgq6SAcaBRj0AygAEi8KCnBhZ2VfdG9rZW4YAiABKAlCG7pIGHIWGIAEMhFeW0EtWmEtejAtOV89LV0qJCJdChRMaXN0UGF5bWVudHNSZXNwb25zZRIsCghwYXltZW50cxgBIAMoCzIaLmNob3Jlby5wYXltZW50LnYxLlBheW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKoUBCg1QYXltZW50U3RhdHVzEh4KGlBBWU1FTlRfU1RBVFVTX1VOU1BFQ0lGSUVEEAASHAoYUEFZTUVOVF9TVEFUVVNfQ09NUExFVEVEEAESGQoVUEFZTUVOVF9TVEFUVVNfRkFJTEVEEAISGwoXUEFZTUVOVF9TVEFUVVNfUkVGVU5ERUQQAzLrBAoOUGF5bWVudFNlcnZpY2USWQoKR2V0UGF5bWVudBIkLmNob3Jlby5wYXltZW50LnYxLkdldFBheW1lbnRSZXF1ZXN0GiUuY2hvcmVvLnBheW1lbnQudjEuR2V0UGF5bWVudFJlc3BvbnNlEl8KDExpc3RQYXltZW50cxImLmNob3Jlby5wYXltZW50LnYxLkxpc3RQYXltZW50c1JlcXVlc3QaJy5jaG9yZW8ucGF5bWVudC52MS5MaXN0UGF5bWVudHNSZXNwb25zZRqcA5K1GJcDCoYBCiVjaG9yZW8uaW52ZW50b3J5LnYxLkludmVudG9yeVJlc2VydmVkEiJjaG9yZW8ucGF5bWVudC52MS5QYXltZW50Q29tcGxldGVkEh9jaG9yZW8ucGF5bWVudC52MS5QYXltZW50RmFpbGVkGhhDaGFyZ2VzIHRoZSBvcmRlciB0b3RhbC4KgQEKIWNob3Jlby5zaGlwcGluZy52MS5TaGlwcGluZ0ZhaWxlZBIhY2hvcmVvLnBheW1lbnQudjEuUGF5bWVudFJlZnVuZGVkGjlSZWZ1bmRzIHRoZSBvcmRlcidzIHBheW1lbnQgYmVjYXVzZSBpdCBjYW5ub3QgYmUgc2hpcHBlZC4KhwEKHmNob3Jlby5vcmRlci52MS5PcmRlckNhbmNlbGxlZBIhY2hvcmVvLnBheW1lbnQudjEuUGF5bWVudFJlZnVuZGVkGkJWb2lkcyBvciByZWZ1bmRzIHRoZSBjaGFyZ2Ugb2YgYW4gb3JkZXIgY2FuY2VsbGVkIGF0IGl0cyBkZWFkbGluZS5iBnByb3RvMw", [file_buf_validate_validate, file_choreo_choreography_v1_choreography, file_choreo_common_v1_money, file_choreo_payment_v1_events]);
 
 /**
  * The payment of one order.
@@ -130,6 +131,62 @@ export const GetPaymentResponseSchema: GenMessage<GetPaymentResponse> = /*@__PUR
   messageDesc(file_choreo_payment_v1_payment_service, 2);
 
 /**
+ * The request for a page of payments.
+ *
+ * @generated from message choreo.payment.v1.ListPaymentsRequest
+ */
+export type ListPaymentsRequest = Message<"choreo.payment.v1.ListPaymentsRequest"> & {
+  /**
+   * The largest number of payments to return, at most 500; zero means the server's default (50).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous response, or empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message choreo.payment.v1.ListPaymentsRequest.
+ * Use `create(ListPaymentsRequestSchema)` to create a new message.
+ */
+export const ListPaymentsRequestSchema: GenMessage<ListPaymentsRequest> = /*@__PURE__*/
+  messageDesc(file_choreo_payment_v1_payment_service, 3);
+
+/**
+ * A page of payments.
+ *
+ * @generated from message choreo.payment.v1.ListPaymentsResponse
+ */
+export type ListPaymentsResponse = Message<"choreo.payment.v1.ListPaymentsResponse"> & {
+  /**
+   * The payments of this page, newest first.
+   *
+   * @generated from field: repeated choreo.payment.v1.Payment payments = 1;
+   */
+  payments: Payment[];
+
+  /**
+   * The token for the next page, or empty when this is the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message choreo.payment.v1.ListPaymentsResponse.
+ * Use `create(ListPaymentsResponseSchema)` to create a new message.
+ */
+export const ListPaymentsResponseSchema: GenMessage<ListPaymentsResponse> = /*@__PURE__*/
+  messageDesc(file_choreo_payment_v1_payment_service, 4);
+
+/**
  * Where a payment is in its lifecycle.
  *
  * @generated from enum choreo.payment.v1.PaymentStatus
@@ -185,6 +242,16 @@ export const PaymentService: GenService<{
     methodKind: "unary";
     input: typeof GetPaymentRequestSchema;
     output: typeof GetPaymentResponseSchema;
+  },
+  /**
+   * Lists payments (completed, failed and refunded), newest first, a page at a time.
+   *
+   * @generated from rpc choreo.payment.v1.PaymentService.ListPayments
+   */
+  listPayments: {
+    methodKind: "unary";
+    input: typeof ListPaymentsRequestSchema;
+    output: typeof ListPaymentsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_choreo_payment_v1_payment_service, 0);

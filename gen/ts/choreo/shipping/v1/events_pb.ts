@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file choreo/shipping/v1/events.proto.
  */
 export const file_choreo_shipping_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("Ch9jaG9yZW8vc2hpcHBpbmcvdjEvZXZlbnRzLnByb3RvEhJjaG9yZW8uc2hpcHBpbmcudjEi9AEKD1NoaXBtZW50Q3JlYXRlZBIQCghvcmRlcl9pZBgBIAEoCRITCgtzaGlwbWVudF9pZBgCIAEoCRITCgt0cmFja2luZ19pZBgDIAEoCRIPCgdjYXJyaWVyGAQgASgJEhMKC2N1c3RvbWVyX2lkGAUgASgJEi4KC2Rlc3RpbmF0aW9uGAYgASgLMhkuY2hvcmVvLmNvbW1vbi52MS5BZGRyZXNzOk+KtRhLCghzaGlwbWVudBI/QSBzaGlwbWVudCBmb3IgdGhlIG9yZGVyIHdhcyBib29rZWQgd2l0aCB0aGUgc2hpcHBpbmcgcHJvdmlkZXIuItUBCg5TaGlwcGluZ0ZhaWxlZBIQCghvcmRlcl9pZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRISCgpwYXltZW50X2lkGAMgASgJEjkKBnJlYXNvbhgEIAEoDjIpLmNob3Jlby5zaGlwcGluZy52MS5TaGlwcGluZ0ZhaWx1cmVSZWFzb24SDgoGZGV0YWlsGAUgASgJOj2KtRg5CghzaGlwbWVudBItQSBzaGlwbWVudCBmb3IgdGhlIG9yZGVyIGNvdWxkIG5vdCBiZSBib29rZWQuKqkBChVTaGlwcGluZ0ZhaWx1cmVSZWFzb24SJwojU0hJUFBJTkdfRkFJTFVSRV9SRUFTT05fVU5TUEVDSUZJRUQQABI1CjFTSElQUElOR19GQUlMVVJFX1JFQVNPTl9VTlNFUlZJQ0VBQkxFX0RFU1RJTkFUSU9OEAESMAosU0hJUFBJTkdfRkFJTFVSRV9SRUFTT05fUFJPVklERVJfVU5BVkFJTEFCTEUQAmIGcHJvdG8z", [file_choreo_choreography_v1_choreography, file_choreo_common_v1_address]);
+  fileDesc("Ch9jaG9yZW8vc2hpcHBpbmcvdjEvZXZlbnRzLnByb3RvEhJjaG9yZW8uc2hpcHBpbmcudjEiiAIKD1NoaXBtZW50Q3JlYXRlZBIQCghvcmRlcl9pZBgBIAEoCRITCgtzaGlwbWVudF9pZBgCIAEoCRITCgt0cmFja2luZ19pZBgDIAEoCRIPCgdjYXJyaWVyGAQgASgJEhMKC2N1c3RvbWVyX2lkGAUgASgJEi4KC2Rlc3RpbmF0aW9uGAYgASgLMhkuY2hvcmVvLmNvbW1vbi52MS5BZGRyZXNzEhIKCnBheW1lbnRfaWQYByABKAk6T4q1GEsKCHNoaXBtZW50Ej9BIHNoaXBtZW50IGZvciB0aGUgb3JkZXIgd2FzIGJvb2tlZCB3aXRoIHRoZSBzaGlwcGluZyBwcm92aWRlci4i1QEKDlNoaXBwaW5nRmFpbGVkEhAKCG9yZGVyX2lkGAEgASgJEhMKC2N1c3RvbWVyX2lkGAIgASgJEhIKCnBheW1lbnRfaWQYAyABKAkSOQoGcmVhc29uGAQgASgOMikuY2hvcmVvLnNoaXBwaW5nLnYxLlNoaXBwaW5nRmFpbHVyZVJlYXNvbhIOCgZkZXRhaWwYBSABKAk6PYq1GDkKCHNoaXBtZW50Ei1BIHNoaXBtZW50IGZvciB0aGUgb3JkZXIgY291bGQgbm90IGJlIGJvb2tlZC4qqQEKFVNoaXBwaW5nRmFpbHVyZVJlYXNvbhInCiNTSElQUElOR19GQUlMVVJFX1JFQVNPTl9VTlNQRUNJRklFRBAAEjUKMVNISVBQSU5HX0ZBSUxVUkVfUkVBU09OX1VOU0VSVklDRUFCTEVfREVTVElOQVRJT04QARIwCixTSElQUElOR19GQUlMVVJFX1JFQVNPTl9QUk9WSURFUl9VTkFWQUlMQUJMRRACYgZwcm90bzM", [file_choreo_choreography_v1_choreography, file_choreo_common_v1_address]);
 
 /**
  * A shipment for the order was booked with the shipping provider.
@@ -62,6 +62,15 @@ export type ShipmentCreated = Message<"choreo.shipping.v1.ShipmentCreated"> & {
    * @generated from field: choreo.common.v1.Address destination = 6;
    */
   destination?: Address | undefined;
+
+  /**
+   * The id of the payment that paid for the order (a shipment is booked only once it is
+   * paid); the order service confirms the order with it when this event overtakes
+   * PaymentCompleted. Empty from a shipping service older than this field.
+   *
+   * @generated from field: string payment_id = 7;
+   */
+  paymentId: string;
 };
 
 /**

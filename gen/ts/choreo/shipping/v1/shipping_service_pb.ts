@@ -4,6 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_buf_validate_validate } from "../../../buf/validate/validate_pb.js";
 import { file_choreo_choreography_v1_choreography } from "../../choreography/v1/choreography_pb.js";
 import type { Address } from "../../common/v1/address_pb.js";
 import { file_choreo_common_v1_address } from "../../common/v1/address_pb.js";
@@ -15,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file choreo/shipping/v1/shipping_service.proto.
  */
 export const file_choreo_shipping_v1_shipping_service: GenFile = /*@__PURE__*/
-  fileDesc("CiljaG9yZW8vc2hpcHBpbmcvdjEvc2hpcHBpbmdfc2VydmljZS5wcm90bxISY2hvcmVvLnNoaXBwaW5nLnYxIpYCCghTaGlwbWVudBITCgtzaGlwbWVudF9pZBgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCRITCgt0cmFja2luZ19pZBgDIAEoCRIPCgdjYXJyaWVyGAQgASgJEi4KC2Rlc3RpbmF0aW9uGAUgASgLMhkuY2hvcmVvLmNvbW1vbi52MS5BZGRyZXNzEjIKBnN0YXR1cxgGIAEoDjIiLmNob3Jlby5zaGlwcGluZy52MS5TaGlwbWVudFN0YXR1cxJBCg5mYWlsdXJlX3JlYXNvbhgHIAEoDjIpLmNob3Jlby5zaGlwcGluZy52MS5TaGlwcGluZ0ZhaWx1cmVSZWFzb24SFgoOZmFpbHVyZV9kZXRhaWwYCCABKAkiJgoSR2V0U2hpcG1lbnRSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJIkUKE0dldFNoaXBtZW50UmVzcG9uc2USLgoIc2hpcG1lbnQYASABKAsyHC5jaG9yZW8uc2hpcHBpbmcudjEuU2hpcG1lbnQqagoOU2hpcG1lbnRTdGF0dXMSHwobU0hJUE1FTlRfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGwoXU0hJUE1FTlRfU1RBVFVTX0NSRUFURUQQARIaChZTSElQTUVOVF9TVEFUVVNfRkFJTEVEEAIynwIKD1NoaXBwaW5nU2VydmljZRJeCgtHZXRTaGlwbWVudBImLmNob3Jlby5zaGlwcGluZy52MS5HZXRTaGlwbWVudFJlcXVlc3QaJy5jaG9yZW8uc2hpcHBpbmcudjEuR2V0U2hpcG1lbnRSZXNwb25zZRqrAZK1GKYBCqMBCiJjaG9yZW8ucGF5bWVudC52MS5QYXltZW50Q29tcGxldGVkEiJjaG9yZW8uc2hpcHBpbmcudjEuU2hpcG1lbnRDcmVhdGVkEiFjaG9yZW8uc2hpcHBpbmcudjEuU2hpcHBpbmdGYWlsZWQaNkJvb2tzIHRoZSBvcmRlcidzIHNoaXBtZW50IHdpdGggdGhlIHNoaXBwaW5nIHByb3ZpZGVyLmIGcHJvdG8z", [file_choreo_choreography_v1_choreography, file_choreo_common_v1_address, file_choreo_shipping_v1_events]);
+  fileDesc("CiljaG9yZW8vc2hpcHBpbmcvdjEvc2hpcHBpbmdfc2VydmljZS5wcm90bxISY2hvcmVvLnNoaXBwaW5nLnYxIpYCCghTaGlwbWVudBITCgtzaGlwbWVudF9pZBgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCRITCgt0cmFja2luZ19pZBgDIAEoCRIPCgdjYXJyaWVyGAQgASgJEi4KC2Rlc3RpbmF0aW9uGAUgASgLMhkuY2hvcmVvLmNvbW1vbi52MS5BZGRyZXNzEjIKBnN0YXR1cxgGIAEoDjIiLmNob3Jlby5zaGlwcGluZy52MS5TaGlwbWVudFN0YXR1cxJBCg5mYWlsdXJlX3JlYXNvbhgHIAEoDjIpLmNob3Jlby5zaGlwcGluZy52MS5TaGlwcGluZ0ZhaWx1cmVSZWFzb24SFgoOZmFpbHVyZV9kZXRhaWwYCCABKAkiRgoSR2V0U2hpcG1lbnRSZXF1ZXN0EjAKCG9yZGVyX2lkGAEgASgJQh66SBtyGRABGEAyE15bQS1aYS16MC05Ll86fi1dKiQiRQoTR2V0U2hpcG1lbnRSZXNwb25zZRIuCghzaGlwbWVudBgBIAEoCzIcLmNob3Jlby5zaGlwcGluZy52MS5TaGlwbWVudCJmChRMaXN0U2hpcG1lbnRzUmVxdWVzdBIdCglwYWdlX3NpemUYASABKAVCCrpIBxoFGPQDKAASLwoKcGFnZV90b2tlbhgCIAEoCUIbukgYchYYgAQyEV5bQS1aYS16MC05Xz0tXSokImEKFUxpc3RTaGlwbWVudHNSZXNwb25zZRIvCglzaGlwbWVudHMYASADKAsyHC5jaG9yZW8uc2hpcHBpbmcudjEuU2hpcG1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKmoKDlNoaXBtZW50U3RhdHVzEh8KG1NISVBNRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhsKF1NISVBNRU5UX1NUQVRVU19DUkVBVEVEEAESGgoWU0hJUE1FTlRfU1RBVFVTX0ZBSUxFRBACMvMDCg9TaGlwcGluZ1NlcnZpY2USXgoLR2V0U2hpcG1lbnQSJi5jaG9yZW8uc2hpcHBpbmcudjEuR2V0U2hpcG1lbnRSZXF1ZXN0GicuY2hvcmVvLnNoaXBwaW5nLnYxLkdldFNoaXBtZW50UmVzcG9uc2USZAoNTGlzdFNoaXBtZW50cxIoLmNob3Jlby5zaGlwcGluZy52MS5MaXN0U2hpcG1lbnRzUmVxdWVzdBopLmNob3Jlby5zaGlwcGluZy52MS5MaXN0U2hpcG1lbnRzUmVzcG9uc2UamQKStRiUAgqjAQoiY2hvcmVvLnBheW1lbnQudjEuUGF5bWVudENvbXBsZXRlZBIiY2hvcmVvLnNoaXBwaW5nLnYxLlNoaXBtZW50Q3JlYXRlZBIhY2hvcmVvLnNoaXBwaW5nLnYxLlNoaXBwaW5nRmFpbGVkGjZCb29rcyB0aGUgb3JkZXIncyBzaGlwbWVudCB3aXRoIHRoZSBzaGlwcGluZyBwcm92aWRlci4KbAoeY2hvcmVvLm9yZGVyLnYxLk9yZGVyQ2FuY2VsbGVkGkpDYW5jZWxzIHRoZSBib29raW5nIG9mIGFuIG9yZGVyIGNhbmNlbGxlZCBhdCBpdHMgZGVhZGxpbmUsIG9yIHByZXZlbnRzIGl0LmIGcHJvdG8z", [file_buf_validate_validate, file_choreo_choreography_v1_choreography, file_choreo_common_v1_address, file_choreo_shipping_v1_events]);
 
 /**
  * The shipment of one order.
@@ -130,6 +131,62 @@ export const GetShipmentResponseSchema: GenMessage<GetShipmentResponse> = /*@__P
   messageDesc(file_choreo_shipping_v1_shipping_service, 2);
 
 /**
+ * The request for a page of shipments.
+ *
+ * @generated from message choreo.shipping.v1.ListShipmentsRequest
+ */
+export type ListShipmentsRequest = Message<"choreo.shipping.v1.ListShipmentsRequest"> & {
+  /**
+   * The largest number of shipments to return, at most 500; zero means the server's default (50).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous response, or empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message choreo.shipping.v1.ListShipmentsRequest.
+ * Use `create(ListShipmentsRequestSchema)` to create a new message.
+ */
+export const ListShipmentsRequestSchema: GenMessage<ListShipmentsRequest> = /*@__PURE__*/
+  messageDesc(file_choreo_shipping_v1_shipping_service, 3);
+
+/**
+ * A page of shipments.
+ *
+ * @generated from message choreo.shipping.v1.ListShipmentsResponse
+ */
+export type ListShipmentsResponse = Message<"choreo.shipping.v1.ListShipmentsResponse"> & {
+  /**
+   * The shipments of this page, newest first.
+   *
+   * @generated from field: repeated choreo.shipping.v1.Shipment shipments = 1;
+   */
+  shipments: Shipment[];
+
+  /**
+   * The token for the next page, or empty when this is the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message choreo.shipping.v1.ListShipmentsResponse.
+ * Use `create(ListShipmentsResponseSchema)` to create a new message.
+ */
+export const ListShipmentsResponseSchema: GenMessage<ListShipmentsResponse> = /*@__PURE__*/
+  messageDesc(file_choreo_shipping_v1_shipping_service, 4);
+
+/**
  * Where a shipment is in its lifecycle.
  *
  * @generated from enum choreo.shipping.v1.ShipmentStatus
@@ -178,6 +235,16 @@ export const ShippingService: GenService<{
     methodKind: "unary";
     input: typeof GetShipmentRequestSchema;
     output: typeof GetShipmentResponseSchema;
+  },
+  /**
+   * Lists shipments (booked and failed), newest first, a page at a time.
+   *
+   * @generated from rpc choreo.shipping.v1.ShippingService.ListShipments
+   */
+  listShipments: {
+    methodKind: "unary";
+    input: typeof ListShipmentsRequestSchema;
+    output: typeof ListShipmentsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_choreo_shipping_v1_shipping_service, 0);

@@ -1,0 +1,124 @@
+"""Operator commands for deployments: ``choreo secrets`` and ``choreo health``.
+
+``choreo secrets --out DIR`` writes what a secured broker and its clients need:
+- ``nats-credentials.json`` (mode 0600): one password per service and for the operator; each
+  process is given the file's *path* (``CHOREO_NATS_CREDENTIALS_FILE``), never the password;
+- ``nats-auth.conf``: the broker's ``authorization`` block with the permissions generated from
+  the choreography and only bcrypt hashes of the passwords, for ``include`` in nats-server's
+  configuration (``docker-compose.yml`` mounts it on every node);
+- ``postgres-password`` (for the server's ``POSTGRES_PASSWORD_FILE``) and ``pgpass`` (the same
+  password in libpq's passfile format, for the services' ``PGPASSFILE``), both mode 0600, so
+  no database URL ever carries a password;
+- ``payment-token-key.pem`` (mode 0600, for the payment service only) and
+  ``payment-token-public.pem`` (for the order service): the X25519 pair the payment token is
+  sealed with (``services/payment_token.py``), named by ``CHOREO_PAYMENT_TOKEN_PRIVATE_KEY_FILE``
+  and ``CHOREO_PAYMENT_TOKEN_PUBLIC_KEY_FILE``.
+
+``choreo health ADDRESS`` asks a service's ``grpc.health.v1.Health`` and exits 0 when it is
+SERVING, 1 otherwise: a container health check without extra binaries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from choreo import permissions, sealing
+from choreo.errors import ConfigurationError
+from choreo.grpc_tls import open_channel
+
+CREDENTIALS_FILE = "nats-credentials.json"
+AUTH_CONFIG_FILE = "nats-auth.conf"
+POSTGRES_PASSWORD_FILE = "postgres-password"
+PGPASS_FILE = "pgpass"
+
+
+def write_secrets(out: Path, services: Sequence[str]) -> tuple[Path, Path]:
+    """Fresh credentials for ``services`` and the operator, and the broker's matching config."""
+    users = [*services, permissions.OPERATOR]
+    credentials = permissions.generate_credentials(users)
+    credentials_file = out / CREDENTIALS_FILE
+    permissions.write_credentials_file(credentials_file, credentials)
+    auth_file = out / AUTH_CONFIG_FILE
+    auth_file.write_text(
+        permissions.authorization_config(permissions.system_permissions(services), credentials)
+    )
+    return credentials_file, auth_file
+
+
+def write_postgres_secrets(out: Path, user: str) -> None:
+    password = secrets.token_urlsafe(24)
+    _write_private(out / POSTGRES_PASSWORD_FILE, password)
+    _write_private(out / PGPASS_FILE, f"*:*:*:{user}:{password}\n")
+
+
+def write_payment_token_keys(out: Path) -> tuple[Path, Path]:
+    """A fresh key pair for sealing the payment token; an existing pair is kept, since tokens
+    in flight were sealed with it (delete the files to rotate)."""
+    from services import payment_token  # the CLI imports the services only when it needs them
+
+    private = out / payment_token.PRIVATE_KEY_FILE
+    public = out / payment_token.PUBLIC_KEY_FILE
+    sealing.ensure_keypair(private, public)
+    return private, public
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    secrets_command = commands.add_parser(
+        "secrets", help="write broker credentials and the matching nats-server auth config"
+    )
+    secrets_command.add_argument("--out", type=Path, required=True, help="folder to write them to")
+    secrets_command.add_argument(
+        "--services",
+        default="order,inventory,payment,shipping,notification",
+        help="comma-separated service names (each gets its own broker user)",
+    )
+    secrets_command.add_argument(
+        "--postgres-user", default="choreo", help="also write a Postgres password for this user"
+    )
+    health = commands.add_parser("health", help="exit 0 when a service's gRPC health is SERVING")
+    health.add_argument("address", help="host:port of the service's gRPC server")
+    health.add_argument("--timeout", type=float, default=3.0)
+
+
+def run_secrets(args: argparse.Namespace) -> int:
+    services = [name.strip() for name in args.services.split(",") if name.strip()]
+    if not services:
+        raise ConfigurationError("--services names no service: pass e.g. order,inventory")
+    credentials_file, auth_file = write_secrets(args.out, services)
+    write_postgres_secrets(args.out, args.postgres_user)
+    private_key, public_key = write_payment_token_keys(args.out)
+    print(f"wrote {credentials_file} (mode 0600; give processes its path, not its content)")
+    print(f"wrote {auth_file} (include it in nats-server's configuration)")
+    print(f"wrote {args.out / POSTGRES_PASSWORD_FILE} and {args.out / PGPASS_FILE} (mode 0600)")
+    print(
+        f"payment token keys: {private_key} (mode 0600, payment service only) and {public_key}"
+        " (order service)"
+    )
+    return 0
+
+
+async def run_health(args: argparse.Namespace) -> int:
+    async with open_channel(args.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
+        except grpc.aio.AioRpcError as exc:
+            print(f"{args.address}: {exc.code().name}: {exc.details()}")
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.address}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1

@@ -1,0 +1,148 @@
+"""gRPC over TLS, and mutual TLS, on a real service: certificates from a private CA made here."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from choreo.broker import EmbeddedBroker
+from choreo.errors import ConfigurationError
+from choreo.grpc_tls import open_channel, server_credentials
+from choreo.service import ServiceRuntime
+from choreo.settings import RuntimeSettings
+from services.notification.service import build
+from services.settings import SagaSettings
+from tests.services import runtime_settings
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _issue(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ca: bool = False,
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    issuer_name, issuer_key = issuer if issuer else (_name(subject), key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(
+    folder: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> None:
+    (folder / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it."""
+    folder = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = _issue("choreo test CA", ca_key, None, ca=True)
+    _write(folder, "ca", ca_cert, ca_key)
+    for name in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write(folder, name, _issue(name, key, (ca_cert.subject, ca_key)), key)
+    return folder
+
+
+async def started(settings: RuntimeSettings, tmp_path: Path) -> ServiceRuntime:
+    runtime = ServiceRuntime(build(settings, SagaSettings(data_dir=tmp_path)), settings)
+    await runtime.start()
+    return runtime
+
+
+async def health_status(address: str, env: dict[str, str]) -> int:
+    async with open_channel(address, env) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=3
+        )
+    return int(reply.status)
+
+
+@pytest.fixture
+async def tls_service(
+    broker: EmbeddedBroker, tmp_path: Path, pki: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[ServiceRuntime]:
+    settings = runtime_settings("notification", broker, tmp_path).with_(
+        grpc_tls_cert_file=str(pki / "server.crt"),
+        grpc_tls_key_file=str(pki / "server.key"),
+        grpc_tls_client_ca_file=str(pki / "ca.crt") if request.param == "mtls" else "",
+    )
+    runtime = await started(settings, tmp_path)
+    yield runtime
+    await runtime.stop()
+
+
+@pytest.mark.parametrize("tls_service", ["tls"], indirect=True)
+async def test_a_service_serves_grpc_over_tls_only(tls_service: ServiceRuntime, pki: Path) -> None:
+    address = f"127.0.0.1:{tls_service.grpc_port}"
+    trusted = {"CHOREO_GRPC_TLS_CA_FILE": str(pki / "ca.crt")}
+    assert await health_status(address, trusted) == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as plaintext:
+        await health_status(address, {})
+    assert plaintext.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("tls_service", ["mtls"], indirect=True)
+async def test_mutual_tls_refuses_a_client_without_a_certificate(
+    tls_service: ServiceRuntime, pki: Path
+) -> None:
+    address = f"127.0.0.1:{tls_service.grpc_port}"
+    ca_only = {"CHOREO_GRPC_TLS_CA_FILE": str(pki / "ca.crt")}
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await health_status(address, ca_only)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    with_cert = {
+        **ca_only,
+        "CHOREO_GRPC_TLS_CLIENT_CERT_FILE": str(pki / "client.crt"),
+        "CHOREO_GRPC_TLS_CLIENT_KEY_FILE": str(pki / "client.key"),
+    }
+    assert await health_status(address, with_cert) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_half_a_tls_configuration_says_what_is_missing(pki: Path) -> None:
+    with pytest.raises(ConfigurationError, match="CHOREO_GRPC_TLS_KEY_FILE"):
+        server_credentials(RuntimeSettings(grpc_tls_cert_file=str(pki / "server.crt")))
+    with pytest.raises(ConfigurationError, match="cannot be read"):
+        server_credentials(
+            RuntimeSettings(grpc_tls_cert_file="/nonexistent.crt", grpc_tls_key_file="/x.key")
+        )
