@@ -63,6 +63,19 @@ class ManagedProcess:
         self.starts += 1
         self.history.append((time.time(), "start"))
 
+    def exit_summary(self, lines: int = 12) -> str:
+        """How the process ended and the last lines of its log: what an operator (or a failed
+        test) needs to see about a death nobody planned."""
+        code = self.process.returncode if self.process else None
+        summary = f"exit code {code}"
+        if self.spec.log_path is None or not self.spec.log_path.exists():
+            return summary
+        with open(self.spec.log_path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 8192))
+            tail = log.read().decode(errors="replace").splitlines()[-lines:]
+        return summary + "; last log lines:\n" + "\n".join(tail)
+
     def kill(self) -> None:
         """SIGKILL: no cleanup at all, like a crash or an OOM kill."""
         if self.alive():

@@ -588,7 +588,10 @@ class Chaos:
                 if name == "shipping" and self.crash_orders:
                     self.report.faults["crashed_by_the_message"] += 1
                 else:
-                    self.report.violations.append(f"service {name} died with no fault injected")
+                    managed = self.system.supervisor.processes[name]
+                    self.report.violations.append(
+                        f"service {name} died with no fault injected ({managed.exit_summary()})"
+                    )
                 self.busy.add(name)
                 try:
                     await self._restart(name)

@@ -30,7 +30,7 @@ async def test_short_chaos_run_keeps_every_invariant_and_dlq_holds_exactly_the_p
     assert sum(n for kind, n in report.faults.items() if kind.startswith("poison_")) == 6
     assert report.faults["replay_after_dedup_window"] >= 1
     assert report.faults["replay_after_dedup_window_dropped_by_broker"] == 0
-    assert report.violations == []
+    assert report.violations == [], "\n".join(report.violations)
     assert report.dead_letters == report.expected_dead_letters
     # 250 orders, the order whose message crashes shipping, a probe order after each of the
     # two broker restarts, one at the start of the payment outage, a few in each of the

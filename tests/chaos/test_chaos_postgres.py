@@ -57,7 +57,9 @@ async def test_chaos_on_postgres_keeps_every_invariant_and_every_saga_ends() -> 
     finally:
         await chaos.cleanup()
 
-    assert report.violations == []  # includes "invariant 1: order ... never ended"
+    assert report.violations == [], "\n".join(
+        report.violations
+    )  # includes "invariant 1: order ... never ended"
     # The sagas, a probe order after the broker restart, one at the start of the outage, a
     # few in each phase of the schema migration and two in the key rotation.
     assert sum(report.final_states.values()) == SAGAS + 4 + 2 * ORDERS_PER_MIGRATION_PHASE == orders
