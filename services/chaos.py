@@ -237,7 +237,8 @@ class Chaos:
         self.provider_fault_windows: list[tuple[float, float]] = []
         self.crash_orders: set[str] = set()
         self.extra_orders: list[Placed] = []
-        self.busy: set[str] = set()  # services a fault is taking down and up on purpose
+        # Services a fault is taking down and up on purpose, counted: two faults may overlap on one.
+        self.busy: Counter[str] = Counter()
         self.stub: order_grpc.OrderServiceAsyncStub | None = None
         self.base_env: dict[str, dict[str, str]] = {}
 
@@ -246,14 +247,14 @@ class Chaos:
     async def kill_random_service(self) -> None:
         assert self.system.supervisor is not None
         name = self.rng.choice(SERVICE_NAMES)
-        self.busy.add(name)
+        self.busy[name] += 1
         try:
             self.system.supervisor.kill(name)
             self.report.faults["sigkill"] += 1
             await asyncio.sleep(self.rng.uniform(0.2, 1.5))
             await self._restart(name)
         finally:
-            self.busy.discard(name)
+            self.busy[name] -= 1
 
     async def kill_at_worst_moment(self) -> None:
         """Re-arm a service with a crash point; it kills itself there; start it clean."""
@@ -269,7 +270,7 @@ class Chaos:
                 "order",
             )
         managed = self.system.supervisor.processes[name]
-        self.busy.add(name)
+        self.busy[name] += 1
         clean_env = dict(managed.spec.env)
         managed.spec.env = {
             **clean_env,
@@ -291,7 +292,7 @@ class Chaos:
         try:
             await self._restart(name)
         finally:
-            self.busy.discard(name)
+            self.busy[name] -= 1
 
     def restart_bound_s(self) -> float:
         """How long a service is restarted before that counts as a violation. A message that
@@ -437,7 +438,7 @@ class Chaos:
         """A provider fails every call (half of them after taking the charge or booking, as a
         lost answer) for longer than the retry budget: the step must give up cleanly."""
         name = ("payment", "shipping")[index % 2]
-        self.busy.add(name)
+        self.busy[name] += 1
         started = time.monotonic()
         try:
             await self._restart_with(name, {f"CHOREO_{name.upper()}_FAILURE_RATE": "1.0"})
@@ -448,7 +449,7 @@ class Chaos:
             await asyncio.sleep(self.retry_budget_s() + 4.0)
             await self._restart_with(name, {})
         finally:
-            self.busy.discard(name)
+            self.busy[name] -= 1
         self.provider_fault_windows.append((started, time.monotonic()))
         self.report.faults[f"provider_outage_{name}"] += 1
 
@@ -472,7 +473,7 @@ class Chaos:
             await asyncio.sleep(3.0)
             await self._restart_with("order", {})
         finally:
-            self.busy.difference_update({"order", "inventory"})
+            self.busy.subtract({"order", "inventory"})
         self.report.faults["schema_migration_window"] += 1
         # What the window put on the wire: orders told in v2, and in both versions at once.
         v2 = await self._orders_with(js, "choreo.order.v2.OrderCreated")
@@ -517,20 +518,20 @@ class Chaos:
             await self._restart_with("order", {})
             await self.place_probe_order()  # sealed for the new key
         finally:
-            self.busy.difference_update({"order", "payment"})
+            self.busy.subtract({"order", "payment"})
         self.report.faults["payment_key_rotation"] += 1
 
     async def hang_provider(self, index: int) -> None:
         """A provider whose calls never answer (10 minutes of latency) for a few seconds."""
         name = ("shipping", "payment")[index % 2]
-        self.busy.add(name)
+        self.busy[name] += 1
         started = time.monotonic()
         try:
             await self._restart_with(name, {f"CHOREO_{name.upper()}_LATENCY_MS": "600000"})
             await asyncio.sleep(6.0)
             await self._restart_with(name, {})
         finally:
-            self.busy.discard(name)
+            self.busy[name] -= 1
         self.provider_fault_windows.append((started, time.monotonic()))
         self.report.faults[f"hung_provider_{name}"] += 1
 
@@ -583,7 +584,10 @@ class Chaos:
         while not stopping.is_set():
             await asyncio.sleep(0.3)
             for name in self.system.supervisor.dead():
-                if name in self.busy:
+                # Checked again for each name: restarting an earlier one takes seconds, in
+                # which a fault may have brought this one back up and left it (a CI run counted
+                # notification, restarted by its kill, as an unplanned death that way).
+                if self.busy[name] > 0 or self.system.supervisor.processes[name].alive():
                     continue
                 if name == "shipping" and self.crash_orders:
                     self.report.faults["crashed_by_the_message"] += 1
@@ -592,11 +596,11 @@ class Chaos:
                     self.report.violations.append(
                         f"service {name} died with no fault injected ({managed.exit_summary()})"
                     )
-                self.busy.add(name)
+                self.busy[name] += 1
                 try:
                     await self._restart(name)
                 finally:
-                    self.busy.discard(name)
+                    self.busy[name] -= 1
 
     async def replay_alarms(self, js: Any) -> None:
         """An alarm is a step that gave up with no failure event to emit (a refund during a
