@@ -1,0 +1,49 @@
+"""The before/after comparison's measurement (``scripts/bench_before_after.py --measure``), run
+on this tree as it runs inside each build: a real system, real sagas, figures that add up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "bench_before_after.py"
+
+
+def test_the_measurement_completes_sagas_and_reports_cpu_per_saga() -> None:
+    command = [sys.executable, str(SCRIPT), "--measure", "--levels", "2,4", "--seconds", "1.5"]
+    command += ["--rate", "10"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [level["clients"] for level in figures["closed_loop"]] == [2, 4]
+    for level in figures["closed_loop"]:
+        assert level["sagas_per_s"] > 0 and level["cpu_ms_per_saga"] > 0
+    assert figures["best"] in figures["closed_loop"]
+    opened = figures["open_loop"]
+    assert opened["rate_per_s"] == 10
+    assert 0 < opened["latency_ms"]["p50"] <= opened["latency_ms"]["p99"]
+    by_process = opened["cpu_ms_per_saga_by_process"]
+    assert set(by_process) == {
+        "order",
+        "inventory",
+        "payment",
+        "shipping",
+        "notification",
+        "nats-server",
+    }
+    assert abs(sum(by_process.values()) - opened["cpu_ms_per_saga"]) < 0.1
+
+
+def test_the_driver_asks_for_the_commit_to_compare_with() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert "name the earlier commit" in done.stderr
