@@ -342,9 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(grpc_base_port=None)  # the demo takes free ports: it must just work
 
     bench = commands.add_parser("bench", help="sagas/second against the raw JetStream chain")
-    bench.add_argument("--quick", action="store_true")
+    bench.add_argument(
+        "--quick", action="store_true", help="fewer client levels and shorter windows"
+    )
     bench.add_argument("--soak", type=int, default=0, help="sagas for a memory soak")
-    bench.add_argument("--output", type=Path, default=Path("bench-results"))
+    bench.add_argument(
+        "--output",
+        type=Path,
+        default=Path("bench-results"),
+        help="folder for the JSON figures and plots (default: bench-results)",
+    )
     bench.add_argument(
         "--saga-lookup",
         type=int,
