@@ -10,10 +10,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from choreo.store.port import Row, Transaction
+import grpc
+
+from choreo.grpc_errors import abort_invalid
+from choreo.store.port import Database, Row, Transaction
+
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50  # what page_size 0 means
 MAX_PAGE_SIZE = 500  # also declared in each List request's buf.validate rule
@@ -85,3 +91,17 @@ async def fetch_page(
     page = list(rows[:size])
     token = encode_token(query.key_of(page[-1])) if len(rows) > size else ""
     return page, token
+
+
+async def read_page(
+    db: Database,
+    context: grpc.aio.ServicerContext,
+    page: Callable[[Transaction], Awaitable[tuple[list[T], str]]],
+) -> tuple[list[T], str]:
+    """A List RPC's page, read in one read transaction; a token the RPC did not hand out
+    answers INVALID_ARGUMENT naming ``page_token``."""
+    try:
+        async with db.read() as tx:
+            return await page(tx)
+    except InvalidPageToken as exc:
+        await abort_invalid(context, [("page_token", str(exc))])

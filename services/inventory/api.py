@@ -5,12 +5,12 @@ from __future__ import annotations
 import grpc
 
 from choreo import validation
-from choreo.grpc_errors import abort_invalid, abort_not_found
+from choreo.grpc_errors import abort_not_found
 from choreo.inventory.v1 import inventory_service_pb2 as pb
 from choreo.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from choreo.service import ServiceRuntime
 from services.inventory import domain, mapping, store
-from services.paging import InvalidPageToken
+from services.paging import read_page
 
 SERVICE_NAME = "choreo.inventory.v1.InventoryService"
 
@@ -41,11 +41,11 @@ class InventoryApi(pb_grpc.InventoryServiceServicer):
     async def ListStock(
         self, request: pb.ListStockRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListStockResponse:
-        try:
-            async with self._runtime.db.read() as tx:
-                levels, token = await store.list_stock(tx, request.page_size, request.page_token)
-        except InvalidPageToken as exc:
-            await abort_invalid(context, [("page_token", str(exc))])
+        levels, token = await read_page(
+            self._runtime.db,
+            context,
+            lambda tx: store.list_stock(tx, request.page_size, request.page_token),
+        )
         return pb.ListStockResponse(
             stock_levels=[mapping.stock_level(level) for level in levels], next_page_token=token
         )
@@ -53,13 +53,11 @@ class InventoryApi(pb_grpc.InventoryServiceServicer):
     async def ListReservations(
         self, request: pb.ListReservationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListReservationsResponse:
-        try:
-            async with self._runtime.db.read() as tx:
-                reservations, token = await store.list_reservations(
-                    tx, request.page_size, request.page_token
-                )
-        except InvalidPageToken as exc:
-            await abort_invalid(context, [("page_token", str(exc))])
+        reservations, token = await read_page(
+            self._runtime.db,
+            context,
+            lambda tx: store.list_reservations(tx, request.page_size, request.page_token),
+        )
         return pb.ListReservationsResponse(
             reservations=[mapping.reservation(r) for r in reservations], next_page_token=token
         )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import grpc
 
 from choreo import validation
-from choreo.grpc_errors import abort_invalid, abort_not_found
+from choreo.grpc_errors import abort_not_found
 from choreo.payment.v1 import payment_service_pb2 as pb
 from choreo.payment.v1 import payment_service_pb2_grpc as pb_grpc
 from choreo.service import ServiceRuntime
-from services.paging import InvalidPageToken
+from services.paging import read_page
 from services.payment import mapping, store
 
 SERVICE_NAME = "choreo.payment.v1.PaymentService"
@@ -31,13 +31,11 @@ class PaymentApi(pb_grpc.PaymentServiceServicer):
     async def ListPayments(
         self, request: pb.ListPaymentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListPaymentsResponse:
-        try:
-            async with self._runtime.db.read() as tx:
-                payments, token = await store.page_of_payments(
-                    tx, request.page_size, request.page_token
-                )
-        except InvalidPageToken as exc:
-            await abort_invalid(context, [("page_token", str(exc))])
+        payments, token = await read_page(
+            self._runtime.db,
+            context,
+            lambda tx: store.page_of_payments(tx, request.page_size, request.page_token),
+        )
         return pb.ListPaymentsResponse(
             payments=[mapping.payment_to_proto(item) for item in payments], next_page_token=token
         )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import grpc
 
 from choreo import validation
-from choreo.grpc_errors import abort_invalid, abort_not_found
+from choreo.grpc_errors import abort_not_found
 from choreo.service import ServiceRuntime
 from choreo.shipping.v1 import shipping_service_pb2 as pb
 from choreo.shipping.v1 import shipping_service_pb2_grpc as pb_grpc
-from services.paging import InvalidPageToken
+from services.paging import read_page
 from services.shipping import mapping, store
 
 SERVICE_NAME = "choreo.shipping.v1.ShippingService"
@@ -31,13 +31,11 @@ class ShippingApi(pb_grpc.ShippingServiceServicer):
     async def ListShipments(
         self, request: pb.ListShipmentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListShipmentsResponse:
-        try:
-            async with self._runtime.db.read() as tx:
-                shipments, token = await store.page_of_shipments(
-                    tx, request.page_size, request.page_token
-                )
-        except InvalidPageToken as exc:
-            await abort_invalid(context, [("page_token", str(exc))])
+        shipments, token = await read_page(
+            self._runtime.db,
+            context,
+            lambda tx: store.page_of_shipments(tx, request.page_size, request.page_token),
+        )
         return pb.ListShipmentsResponse(
             shipments=[mapping.shipment_to_proto(item) for item in shipments], next_page_token=token
         )
