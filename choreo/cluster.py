@@ -26,6 +26,11 @@ def seed_urls(url: str) -> list[str]:
     return [part.strip() for part in url.split(",") if part.strip()]
 
 
+def node_name(index: int) -> str:
+    """The server name of the cluster's node at ``index`` (0-based): n1, n2, ..."""
+    return f"n{index + 1}"
+
+
 @dataclass
 class EmbeddedCluster:
     """``size`` nodes named ``n1``..``nN`` under ``store_root``; node i keeps ``store_root/ni``."""
@@ -44,7 +49,7 @@ class EmbeddedCluster:
             raise ValueError("a cluster needs at least one node")
         route_ports = [free_port(self.host) for _ in range(self.size)]
         for index in range(self.size):
-            name = f"n{index + 1}"
+            name = node_name(index)
             routes = ", ".join(
                 f"nats-route://{self.host}:{port}"
                 for other, port in enumerate(route_ports)
@@ -112,7 +117,7 @@ class EmbeddedCluster:
             except OSError:
                 continue
             leader = meta.get("leader")
-            if not leader or leader != f"n{index + 1}":
+            if not leader or leader != node_name(index):
                 continue  # only the leader's view of its peers counts
             peers = [peer for peer in meta.get("replicas") or [] if peer.get("name") != leader]
             live_peers = sum(1 for other in self.nodes if other.running) - 1
