@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,11 +33,40 @@ from choreo.errors import ConfigurationError
 log = logging.getLogger(__name__)
 
 
+# Test and embedded-set-up ports come from below the kernel's ephemeral range.
+_LOWEST_PORT = 10000
+_port_cursor: int | None = None
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port that was free a moment ago, for a process that binds it later.
+
+    Chosen below the kernel's ephemeral range: a port the OS picks (bind to 0) comes from the
+    range where it also puts the local end of every outgoing connection, so a database pool or
+    a broker client could take it before the child binds it (a CI run lost a service's
+    /metrics port that way). Ports are handed out in turn from a random start, so one process
+    never gets the same port twice."""
+    global _port_cursor
+    span = _ephemeral_floor() - _LOWEST_PORT
+    if span < 1000:  # an unusual range: let the OS pick
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
+    if _port_cursor is None:
+        _port_cursor = random.randrange(span)
+    for _ in range(span):
+        port = _LOWEST_PORT + _port_cursor % span
+        _port_cursor += 1
+        if port_is_free(port, host):
+            return port
+    raise OSError(f"no free port on {host} between {_LOWEST_PORT} and {_LOWEST_PORT + span}")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
