@@ -784,7 +784,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "up":
         return asyncio.run(_reference("up")(args))
     if args.command == "serve":
-        return asyncio.run(_serve(args))
+        from choreo import eventloop
+
+        return eventloop.run(_serve(args))
     if args.command == "order":
         return asyncio.run(_reference("order")(args))
     if args.command == "dlq":

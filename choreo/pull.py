@@ -5,7 +5,9 @@ message, and for each batch a no-wait probe plus a second, lingering pull reques
 encoded as JSON. A service handling a few messages per batch pays that on every event. This
 keeps one subscription on a private inbox and asks the server for up to ``batch`` messages
 ahead of need; a new request goes out only when half of that credit is used up, or when the
-outstanding requests have expired. What arrives waits in a queue for ``next_batch``.
+outstanding requests have expired. What arrives waits in the subscription's own queue, which
+``next_batch`` reads directly: no callback task in between, so a message reaches the consumer
+one event-loop step after nats-py read it, not two.
 
 The server's status messages keep the credit honest: a request that expired (408) or was
 ended (409: consumer deleted, leadership change, ...) says how many of its messages were not
@@ -38,15 +40,22 @@ class ContinuousPull:
         self._batch = batch
         self._expires_s = expires_s
         self._ready: deque[Any] = deque()
-        self._arrived = asyncio.Event()
         self._credit = 0  # messages asked for and neither delivered nor released yet
         self._last_request = 0.0
         self._inbox = ""
         self._sub: Any = None
+        self._arrivals: asyncio.Queue[Any] | None = None
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        # No callback: nats-py then only queues what arrives (no task of its own). Its
+        # slow-consumer limits are off because the credit already bounds what can be queued.
+        self._sub = await self._nc.subscribe(
+            self._inbox, pending_msgs_limit=0, pending_bytes_limit=0
+        )
+        # nats-py offers no way to wait on that queue but a task per wait (``next_msg``) or
+        # per message (``messages``); reading it directly costs neither.
+        self._arrivals = self._sub._pending_queue
 
     async def stop(self) -> None:
         """Stop the flow; what arrived but was never handed out goes back to the server at
@@ -54,23 +63,29 @@ class ContinuousPull:
         sub, self._sub = self._sub, None
         if sub is not None:
             await sub.unsubscribe()
+        self._take_arrived()
+        self._arrivals = None
         while self._ready:
             msg = self._ready.popleft()
             if not self._nc.is_closed:
                 await msg.nak()
 
-    async def _on_message(self, msg: Any) -> None:
+    def _take_arrived(self) -> None:
+        """Move what the subscription has queued to ``_ready``, settling the credit."""
+        arrivals = self._arrivals
+        while arrivals is not None and not arrivals.empty():
+            self._accept(arrivals.get_nowait())
+
+    def _accept(self, msg: Any) -> None:
         status = msg.headers.get(STATUS) if msg.headers else None
         if status is None:
             self._credit = max(0, self._credit - 1)
             self._ready.append(msg)
-            self._arrived.set()
         elif status != HEARTBEAT:
             # The end of a request (expired, or ended by the server): give back what it did not
             # deliver, or everything if the server does not say.
             pending = msg.headers.get(PENDING_MESSAGES)
             self._credit = max(0, self._credit - int(pending)) if pending else 0
-            self._arrived.set()
 
     async def _top_up(self) -> None:
         now = time.monotonic()
@@ -88,21 +103,20 @@ class ContinuousPull:
         """What has arrived, up to ``max_messages``; waits up to ``timeout`` for the first one.
         Raises ``TimeoutError`` when nothing came, ``ConnectionClosedError`` when the
         connection is gone for good (bind again on a new one)."""
-        if self._nc.is_closed:
+        arrivals = self._arrivals
+        if self._nc.is_closed or arrivals is None:
             raise ConnectionClosedError
-        deadline = time.monotonic() + timeout
-        while not self._ready:
-            await self._top_up()
-            self._arrived.clear()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            try:
+        self._take_arrived()
+        if not self._ready:
+            deadline = time.monotonic() + timeout
+            while not self._ready:
+                await self._top_up()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
                 async with asyncio.timeout(remaining):
-                    await self._arrived.wait()
-            except TimeoutError:
-                if not self._ready:
-                    raise
+                    self._accept(await arrivals.get())
+                self._take_arrived()
         count = min(max_messages, len(self._ready))
         batch = [self._ready.popleft() for _ in range(count)]
         await self._top_up()

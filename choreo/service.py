@@ -281,7 +281,13 @@ class ServiceRuntime:
         self._tasks += [
             asyncio.create_task(task(self, self._stopping)) for task in self.definition.background
         ]
-        log.info("%s: started (gRPC on %s:%s)", self.name, settings.grpc_host, self.grpc_port)
+        log.info(
+            "%s: started (gRPC on %s:%s, %s event loop)",
+            self.name,
+            settings.grpc_host,
+            self.grpc_port,
+            type(asyncio.get_running_loop()).__module__.split(".")[0],
+        )
         if self.metrics is not None:
             log.info(
                 "%s: metrics on http://%s:%s/metrics",

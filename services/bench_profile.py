@@ -50,7 +50,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("envelope decode/encode", ("choreo/envelope.py", "google/protobuf/", "choreo/subjects.py")),
     ("runtime bookkeeping", ("services/naive.py", "choreo/", "opentelemetry/")),
     ("handler logic", ("services/",)),
-    ("asyncio event loop", ("asyncio/", "selectors.py")),
+    ("asyncio event loop", ("asyncio/", "selectors.py", "uvloop/")),
 )
 OTHER = "other (stdlib, start-up)"
 NATIVE_THREAD = "Thread.run (threading.py"
