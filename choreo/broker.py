@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -38,6 +39,7 @@ _LOWEST_PORT = 10000
 _port_cursor: int | None = None
 
 
+@functools.cache  # read once per process: free_port is called for every port of a set-up
 def _ephemeral_floor() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
