@@ -81,12 +81,18 @@ async def measure(levels: list[int], seconds: float, rate: float) -> dict[str, A
                 cpu_before, _ = bench.process_stats(pids)
                 result = await bench.closed_loop(start, completions, level, seconds)
                 cpu_after, _ = bench.process_stats(pids)
-                cpu_s = sum(cpu_after[name] - cpu_before[name] for name in pids)
+                by_process = {
+                    name: round(
+                        (cpu_after[name] - cpu_before[name]) * 1000 / max(1, result.sagas), 2
+                    )
+                    for name in pids
+                }
                 closed.append(
                     {
                         "clients": level,
                         "sagas_per_s": result.throughput,
-                        "cpu_ms_per_saga": round(cpu_s * 1000 / max(1, result.sagas), 2),
+                        "cpu_ms_per_saga": round(sum(by_process.values()), 2),
+                        "cpu_ms_per_saga_by_process": by_process,
                     }
                 )
             cpu_before, _ = bench.process_stats(pids)
