@@ -76,7 +76,7 @@ async def measure(levels: list[int], seconds: float, rate: float) -> dict[str, A
                 return str((await stub.PlaceOrder(request, timeout=30)).order.order_id)
 
             await bench.closed_loop(start, completions, max(levels), 3.0)  # warm-up
-            closed = []
+            closed: list[dict[str, Any]] = []
             for level in levels:
                 cpu_before, _ = bench.process_stats(pids)
                 result = await bench.closed_loop(start, completions, level, seconds)
