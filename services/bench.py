@@ -244,6 +244,16 @@ async def open_loop(
     }
 
 
+def cpu_ms_per_saga(
+    cpu_before: dict[str, float], cpu_after: dict[str, float], sagas: int
+) -> dict[str, float]:
+    """Each process's CPU milliseconds per saga between two :func:`process_stats` readings."""
+    return {
+        name: round((cpu_after[name] - cpu_before[name]) * 1000 / max(1, sagas), 2)
+        for name in cpu_after
+    }
+
+
 def process_stats(pids: dict[str, int]) -> tuple[dict[str, float], dict[str, float]]:
     cpu, rss = {}, {}
     for name, pid in pids.items():
@@ -360,20 +370,14 @@ class Bench:
                 sagas_measured += result.open_loop["sagas"]
                 # Below saturation a saga costs more than at the best level (less batching):
                 # the open loop's own figure, beside the whole run's.
-                result.open_loop["cpu_ms_per_saga"] = {
-                    name: round(
-                        (open_after[name] - open_before[name])
-                        * 1000
-                        / max(1, result.open_loop["sagas"]),
-                        2,
-                    )
-                    for name in pids
-                }
+                result.open_loop["cpu_ms_per_saga"] = cpu_ms_per_saga(
+                    open_before, open_after, result.open_loop["sagas"]
+                )
                 progress.advance(task)
             cpu_after, _ = process_stats(pids)
             result.cpu_s_per_saga = {
-                name: round((cpu_after[name] - cpu_before[name]) / max(1, sagas_measured), 5)
-                for name in pids
+                name: round(ms / 1000, 5)
+                for name, ms in cpu_ms_per_saga(cpu_before, cpu_after, sagas_measured).items()
             }
             if self.soak and mode == "saga":
                 await self._soak(result, start, completions, pids)
