@@ -2,11 +2,14 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY choreo ./choreo
 COPY services ./services
 COPY gen ./gen
 COPY catalog ./catalog
-RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps -e .
+# The same locked versions as CI: every package from the lock with its hashes, nothing resolved.
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/dev.lock \
+ && pip install --no-cache-dir --no-deps --no-build-isolation -e .
 ENV CHOREO_GRPC_HOST=0.0.0.0 \
     CHOREO_GRPC_PORT=50051 \
     CHOREO_DATA_DIR=/data \

@@ -7,12 +7,18 @@ NPM_BIN := node_modules/.bin
 STAMP_PY := $(VENV)/.installed
 STAMP_NPM := node_modules/.installed
 
-.PHONY: wheel venv npm gen gen-check lint-proto breaking compose-check browser lint typecheck pytest test demo bench chaos clean
+.PHONY: lock wheel venv npm gen gen-check lint-proto breaking compose-check browser lint typecheck pytest test demo bench chaos clean
 
-$(STAMP_PY): pyproject.toml
+LOCK := requirements/dev.lock
+
+# Every Python package comes from the lock, checked against its hashes, so the same commit
+# installs the same versions on every machine; the project itself goes in editable, without
+# resolving anything (the build backend, hatchling, is in the lock too).
+$(STAMP_PY): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $@
 
 $(STAMP_NPM): package.json package-lock.json
@@ -21,6 +27,11 @@ $(STAMP_NPM): package.json package-lock.json
 
 venv: $(STAMP_PY)
 npm: $(STAMP_NPM)
+
+## Re-resolve requirements/dev.lock from pyproject.toml (newest versions its ranges allow).
+lock: venv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --universal \
+	  --python-version 3.11 --quiet -o $(LOCK)
 
 ## The runtime wheel (dist/choreo-*.whl): the choreo package alone, no reference services.
 wheel: venv
