@@ -40,13 +40,23 @@ def run(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[s
     )
 
 
+def locked_constraints() -> str:
+    """requirements/dev.lock's pins with their markers, without the hashes."""
+    lock = (REPO / "requirements" / "dev.lock").read_text()
+    return "".join(
+        line.removesuffix("\\").rstrip() + "\n"
+        for line in lock.splitlines()
+        if line and not line.startswith((" ", "#"))
+    )
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """(the wheel, the fresh venv's bin folder) with the wheel installed."""
     root = tmp_path_factory.mktemp("wheel")
-    built = run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(root / "dist"), str(REPO)], root
-    )
+    # --no-isolation: the build backend is the locked hatchling of this venv, not the index's.
+    build = [sys.executable, "-m", "build", "--wheel", "--no-isolation"]
+    built = run([*build, "--outdir", str(root / "dist"), str(REPO)], root)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     (wheel,) = (root / "dist").glob("choreo-*.whl")
     venv = root / "venv"
@@ -55,7 +65,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     created = run([sys.executable, "-m", "venv", "--without-pip", str(venv)], root)
     assert created.returncode == 0, created.stderr
     pip_into_venv = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
-    pip = run([*pip_into_venv, "install", "-q", "--no-compile", str(wheel)], root)
+    # The wheel's own ranges resolve, held to the lock's versions (pip's constraints take no
+    # hashes), so this install is the same on every machine.
+    constraints = root / "constraints.txt"
+    constraints.write_text(locked_constraints())
+    install = [*pip_into_venv, "install", "-q", "--no-compile", "-c", str(constraints)]
+    pip = run([*install, str(wheel)], root)
     assert pip.returncode == 0, pip.stdout[-3000:] + pip.stderr[-3000:]
     yield wheel, venv / "bin"
 
