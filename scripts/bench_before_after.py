@@ -109,6 +109,8 @@ async def measure(levels: list[int], seconds: float, rate: float) -> dict[str, A
             "best": best,
             "open_loop": {
                 "rate_per_s": rate,
+                "seconds": seconds * 2,
+                "sagas": opened["sagas"],
                 "latency_ms": opened["latency_ms"],
                 "cpu_ms_per_saga": round(sum(per_process.values()), 2),
                 "cpu_ms_per_saga_by_process": per_process,

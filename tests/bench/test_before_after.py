@@ -27,17 +27,15 @@ def test_the_measurement_completes_sagas_and_reports_cpu_per_saga() -> None:
         assert level["sagas_per_s"] > 0 and level["cpu_ms_per_saga"] > 0
     assert figures["best"] in figures["closed_loop"]
     opened = figures["open_loop"]
-    assert opened["rate_per_s"] == 10
+    # The open loop ended the sagas it started at its rate (10/s for 3 s), not a few of them.
+    assert opened["sagas"] >= 0.8 * 10 * opened["seconds"]
     assert 0 < opened["latency_ms"]["p50"] <= opened["latency_ms"]["p99"]
     by_process = opened["cpu_ms_per_saga_by_process"]
-    assert set(by_process) == {
-        "order",
-        "inventory",
-        "payment",
-        "shipping",
-        "notification",
-        "nats-server",
-    }
+    # Every process of a saga, the broker included, spent CPU on it: a reading that missed a
+    # process (a stale pid, a counter read twice) shows as a zero here.
+    services = ["order", "inventory", "payment", "shipping", "notification"]
+    assert sorted(by_process) == sorted([*services, "nats-server"])
+    assert all(by_process[name] > 0 for name in by_process), by_process
     assert abs(sum(by_process.values()) - opened["cpu_ms_per_saga"]) < 0.1
 
 

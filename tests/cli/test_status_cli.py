@@ -74,12 +74,19 @@ def test_up_writes_where_the_system_is_and_no_secret(up: Path) -> None:
     assert written["pid"] > 0
 
 
-def test_commands_find_the_running_system_by_its_data_folder(up: Path) -> None:
+@pytest.fixture(scope="module")
+def shipped_order(up: Path) -> str:
+    """One saga run to its end, for every test that reads what a saga leaves behind."""
     data = ["--data-dir", str(up)]
     placed = choreo("order", *data, "place", "--customer", "c-1", "--line", "SKU-MUG:1", "--watch")
     assert placed.returncode == 0, placed.stderr
-    order_id = placed.stdout.split()[0]
     assert "SHIPPED" in placed.stdout
+    return placed.stdout.split()[0]
+
+
+def test_commands_find_the_running_system_by_its_data_folder(up: Path, shipped_order: str) -> None:
+    data = ["--data-dir", str(up)]
+    order_id = shipped_order
 
     listed = choreo("order", *data, "list", "--json")
     assert listed.returncode == 0, listed.stderr
@@ -94,8 +101,8 @@ def test_commands_find_the_running_system_by_its_data_folder(up: Path) -> None:
     assert json.loads(choreo("dlq", "list", "--json", *data).stdout) == []
 
 
-def test_status_shows_health_lag_and_throughput(up: Path) -> None:
-    # The saga of the test before has run; metrics and lag are refreshed every few seconds.
+def test_status_shows_health_lag_and_throughput(up: Path, shipped_order: str) -> None:
+    # A saga has run (the fixture); metrics and lag are refreshed every few seconds.
     deadline = time.monotonic() + 20
     while True:
         result = choreo("status", "--json", "--data-dir", str(up))

@@ -3,7 +3,6 @@ is renewed after requests expire, and a stopped pull hands back what it had not 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 from nats.js import api
 
 from choreo.pull import ContinuousPull
+from choreo.testing import wait_for
 
 STREAM = "PULLTEST"
 
@@ -77,7 +77,13 @@ async def test_a_stopped_pull_hands_back_what_it_had_not_handed_out(nc: Any, js:
     taken = await first.next_batch(3, timeout=2)
     for msg in taken:
         await msg.ack()
-    await asyncio.sleep(0.3)  # the rest has arrived in the first pull's hands by now
+    # Wait until the rest is in the first pull's hands (arrived, not handed out), so the stop
+    # below has something to hand back: otherwise the test would pass without a nak.
+    async def rest_arrived() -> bool:
+        arrived = first._arrivals.qsize() if first._arrivals is not None else 0
+        return arrived + len(first._ready) >= 10 - len(taken)
+
+    await wait_for(rest_arrived, timeout=5, what="the rest delivered to the first pull")
     await first.stop()
 
     second = ContinuousPull(nc, js._prefix, STREAM, "d", batch=16, expires_s=5)
