@@ -30,3 +30,24 @@ async def nc(broker: EmbeddedBroker) -> AsyncIterator[Any]:
 @pytest.fixture
 async def js(nc: Any) -> Any:
     return nc.jetstream()
+
+
+# Every test states its tier by where it lives, so `pytest -m unit` runs the fast, I/O-free
+# ones in under a minute and `make test` still runs everything.
+TIERS = {
+    "domain": "unit",
+    "properties": "unit",
+    "contracts": "unit",
+    "e2e": "e2e",
+    "chaos": "chaos",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests_root = Path(__file__).parent
+    tiers = set(TIERS.values()) | {"integration"}
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in tiers):
+            continue  # the module said its own tier (a contracts test that runs buf, say)
+        folder = item.path.relative_to(tests_root).parts[0]
+        item.add_marker(getattr(pytest.mark, TIERS.get(folder, "integration")))

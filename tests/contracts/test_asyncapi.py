@@ -14,6 +14,9 @@ from choreo import contracts, envelope, subjects
 
 from .conftest import REPO_ROOT, run_node
 
+# Runs the npm tools (buf, protobufjs, the AsyncAPI parser): not a unit test.
+pytestmark = pytest.mark.integration
+
 DOC = REPO_ROOT / "docs" / "asyncapi.yaml"
 VALIDATOR = REPO_ROOT / "scripts" / "validate-asyncapi.mjs"
 

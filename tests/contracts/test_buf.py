@@ -10,6 +10,9 @@ import pytest
 
 from .conftest import PROTO_ROOT, REPO_ROOT, run
 
+# Runs the npm tools (buf, protobufjs, the AsyncAPI parser): not a unit test.
+pytestmark = pytest.mark.integration
+
 BASELINE = REPO_ROOT / "proto-baseline" / "choreo-v1.binpb"
 SHIPPING_EVENTS = Path("choreo/shipping/v1/events.proto")
 ORDER_LINE = Path("choreo/common/v1/order_line.proto")

@@ -10,6 +10,9 @@ from google.rpc import error_details_pb2, status_pb2
 
 from .conftest import REPO_ROOT, run
 
+# Runs the npm tools (buf, protobufjs, the AsyncAPI parser): not a unit test.
+pytestmark = pytest.mark.integration
+
 VENDORED = {
     "google/rpc/status.proto": status_pb2,
     "google/rpc/error_details.proto": error_details_pb2,

@@ -13,6 +13,9 @@ from choreo.choreography.v1 import choreography_pb2
 
 from .conftest import REPO_ROOT, run
 
+# Runs the npm tools (buf, protobufjs, the AsyncAPI parser): not a unit test.
+pytestmark = pytest.mark.integration
+
 # Field numbers in descriptor.proto, used to build source-info paths.
 FILE_MESSAGE, FILE_ENUM, FILE_SERVICE, FILE_EXTENSION = 4, 5, 6, 7
 MESSAGE_FIELD, MESSAGE_NESTED, MESSAGE_ENUM, MESSAGE_EXTENSION = 2, 3, 4, 6

@@ -10,7 +10,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from .conftest import PROTO_ROOT, REPO_ROOT, proto_files, run_node
+
+# Runs the npm tools (buf, protobufjs, the AsyncAPI parser): not a unit test.
+pytestmark = pytest.mark.integration
 
 SCRIPT = REPO_ROOT / "clients" / "ts" / "load-protos.mjs"
 
