@@ -60,9 +60,19 @@ def read_lock(text: str) -> list[Pin]:
 
 
 def project_requirements() -> list[Requirement]:
+    """The runtime's dependencies and the dev extra's, with the extras that dev takes of the
+    project itself (``choreo[bench]``) expanded."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    listed = project["dependencies"] + project["optional-dependencies"]["dev"]
-    return [Requirement(text) for text in listed]
+    extras: dict[str, list[str]] = project["optional-dependencies"]
+    wanted, requirements = ["dev"], [Requirement(text) for text in project["dependencies"]]
+    while wanted:
+        for text in extras[wanted.pop()]:
+            requirement = Requirement(text)
+            if canonicalize_name(requirement.name) == project["name"]:
+                wanted.extend(requirement.extras)
+            else:
+                requirements.append(requirement)
+    return requirements
 
 
 def applicable_pins() -> dict[str, Pin]:
