@@ -7,7 +7,7 @@ NPM_BIN := node_modules/.bin
 STAMP_PY := $(VENV)/.installed
 STAMP_NPM := node_modules/.installed
 
-.PHONY: lock wheel venv npm gen gen-check lint-proto breaking compose-check browser lint typecheck pytest test demo bench chaos clean
+.PHONY: lock wheel venv npm gen gen-check lint-proto breaking compose-check browser lint typecheck docs pytest test demo bench chaos clean
 
 LOCK := requirements/dev.lock
 
@@ -72,10 +72,14 @@ browser:
 	  echo "installing chromium and chromium-driver (Debian packages) for the browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
+## The docs site (mkdocs.yml, docs/) into site/; --strict: a broken link or reference fails.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 pytest: venv npm browser
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/$(NPM_BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 
-test: venv npm lint-proto breaking gen-check compose-check lint typecheck pytest
+test: venv npm lint-proto breaking gen-check compose-check lint typecheck docs pytest
 
 demo: venv
 	$(BIN)/choreo demo
@@ -87,4 +91,4 @@ chaos: venv
 	$(BIN)/choreo chaos --sagas 5000 --concurrency 32 --kills 50 --broker-restarts 3 --duration 600 --seed 2026
 
 clean:
-	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache site

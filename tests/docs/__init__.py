@@ -1,0 +1,1 @@
+"""Tests of the documentation: the README and the docs site say what the code does."""

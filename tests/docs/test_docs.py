@@ -1,0 +1,113 @@
+"""The docs site builds with ``--strict`` (broken links and references fail), the README stays
+a front door, and the figures and generated parts of the pages are what the code and the
+reports say."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from choreo.settings import RuntimeSettings
+from choreo.store.sqlite import path_of
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
+BIN = Path(sys.executable).parent
+README_MAX_LINES = 250
+
+
+def page(name: str) -> str:
+    return (DOCS / name).read_text(encoding="utf-8")
+
+
+def test_the_site_builds_strictly(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(BIN / "mkdocs"), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO,
+        env={"PATH": f"{BIN}:/usr/bin:/bin", "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    reference = (tmp_path / "site" / "reference" / "index.html").read_text(encoding="utf-8")
+    assert "ServiceDefinition" in reference and "HandlerContext" in reference
+
+
+def test_the_readme_is_a_front_door() -> None:
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines: move some to docs/"
+
+
+def test_the_readme_links_resolve() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    assert links
+    missing = [link for link in links if "://" not in link and not (REPO / link).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"
+
+
+def test_the_saga_page_draws_what_choreo_flow_prints() -> None:
+    printed = subprocess.run(
+        [str(BIN / "choreo"), "flow"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    blocks = re.findall(r"^```mermaid\n(.*?)^```$", page("saga.md"), re.DOTALL | re.MULTILINE)
+    assert blocks == [printed.strip() + "\n"], "paste the output of `choreo flow` into saga.md"
+
+
+def test_the_configuration_page_names_every_runtime_setting() -> None:
+    text = page("configuration.md")
+    missing = [
+        f"CHOREO_{f.name.upper()}"
+        for f in fields(RuntimeSettings)
+        if f"CHOREO_{f.name.upper()}" not in text
+    ]
+    assert not missing, f"docs/configuration.md does not describe {missing}"
+
+
+def sqlite_rows() -> list[tuple[str, str]]:
+    section = page("configuration.md").split("## SQLite URL forms", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `(sqlite:[^`]*)` \| `([^`]*)`", section, re.MULTILINE)
+
+
+def test_the_sqlite_url_forms_are_how_the_store_parses_them() -> None:
+    rows = sqlite_rows()
+    assert len(rows) >= 4
+    for url, documented in rows:
+        assert str(path_of(url)) == documented, url
+
+
+@pytest.mark.parametrize("report", ["chaos-long-run.json", "chaos-postgres-run.json"])
+def test_the_chaos_page_quotes_its_reports(report: str) -> None:
+    run = json.loads((DOCS / report).read_text(encoding="utf-8"))
+    text = " ".join(page("chaos.md").split())
+    assert run["ok"] and not run["violations"]
+    states = run["final_states"]
+    expected = [
+        f"{run['sagas']} sagas in {run['seconds']} s",
+        f"{states['SHIPPED']} shipped and {states['CANCELLED']} cancelled",
+        f"the longest saga took {run['max_saga_seconds']} s",
+        f"{sum(run['expected_dead_letters'].values())} dead letters",
+    ]
+    for figure in expected:
+        assert figure in text, f"docs/chaos.md does not say {figure!r} ({report})"
+
+
+def test_the_benchmark_page_quotes_its_run() -> None:
+    bench = json.loads((DOCS / "bench" / "bench.json").read_text(encoding="utf-8"))
+    text = page("benchmark.md")
+    for fsync, ratio in bench["saga_vs_naive"].items():
+        assert f"**{ratio:.2f}**" in text, f"saga/naive with fsync {fsync}"
+    for run in bench["runs"]:
+        if run["mode"] == "saga":
+            best = max(level["throughput"] for level in run["closed"])
+            assert f"**{best:.1f}**" in text
+    for historic in ("this round", "an earlier round", "the round before"):
+        assert historic not in text.lower()
