@@ -7,9 +7,11 @@ SERVER spans (the grpc instrumentation), and the context travels in the events' 
 
 Export is configured the standard OpenTelemetry way, from the environment:
 - ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``), or
-  ``OTEL_TRACES_EXPORTER=otlp``: OTLP over gRPC to a collector, in batches (the exporter reads
-  the other ``OTEL_EXPORTER_OTLP_*`` variables itself: headers, TLS, timeout; the batch
-  processor reads ``OTEL_BSP_*``);
+  ``OTEL_TRACES_EXPORTER=otlp``: OTLP to a collector, in batches, over the protocol that
+  ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` or ``OTEL_EXPORTER_OTLP_PROTOCOL`` names:
+  ``http/protobuf`` (the specification's default, a collector's port 4318) or ``grpc`` (port
+  4317). The exporter reads the other ``OTEL_EXPORTER_OTLP_*`` variables itself: headers, TLS,
+  timeout; the batch processor reads ``OTEL_BSP_*``. Both need the ``otlp`` extra;
 - ``OTEL_TRACES_EXPORTER=console``: spans printed to standard output;
 - ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none``: nothing is exported;
 - ``service.name`` is ``OTEL_SERVICE_NAME`` when set, else ``choreo-<service>``;
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -39,6 +41,8 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
+from choreo.errors import ConfigurationError
+from choreo.extras import require
 from choreo.tracing import forget_recording
 
 _configured = False
@@ -99,10 +103,37 @@ def _exporter_from_environment() -> tuple[SpanExporter, bool] | None:
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
     if kind == "otlp" or endpoint:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter(), True  # reads the OTEL_EXPORTER_OTLP_* variables itself
+        return _otlp_exporter(otlp_protocol(env)), True
     return None
+
+
+OTLP_PROTOCOLS = ("http/protobuf", "grpc")
+
+
+def otlp_protocol(env: Mapping[str, str]) -> str:
+    """The OTLP protocol for traces the environment asks for; the specification's default,
+    ``http/protobuf``, when it names none."""
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    if protocol not in OTLP_PROTOCOLS:
+        raise ConfigurationError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: use one of {', '.join(OTLP_PROTOCOLS)}"
+            " (the Python SDK has no http/json exporter)"
+        )
+    return protocol
+
+
+def _otlp_exporter(protocol: str) -> SpanExporter:
+    # Each exporter reads the OTEL_EXPORTER_OTLP_* variables itself (endpoint, headers, TLS).
+    if protocol == "grpc":
+        module = require("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "otlp")
+    else:
+        module = require("opentelemetry.exporter.otlp.proto.http.trace_exporter", "otlp")
+    exporter: SpanExporter = module.OTLPSpanExporter()
+    return exporter
 
 
 def configure_tracing(service: str, exporter: SpanExporter | None = None) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from choreo.errors import ConfigurationError
+from choreo.extras import require
 from choreo.redact import redact_url
 from choreo.store.port import Database
 
@@ -25,6 +26,7 @@ async def open_database(
             raise ConfigurationError(
                 f"CHOREO_DATABASE_ACQUIRE_TIMEOUT_S={acquire_timeout_s}: must be > 0 seconds"
             )
+        require("asyncpg", "postgres")
         from choreo.store.postgres import PostgresDatabase
 
         return await PostgresDatabase.connect(

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import nats
 import pytest
+from aiohttp import web
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from choreo import subjects
@@ -47,15 +48,33 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[OtlpReceiver, int]]:
-    server = grpc.aio.server()
+@pytest.fixture(params=["grpc", "http/protobuf"])
+async def receiver(request: pytest.FixtureRequest) -> AsyncIterator[tuple[OtlpReceiver, int, str]]:
+    """A collector on OTLP/gRPC (a collector's 4317) or OTLP/HTTP (its 4318, /v1/traces)."""
     collector = OtlpReceiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield collector, port
-    await server.stop(None)
+    if request.param == "grpc":
+        server = grpc.aio.server()
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        yield collector, port, "grpc"
+        await server.stop(None)
+        return
+
+    async def export(http_request: web.Request) -> web.Response:
+        body = trace_service_pb2.ExportTraceServiceRequest.FromString(await http_request.read())
+        reply = await collector.Export(body, None)
+        return web.Response(body=reply.SerializeToString(), content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", export)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield collector, port, "http/protobuf"
+    await runner.cleanup()
 
 
 async def place_traced_order(system: System, trace_id: str) -> str:
@@ -70,14 +89,17 @@ async def place_traced_order(system: System, trace_id: str) -> str:
 
 
 async def test_a_clients_trace_reaches_every_service_over_otlp(
-    tmp_path: Path, receiver: tuple[OtlpReceiver, int]
+    tmp_path: Path, receiver: tuple[OtlpReceiver, int, str]
 ) -> None:
-    collector, port = receiver
+    collector, port, protocol = receiver
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
+    # http/protobuf is the specification's default: the HTTP collector gets it unasked.
+    if protocol == "grpc":
+        env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc"
     system = System(SystemConfig(data_dir=tmp_path / "system", grpc_base_port=None, env=env))
     await system.start()
     try:
