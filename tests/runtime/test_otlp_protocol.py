@@ -22,7 +22,7 @@ def test_http_protobuf_is_the_default_and_the_traces_variable_wins() -> None:
 
 
 def test_an_unsupported_protocol_is_a_clear_error() -> None:
-    with pytest.raises(ConfigurationError, match="http/json.*use one of http/protobuf, grpc"):
+    with pytest.raises(ConfigurationError, match=r"http/json.*use one of http/protobuf, grpc"):
         otlp_protocol({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
 
 
