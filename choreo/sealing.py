@@ -29,12 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import x25519
-from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
+from choreo.extras import require
 
-from choreo.errors import ConfigurationError, PermanentError
+# Sealing is the 'sealing' extra: importing this module without it says how to install it.
+require("cryptography.hazmat.primitives.hpke", "sealing")
+
+from cryptography.exceptions import InvalidTag  # noqa: E402 - after the check above
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import x25519  # noqa: E402
+from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite  # noqa: E402
+
+from choreo.errors import ConfigurationError, PermanentError  # noqa: E402
 
 PREFIX = "sealed:v1:"
 _SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.CHACHA20_POLY1305)
