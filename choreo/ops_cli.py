@@ -29,7 +29,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from choreo import permissions, sealing
+from choreo import permissions
 from choreo.errors import ConfigurationError
 from choreo.grpc_tls import open_channel
 
@@ -65,6 +65,8 @@ def write_payment_token_keys(out: Path) -> tuple[Path, Path]:
 
     private = out / payment_token.PRIVATE_KEY_FILE
     public = out / payment_token.PUBLIC_KEY_FILE
+    from choreo import sealing  # the 'sealing' extra, needed only here
+
     sealing.ensure_keypair(private, public)
     return private, public
 

@@ -100,8 +100,7 @@ def test_the_installed_runtime_imports_and_runs_without_the_repository(
         [
             str(bin_dir / "python"),
             "-c",
-            "import importlib.util, choreo, choreo.service, choreo.validation, choreo.cli,"
-            " choreo.console.server;"
+            "import importlib.util, choreo, choreo.service, choreo.validation, choreo.cli;"
             "from choreo.choreography.v1 import choreography_pb2;"
             "print(choreo.__file__);"
             "print(importlib.util.find_spec('services'));"
@@ -114,6 +113,41 @@ def test_the_installed_runtime_imports_and_runs_without_the_repository(
     assert location.startswith(str(bin_dir.parent)), "choreo was imported from elsewhere"
     assert services == "None", "the wheel installed a top-level `services` package"
     assert options == "choreo/choreography/v1/choreography.proto"
+
+
+def site_packages_mb(venv: Path) -> float:
+    """The venv's installed packages in MB, without pip and setuptools (every venv has them)."""
+    (site,) = venv.glob("lib/python3*/site-packages")
+    every_venv = ("pip", "setuptools", "_distutils_hack", "distutils-precedence.pth")
+    total = 0
+    for entry in site.iterdir():
+        if entry.name.split("-")[0] in every_venv or entry.name in every_venv:
+            continue
+        files = [entry] if entry.is_file() else [f for f in entry.rglob("*") if f.is_file()]
+        total += sum(f.stat().st_size for f in files)
+    return total / 1e6
+
+
+def test_the_core_install_is_small(installed: tuple[Path, Path]) -> None:
+    # The runtime with its core dependencies only (nats-py, protobuf, grpcio with health,
+    # reflection and status, protovalidate, OpenTelemetry): no broker binary, no plots, no
+    # database drivers. The budget leaves room for the reference contracts' wheel.
+    _, bin_dir = installed
+    size = site_packages_mb(bin_dir.parent)
+    print(f"core install: {size:.1f} MB of site-packages")
+    assert size < 60, f"{size:.1f} MB"
+
+
+def test_an_optional_part_without_its_extra_names_the_install_line(
+    installed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, bin_dir = installed
+    console = run(
+        [str(bin_dir / "choreo"), "console", "--nats-url", "nats://127.0.0.1:1"], tmp_path
+    )
+    assert console.returncode != 0
+    assert "Traceback" not in console.stderr
+    assert "pip install 'choreo[console]'" in console.stderr
 
 
 @pytest.mark.parametrize("command", [["demo"], ["up"], ["chaos"], ["order", "list"]])
