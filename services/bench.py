@@ -56,7 +56,10 @@ from services.workload import SagaPath, request_for
 
 BENCH_CATALOG = REPO_ROOT / "catalog" / "bench.json"
 SERVE_ARGV = ("-m", "choreo.cli", "serve")
-NAIVE_ARGV = ("-m", "services.naive")  # the same saga without inbox, outbox or dedup
+# The baseline: the same saga on faststream[nats], no inbox, outbox or dedup.
+FASTSTREAM_ARGV = ("-m", "services.faststream_build")
+# The serial naive build: plain nats-py, one message at a time per consumer, asyncio's loop.
+NAIVE_ARGV = ("-m", "services.naive")
 DONE_SUBJECT = "choreo.notification.v1.NotificationSent"
 
 
@@ -104,7 +107,9 @@ class Completions:
         self._early: dict[str, float] = {}
 
     async def on_message(self, msg: Any) -> None:
-        correlation_id = (msg.headers or {}).get("ce-correlationid", "")
+        headers = msg.headers or {}
+        # choreo's envelope header, or FastStream's own (the FastStream build's).
+        correlation_id = headers.get("ce-correlationid") or headers.get("correlation_id", "")
         now = time.monotonic()
         future = self._waiting.pop(correlation_id, None)
         if future is None:
