@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -37,6 +38,9 @@ from choreo.store.migrations import apply_versioned
 from choreo.store.port import Params, Row
 
 DIALECT = "sqlite"
+
+
+log = logging.getLogger(__name__)
 
 
 def path_of(url: str) -> Path:
@@ -99,6 +103,14 @@ class SqliteDatabase:
         synchronous = parse_qs(parsed.query).get("synchronous", ["NORMAL"])[0].upper()
         if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"synchronous={synchronous} in {url!r}: use NORMAL or FULL")
+        if not path.is_absolute():
+            # sqlite:///tmp/x.db is tmp/x.db (as in SQLAlchemy): say where the file really is.
+            log.info(
+                "database %s is the file %s (sqlite:/// is followed by a relative path; "
+                "sqlite:////abs/path.db names an absolute one)",
+                url,
+                path.resolve(),
+            )
         return cls(path, synchronous)
 
     @asynccontextmanager
