@@ -5,18 +5,36 @@ groups run concurrently, each group in stream order, so one aggregate's events s
 while different aggregates do not wait for each other.
 
 The failure policy, in order of precedence:
-- poison (missing headers, unknown type or version, undecodable body, chain too deep) is
-  dead-lettered at once and acked: retrying cannot help and must not block the stream;
+- poison (missing headers, unknown type or version, undecodable body, chain too deep) and
+  events that break their contracts' ``buf.validate`` rules (``invalid_event``, naming each
+  field; see choreo.validation) are dead-lettered at once and acked: retrying cannot help and
+  must not block the stream;
 - a duplicate (event id already in the inbox) is acked and does nothing;
 - on an ordered subscription, a stale version is skipped and a version ahead of a gap is held
   back (nak with a growing delay) for longer than its predecessor's whole retry budget, then
   parked in the dead-letter stream with an alarm;
 - a handler error (a timeout included) naks with exponential backoff; after ``max_deliveries``
-  attempts, or at once on ``PermanentError``, or when a message arrives with more deliveries
-  than that (its earlier deliveries crashed or hung the process), the step *gives up*: the
-  letter is filed, and the subscription's give-up handler for the event type, if it has one,
-  compensates and emits the step's failure event in one transaction with the inbox record;
-  without one the letter carries an alarm for operators.
+  attempts (``retries_exhausted``), or at once on ``PermanentError`` (``handler_rejected``),
+  the step *gives up*: the subscription's give-up handler for the event type, if it has one,
+  compensates and emits the step's failure event in one transaction with the inbox record,
+  and the letter is filed; without one the letter carries an alarm for operators. A give-up
+  whose compensation fails is tried again on later deliveries under its *own* reason (the
+  attempts are not counted again); when even that runs out, the alarm says
+  ``compensation_failed`` and why.
+
+Attempts are counted by what happened, not by the server's delivery count: the server counts
+every delivery, also those that never reached a handler (a batch-mate of a message that killed
+the process, a message handed back at shutdown). A message delivered again that this process
+did not hand back itself (``num_delivered > 1``) is a *suspect*: an earlier delivery may have
+crashed or hung the process. A suspect is handled *alone*: no other handler of the process runs
+meanwhile, and before it runs, its attempt journal (``choreo_delivery_attempts``, in the
+service's database) records that an alone run started. Only a run that started alone and never
+reported back counts as a crash, so a crash-looping message is singled out and given up
+(``delivery_limit_exceeded``) after ``max_deliveries`` attempts, while its batch-mates are
+handled. The journal also keeps failed attempts and a give-up in progress across restarts, so
+the reason and the attempt count stay true whoever handles the next delivery. The server's own
+``max_deliver`` is the last bound: a message on its last delivery is given up, saying so.
+
 The ack is sent only after the commit; a crash in between means a redelivery that the inbox
 turns into a no-op.
 """
@@ -29,15 +47,16 @@ import enum
 import functools
 import logging
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import Message
 from nats.js import api
 
-from choreo import dlq, faults, inbox, logs, subjects
+from choreo import dlq, faults, inbox, logs, metrics, subjects, validation
 from choreo.envelope import (
     H_CORRELATION_ID,
     H_ID,
@@ -63,6 +82,11 @@ from choreo.tracing import consume_span
 
 log = logging.getLogger(__name__)
 
+
+# The reason of an alarm letter whose give-up handler could not compensate (it kept failing
+# past ``give_up_attempts``, or refused): the detail says why the step gave up and why
+# compensating failed. choreo.dlq's reasons name why a step gave up; this one, what came after.
+COMPENSATION_FAILED = "compensation_failed"
 
 # After this many empty fetches in a row, ask the server whether messages are waiting.
 STALL_CHECK_EVERY = 10
@@ -146,6 +170,116 @@ class ConsumerStats:
         self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
 
 
+def _broken_contract(envelope: Envelope, broken: list[validation.EventViolation]) -> str:
+    fields = "; ".join(f"{v.path or '(event)'}: {v.description}" for v in broken)
+    return f"{envelope.event_type} breaks its contract: {fields}"
+
+
+class HandlingGate:
+    """The handlers of one process run side by side (``shared``), or one runs *alone*
+    (``exclusive``): a suspect message that may have killed the process is run with nothing
+    else running, so a crash during its run is its own. Exclusive turns go first: shared
+    entrants wait while one waits, so a suspect is not starved by a busy stream."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._open = asyncio.Event()
+        self._open.set()
+        self._turns = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        while not self._open.is_set():
+            await self._open.wait()
+        self._running += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._turns:
+            self._open.clear()
+            try:
+                await self._idle.wait()
+                yield
+            finally:
+                self._open.set()
+
+
+_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HandlingGate] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def process_gate() -> HandlingGate:
+    """The gate of this process's event loop, shared by all its consumers."""
+    loop = asyncio.get_running_loop()
+    gate = _GATES.get(loop)
+    if gate is None:
+        gate = _GATES[loop] = HandlingGate()
+    return gate
+
+
+# The attempt journal: what earlier deliveries of a message did, kept in the service's own
+# database so that it outlives a crash and is shared by replicas. A row exists only for a
+# message that failed, was given up with its compensation still to do, or is run alone.
+ATTEMPTS_TABLE = """CREATE TABLE IF NOT EXISTS choreo_delivery_attempts (
+    consumer TEXT NOT NULL,
+    stream_seq BIGINT NOT NULL,
+    failures INTEGER NOT NULL,
+    crashes INTEGER NOT NULL,
+    running INTEGER NOT NULL,
+    giving_up INTEGER NOT NULL,
+    compensation_failures INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    last_delivery INTEGER NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (consumer, stream_seq))"""
+_ATTEMPT_COLUMNS = (
+    "failures, crashes, running, giving_up, compensation_failures, reason, detail, last_delivery"
+)
+_SAVE_ATTEMPTS = (
+    "INSERT INTO choreo_delivery_attempts (consumer, stream_seq, failures, crashes, running,"
+    " giving_up, compensation_failures, reason, detail, last_delivery, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (consumer, stream_seq) DO UPDATE SET"
+    " failures = excluded.failures, crashes = excluded.crashes, running = excluded.running,"
+    " giving_up = excluded.giving_up, compensation_failures = excluded.compensation_failures,"
+    " reason = excluded.reason, detail = excluded.detail,"
+    " last_delivery = excluded.last_delivery, updated_at = excluded.updated_at"
+)
+# Rows of messages finished elsewhere (a replica acked it, a crash after the ack) are dropped
+# after the longest a stream keeps a message.
+ATTEMPTS_KEPT_S = 8 * 86400.0
+
+
+@dataclass
+class Tries:
+    """What earlier deliveries of one message did (see the module's docstring)."""
+
+    failures: int = 0  # handler runs that failed (an error, a timeout)
+    crashes: int = 0  # runs that started alone and never reported back
+    running: bool = False  # an alone run has started and not reported back (yet)
+    giving_up: bool = False  # the step gave up; its compensation is still to do
+    compensation_failures: int = 0
+    reason: str = ""  # the give-up's reason, or the last failure
+    detail: str = ""
+    last_delivery: int = 0  # the delivery this process last handed back (a nak)
+    journaled: bool = False  # a journal row may exist
+
+    @property
+    def attempts(self) -> int:
+        """Handler runs that ended without success so far."""
+        return self.failures + self.crashes
+
+
 class Consumer:
     def __init__(
         self,
@@ -173,6 +307,10 @@ class Consumer:
         # In memory only: after a restart a held message starts its holds again, and the
         # server's max_deliver (which covers every hold) still bounds it.
         self._holds: dict[int, int] = {}
+        # Per stream sequence: what earlier deliveries did, for messages that failed, are
+        # being given up or run alone (see Tries); mirrored in the attempt journal.
+        self._tries: dict[int, Tries] = {}
+        self._journal_ready = False
         self.stats = ConsumerStats()
         self._sub: Any = None
         # Metrics: (consumer name, seconds) for every event handled and committed.
@@ -204,6 +342,7 @@ class Consumer:
         # Creating a durable that exists with the same config is a no-op; with an editable
         # difference (e.g. ack_wait) the server updates it.
         await self._js.add_consumer(self.subscription.stream, self.consumer_config())
+        await self._prepare_journal()
         pull = ContinuousPull(
             self._js._nc,
             self._js._prefix,
@@ -272,36 +411,62 @@ class Consumer:
         for msg in msgs:
             key = (msg.headers or {}).get(H_SUBJECT) or f"seq:{msg.reply}"
             groups.setdefault(key, []).append(msg)
-        if len(groups) == 1:  # the usual case below saturation: no task, no gather
-            (only,) = groups.values()
-            await self._handle_in_order(only)
-            return
-        await asyncio.gather(*(self._handle_in_order(group) for group in groups.values()))
+        # A group with a suspect is handled one message at a time, each alone in the process,
+        # after the others (its aggregate's order kept).
+        suspects = [g for g in groups.values() if any(self._suspect(m) for m in g)]
+        if suspects:
+            for group in suspects:
+                del groups[(group[0].headers or {}).get(H_SUBJECT) or f"seq:{group[0].reply}"]
+        gate = process_gate()
+        if groups:
+            async with gate.shared():
+                if len(groups) == 1:  # the usual case below saturation: no task, no gather
+                    (only,) = groups.values()
+                    await self._handle_in_order(only)
+                else:
+                    await asyncio.gather(
+                        *(self._handle_in_order(group) for group in groups.values())
+                    )
+        for group in suspects:
+            for msg in group:
+                async with gate.exclusive():
+                    await self._handle_in_order([msg], alone=True)
 
-    async def _handle_in_order(self, msgs: list[Any]) -> None:
+    def _suspect(self, msg: Any) -> bool:
+        """Delivered before, and not handed back by this process: an earlier delivery may have
+        crashed or hung the process (or another replica's, or it was handed back at a stop)."""
+        deliveries = msg.metadata.num_delivered
+        if deliveries <= 1:
+            return False
+        tries = self._tries.get(msg.metadata.sequence.stream)
+        return tries is None or tries.last_delivery != deliveries - 1
+
+    async def _handle_in_order(self, msgs: list[Any], *, alone: bool = False) -> None:
         for msg in msgs:
             try:
-                outcome = await self.handle(msg)
+                outcome = await self.handle(msg, alone=alone)
             except Exception:
                 # Never let one message kill the loop; the broker redelivers after ack_wait.
                 log.exception("%s: unexpected failure handling a message", self.name)
                 continue
             self.stats.count(outcome)
 
-    async def handle(self, msg: Any) -> Outcome:
+    async def handle(self, msg: Any, *, alone: bool = False) -> Outcome:
         started = time.perf_counter()
         headers = msg.headers or {}
         # Every log line written while this event is handled (the handler's, the runtime's
         # retries and give-ups) names the saga and the event, with or without a tracer.
         with logs.bound(order_id=headers.get(H_CORRELATION_ID, ""), event_id=headers.get(H_ID, "")):
-            outcome = await self._handle(msg)
+            outcome = await self._handle(msg, alone)
         if outcome is Outcome.HANDLED and self._on_handled is not None:
             self._on_handled(self.name, time.perf_counter() - started)
         if outcome is not Outcome.HELD and outcome is not Outcome.RETRY:
-            self._holds.pop(msg.metadata.sequence.stream, None)
+            seq = msg.metadata.sequence.stream
+            self._holds.pop(seq, None)
+            await self._forget(seq, msg.metadata.num_delivered)
         return outcome
 
-    async def _handle(self, msg: Any) -> Outcome:
+    async def _handle(self, msg: Any, alone: bool) -> Outcome:
         settings = self._settings
         deliveries = msg.metadata.num_delivered
         seq = msg.metadata.sequence.stream
@@ -317,6 +482,12 @@ class Consumer:
                 raise PoisonMessage(
                     dlq.UNKNOWN_TYPE, f"{envelope.event_type!r} has no handler in {self.name}"
                 )
+            # The bus is a door too: the contracts' rules hold for events from any producer.
+            # The handler never sees an invalid event; a step with a give-up handler gives up
+            # on it at once (below), any other files it as it is.
+            broken = validation.event_violations(event)
+            if broken and envelope.event_type not in self._give_ups:
+                raise PoisonMessage(validation.INVALID_EVENT, _broken_contract(envelope, broken))
         except PoisonMessage as poison:
             return await self._dead_letter(msg, poison.reason, poison.detail)
 
@@ -338,36 +509,49 @@ class Consumer:
                     alarm=True,
                 )
             self._holds[seq] = holds
+            self._tries.setdefault(seq, Tries()).last_delivery = deliveries
             await msg.nak(delay=settings.gap_hold_delay(holds))
             return Outcome.HELD
 
-        attempts = deliveries - self._holds.get(seq, 0)
-        if attempts > settings.max_deliveries and await self._handled(envelope):
-            # Handled long ago, only its acks were lost (e.g. the broker was frozen): a
-            # duplicate, not a message to give up on.
+        tries = await self._tries_of(seq, deliveries)
+        if tries.running:
+            # It was run alone and never reported back: it killed or hung the process.
+            tries.running = False
+            if tries.giving_up:
+                tries.compensation_failures += 1
+            else:
+                tries.crashes += 1
+        last = deliveries >= self._server_max_deliver
+        crashed_out = tries.crashes > 0 and tries.attempts >= settings.max_deliveries
+        if (tries.giving_up or crashed_out or last) and await self._handled(envelope):
+            # Handled long ago, only its acks were lost (e.g. the broker was frozen, or the
+            # process died between commit and ack): a duplicate, not a message to give up on.
             await msg.ack()
             return Outcome.DUPLICATE
-        if attempts > settings.max_deliveries:
-            # The runtime never lets a message get this far by itself: earlier deliveries ended
-            # without an outcome (the process crashed or hung). Running the handler again could
-            # crash it again, so the step gives up without it.
+        if tries.giving_up:
+            # The step gave up on an earlier delivery and its compensation is still to do:
+            # the same give-up, under its own reason, without running the handler again.
+            why = GaveUp(tries.reason, tries.detail, deliveries, tries.attempts)
+            return await self._give_up(msg, envelope, event, why, tries, alone)
+        if crashed_out or last:
             return await self._give_up(
-                msg,
-                envelope,
-                event,
-                GaveUp(
-                    dlq.DELIVERY_LIMIT,
-                    f"delivered {deliveries} times ({attempts} attempts) without an outcome:"
-                    " earlier deliveries crashed or hung the process",
-                    deliveries,
-                ),
+                msg, envelope, event, self._no_outcome(tries, deliveries, last), tries, alone
             )
+        if broken:
+            # Like a PermanentError, before the handler could take a charge or book anything.
+            detail = f"{validation.INVALID_EVENT}: {_broken_contract(envelope, broken)}"
+            why = GaveUp(dlq.REJECTED, detail, deliveries, tries.attempts)
+            return await self._give_up(msg, envelope, event, why, tries, alone)
 
         if settings.unsafe_ack_before_handling:
             # The classic auto-ack bug, kept as a switch so chaos runs can show they catch it.
             await msg.ack()
             faults.crash_point(faults.AFTER_ACK_BEFORE_COMMIT)
 
+        attempt = tries.attempts + 1
+        if alone:
+            tries.running = True
+            await self._save(seq, tries)  # on record before it runs: it may not come back
         context = self._context(envelope)
         try:
             with consume_span(self.subscription.service, envelope):
@@ -381,18 +565,34 @@ class Consumer:
             return Outcome.DUPLICATE
         except PermanentError as exc:
             await context.abort(exc)
+            tries.running = False
             return await self._give_up(
-                msg, envelope, event, GaveUp(dlq.REJECTED, repr(exc), deliveries)
+                msg,
+                envelope,
+                event,
+                GaveUp(dlq.REJECTED, self._attempted(repr(exc), tries), deliveries, attempt),
+                tries,
+                alone,
             )
         except Exception as exc:
             await context.abort(exc)
-            if attempts >= settings.max_deliveries:
-                detail = f"after {attempts} attempts: {exc!r}"
+            tries.running = False
+            tries.failures += 1
+            tries.reason, tries.detail = dlq.RETRIES_EXHAUSTED, repr(exc)
+            if attempt >= settings.max_deliveries:
+                detail = self._attempted(f"after {attempt} attempts: {exc!r}", tries)
                 return await self._give_up(
-                    msg, envelope, event, GaveUp(dlq.RETRIES_EXHAUSTED, detail, deliveries)
+                    msg,
+                    envelope,
+                    event,
+                    GaveUp(dlq.RETRIES_EXHAUSTED, detail, deliveries, attempt),
+                    tries,
+                    alone,
                 )
-            delay = settings.backoff(attempts)
-            log.info("%s: %r; retry %d in %.2fs", self.name, exc, attempts, delay)
+            delay = settings.backoff(attempt)
+            log.info("%s: %r; retry %d in %.2fs", self.name, exc, attempt, delay)
+            tries.last_delivery = deliveries
+            await self._save(seq, tries)
             await msg.nak(delay=delay)
             return Outcome.RETRY
         faults.crash_point(faults.AFTER_COMMIT_BEFORE_ACK)
@@ -402,6 +602,33 @@ class Consumer:
             self._on_commit(context.outbox_rows)
         await msg.ack()
         return Outcome.HANDLED
+
+    @staticmethod
+    def _attempted(detail: str, tries: Tries) -> str:
+        if not tries.crashes:
+            return detail
+        return (
+            f"{detail} ({tries.crashes} earlier run(s) handled alone ended without an outcome:"
+            " the process crashed or hung)"
+        )
+
+    def _no_outcome(self, tries: Tries, deliveries: int, last: bool) -> GaveUp:
+        """Why a message is given up without running its handler again."""
+        if last:
+            detail = (
+                f"delivered {deliveries} times, the broker's limit for this consumer;"
+                f" {tries.failures} attempt(s) failed, {tries.crashes} ended without an"
+                " outcome, and the other deliveries never reached the handler (handed back,"
+                " or in flight when the process stopped)"
+            )
+        else:
+            detail = (
+                f"handled alone {tries.crashes} time(s), each time without an outcome: the"
+                f" process crashed or hung while running it (delivered {deliveries} times)"
+            )
+        if tries.failures:
+            detail += f"; {tries.failures} other attempt(s) failed, last: {tries.detail}"
+        return GaveUp(dlq.DELIVERY_LIMIT, detail, deliveries, tries.attempts)
 
     def _context(self, envelope: Envelope) -> HandlerContext:
         return HandlerContext(
@@ -425,12 +652,24 @@ class Consumer:
         except TimeoutError as exc:
             raise CallTimedOut(f"handler timed out after {limit:.1f}s") from exc
 
-    async def _give_up(self, msg: Any, envelope: Envelope, event: Any, why: GaveUp) -> Outcome:
+    async def _give_up(
+        self, msg: Any, envelope: Envelope, event: Any, why: GaveUp, tries: Tries, alone: bool
+    ) -> Outcome:
         """Stop trying: compensate through the give-up handler if the step has one, else raise
         an alarm. Either way the message is recorded in the dead-letter stream."""
         give_up = self._give_ups.get(envelope.event_type)
         if give_up is None:
             return await self._dead_letter(msg, why.reason, why.detail, alarm=True)
+        seq = msg.metadata.sequence.stream
+        tries.giving_up, tries.reason, tries.detail = True, why.reason, why.detail
+        broken = validation.event_violations(event)
+        if broken:
+            # The give-up handler records and passes on what it did: never an invalid value
+            # (Postgres refuses a NUL; the failure event would be refused downstream).
+            event = validation.without_invalid_fields(event, broken)
+        if alone:
+            tries.running = True
+            await self._save(seq, tries)
         context = self._context(envelope)
         try:
             with consume_span(self.subscription.service, envelope):
@@ -443,34 +682,49 @@ class Consumer:
         except PermanentError as exc:
             # Even the compensation cannot be done (e.g. the event itself is unusable).
             await context.abort(exc)
-            detail = f"{why.detail}; giving up failed too: {exc!r}"
-            return await self._dead_letter(msg, why.reason, detail, alarm=True)
+            detail = f"{why.reason}: {why.detail}; compensating was refused: {exc!r}"
+            return await self._dead_letter(msg, COMPENSATION_FAILED, detail, alarm=True)
         except Exception as exc:
-            # E.g. the provider is still down: try again later. The next delivery is over the
-            # attempt limit, so it comes straight back here without running the handler.
+            # E.g. the provider is still down: try again later. The next delivery comes
+            # straight back here, under the same reason, without running the handler.
             await context.abort(exc)
-            if why.deliveries >= self._settings.max_deliveries + self._settings.give_up_attempts:
+            tries.running = False
+            tries.compensation_failures += 1
+            failed = tries.compensation_failures
+            if failed >= self._settings.give_up_attempts or why.deliveries >= (
+                self._server_max_deliver
+            ):
                 # Out of compensation attempts too: an operator must look (and the saga
                 # deadline cancels the order meanwhile). Filed before the server stops
                 # delivering, so the message is never silently parked by the broker.
-                detail = f"{why.detail}; compensating failed too, last: {exc!r}"
-                return await self._dead_letter(msg, why.reason, detail, alarm=True)
+                detail = (
+                    f"{why.reason}: {why.detail}; compensating failed {failed} time(s),"
+                    f" last: {exc!r}"
+                )
+                return await self._dead_letter(msg, COMPENSATION_FAILED, detail, alarm=True)
             delay = self._settings.backoff(self._settings.max_deliveries)
             log.error(
-                "%s: giving up on %s failed (%r); again in %.1fs",
+                "%s: giving up on %s (%s) failed %d time(s) (%r); again in %.1fs",
                 self.name,
                 envelope.event_id,
+                why.reason,
+                failed,
                 exc,
                 delay,
             )
+            tries.last_delivery = why.deliveries
+            await self._save(seq, tries)
             await msg.nak(delay=delay)
             return Outcome.RETRY
         if context.outbox_rows:
             self._on_commit(context.outbox_rows)
+        detail = why.detail
+        if tries.compensation_failures:
+            detail += f"; compensated at try {tries.compensation_failures + 1}"
         # On record after the commit. Should filing fail, the message comes back, the inbox
         # has it, and it is acked as a duplicate: the compensation stands, the record is lost
         # (the failure event in the stream still tells the story).
-        if not await self._file(msg, why.reason, why.detail, compensated=True):
+        if not await self._file(msg, why.reason, detail, compensated=True):
             return Outcome.RETRY
         log.warning(
             "%s: gave up on %s %s (%s) and compensated: %s",
@@ -478,10 +732,105 @@ class Consumer:
             envelope.event_type,
             envelope.event_id,
             why.reason,
-            why.detail,
+            detail,
         )
         await msg.ack()
         return Outcome.COMPENSATED
+
+    # --- the attempt journal ------------------------------------------------------------
+
+    @functools.cached_property
+    def _server_max_deliver(self) -> int:
+        return self._settings.server_max_deliver(self.subscription.ordering is Ordering.STRICT)
+
+    async def _prepare_journal(self) -> None:
+        if self._journal_ready:
+            return
+        for attempt in range(3):
+            try:
+                async with self._db.transaction() as tx:
+                    await tx.execute(ATTEMPTS_TABLE)
+                    await tx.execute(
+                        "DELETE FROM choreo_delivery_attempts WHERE updated_at < ?",
+                        (time.time() - ATTEMPTS_KEPT_S,),
+                    )
+                break
+            except Exception:
+                # Replicas creating the table at once can clash on Postgres: one wins.
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.1 * (attempt + 1))
+        self._journal_ready = True
+
+    async def _tries_of(self, seq: int, deliveries: int) -> Tries:
+        """What earlier deliveries did: this process's memory, else (for a message delivered
+        before) the journal, else nothing yet."""
+        tries = self._tries.get(seq)
+        if tries is not None and tries.last_delivery == deliveries - 1:
+            return tries
+        if deliveries > 1:
+            await self._prepare_journal()
+            async with self._db.read() as tx:
+                row = await tx.fetchone(
+                    f"SELECT {_ATTEMPT_COLUMNS} FROM choreo_delivery_attempts"
+                    " WHERE consumer = ? AND stream_seq = ?",
+                    (self.name, seq),
+                )
+            if row is not None:
+                failures, crashes, running, giving_up, compensations, reason, detail, last = row
+                tries = Tries(
+                    failures=int(failures),
+                    crashes=int(crashes),
+                    running=bool(running),
+                    giving_up=bool(giving_up),
+                    compensation_failures=int(compensations),
+                    reason=str(reason),
+                    detail=str(detail),
+                    last_delivery=int(last),
+                    journaled=True,
+                )
+        if tries is None:
+            tries = Tries()
+        self._tries[seq] = tries
+        return tries
+
+    async def _save(self, seq: int, tries: Tries) -> None:
+        self._tries[seq] = tries
+        await self._prepare_journal()
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                _SAVE_ATTEMPTS,
+                (
+                    self.name,
+                    seq,
+                    tries.failures,
+                    tries.crashes,
+                    int(tries.running),
+                    int(tries.giving_up),
+                    tries.compensation_failures,
+                    tries.reason,
+                    tries.detail[:1000],
+                    tries.last_delivery,
+                    time.time(),
+                ),
+            )
+        tries.journaled = True
+
+    async def _forget(self, seq: int, deliveries: int) -> None:
+        """The message reached its outcome: drop what was kept about it (a message delivered
+        once, the usual case, has nothing kept)."""
+        tries = self._tries.pop(seq, None)
+        if (tries is None or not tries.journaled) and deliveries <= 1:
+            return
+        try:
+            await self._prepare_journal()
+            async with self._db.transaction() as tx:
+                await tx.execute(
+                    "DELETE FROM choreo_delivery_attempts WHERE consumer = ? AND stream_seq = ?",
+                    (self.name, seq),
+                )
+        except Exception as exc:  # a row left behind is pruned by age; the outcome stands
+            log.warning("%s: could not clear the attempts of %d (%r)", self.name, seq, exc)
 
     async def _handled(self, envelope: Envelope) -> bool:
         if self._settings.unsafe_disable_inbox:
@@ -559,7 +908,19 @@ class Consumer:
             return False
         if alarm:
             # Nothing undoes this step by itself: an operator has to look (choreo dlq list).
-            log.error("%s: ALARM dead letter (%s) %s: %s", self.name, reason, msg.subject, detail)
+            # Counted (choreo_alarms_total, `choreo status`) and logged without rate limit,
+            # so every alarmed order is named somewhere an operator looks.
+            order_id = (msg.headers or {}).get(H_CORRELATION_ID, "")
+            metrics.record_alarm(self.subscription.service, reason, order_id)
+            log.error(
+                "%s: ALARM dead letter (%s) order %s, %s: %s",
+                self.name,
+                reason,
+                order_id or "?",
+                msg.subject,
+                detail,
+                extra={logs.ALARM: True},
+            )
         else:
             log.warning("%s: dead letter (%s): %s", self.name, reason, detail)
         return True

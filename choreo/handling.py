@@ -36,12 +36,16 @@ Handlers = Mapping[type[Message], Handler]
 
 @dataclass(frozen=True, slots=True)
 class GaveUp:
-    """Why the runtime stopped trying a handler: a dead-letter reason, its detail, and how
-    often the message had been delivered by then."""
+    """Why the runtime stopped trying a handler: a dead-letter reason (``retries_exhausted``,
+    ``handler_rejected``, ``delivery_limit_exceeded``), its detail (what the last attempt
+    met), how often the broker had delivered the message by then, and how many times the
+    handler had actually run without success (deliveries that never reached it, such as a
+    batch-mate's crash, are not attempts)."""
 
     reason: str
     detail: str
     deliveries: int
+    attempts: int = 0
 
 
 # What a step does when its handler gives up (retries exhausted, PermanentError, a message that

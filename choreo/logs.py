@@ -8,7 +8,10 @@
   warn, and a flood of identical lines hides the one line that matters. The same warning (same
   logger, level and message template) is written at most once per ``CHOREO_LOG_RATE_LIMIT_S``
   seconds (10 by default); the next one written says how many were suppressed in between.
-  ``INFO`` and ``DEBUG`` are never suppressed (they are off unless asked for).
+  ``INFO`` and ``DEBUG`` are never suppressed (they are off unless asked for), and neither is
+  an alarm (a record logged with ``extra={ALARM: True}``, such as the consumer's "ALARM dead
+  letter" line): each names an order an operator must look at, and a suppressed one would
+  name it nowhere in the log. Alarms are also counted (``choreo_alarms_total``).
 
 Where a line's trace and order come from: fields bound with :func:`bound` (the consumer binds
 the order and event ids of the event it handles), the current OpenTelemetry span (a handled
@@ -36,6 +39,8 @@ from choreo.errors import ConfigurationError
 FORMATS = ("text", "json")
 DEFAULT_RATE_LIMIT_S = 10.0
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The record attribute (``extra={ALARM: True}``) that marks a line the rate limit never drops.
+ALARM = "choreo_alarm"
 
 _bound: ContextVar[dict[str, str]] = ContextVar("choreo_log_fields", default={})  # noqa: B039 - never mutated
 
@@ -123,7 +128,7 @@ class RateLimit(logging.Filter):
         self._suppressed: dict[tuple[str, int, str], int] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < self.min_level or self.interval_s <= 0:
+        if record.levelno < self.min_level or self.interval_s <= 0 or getattr(record, ALARM, False):
             record.suppressed = 0
             return True
         key = (record.name, record.levelno, str(record.msg))

@@ -13,7 +13,12 @@ What a service exports (names as Prometheus shows them):
 - ``choreo_relay_published_total``;
 - ``choreo_saga_duration_seconds{outcome}``: placed to final, recorded by the order service;
 - ``choreo_rpc_server_requests_total{method, code}`` and
-  ``choreo_rpc_server_duration_seconds{method}``.
+  ``choreo_rpc_server_duration_seconds{method}``;
+- ``choreo_alarms_total{service, reason}``: alarm dead letters filed (a step that gave up with
+  nothing to compensate it, a compensation that failed, a gap never filled), and
+  ``choreo_alarmed_orders{service, reason, order_id}`` (1 for each of the latest
+  ``ALARMED_ORDERS_KEPT`` alarmed orders of the process), so every alarmed order is named where
+  ``choreo status`` and Prometheus look, whatever the log's rate limit did.
 """
 
 from __future__ import annotations
@@ -34,6 +39,35 @@ from opentelemetry.sdk.resources import Resource
 log = logging.getLogger(__name__)
 
 REFRESH_EVERY_S = 5.0
+# Alarmed orders a process names in its metrics: alarms are rare and each needs an operator,
+# but an order id is a label, so their number is bounded.
+ALARMED_ORDERS_KEPT = 200
+
+
+@dataclass
+class Alarms:
+    """Alarms filed by this process, by service: counts per reason and the latest orders."""
+
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (service, reason)
+    orders: dict[tuple[str, str, str], None] = field(default_factory=dict)  # insertion order
+
+    def record(self, service: str, reason: str, order_id: str) -> None:
+        key = (service, reason)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        named = (service, reason, order_id or "?")
+        self.orders.pop(named, None)
+        self.orders[named] = None
+        while len(self.orders) > ALARMED_ORDERS_KEPT:
+            del self.orders[next(iter(self.orders))]
+
+
+# One per process: the consumer records an alarm whether or not metrics are served.
+ALARMS = Alarms()
+
+
+def record_alarm(service: str, reason: str, order_id: str) -> None:
+    """An alarm dead letter was filed (see choreo.consumer)."""
+    ALARMS.record(service, reason, order_id)
 
 
 @dataclass
@@ -98,6 +132,16 @@ class ServiceMetrics:
         self.rpc_duration = meter.create_histogram(
             "choreo.rpc.server.duration", unit="s", description="gRPC call duration"
         )
+        meter.create_observable_counter(
+            "choreo.alarms",
+            callbacks=[self._observe_alarms],
+            description="Alarm dead letters filed: an operator must look (choreo dlq list)",
+        )
+        meter.create_observable_gauge(
+            "choreo.alarmed_orders",
+            callbacks=[self._observe_alarmed_orders],
+            description="The latest alarmed orders of this process (1 each)",
+        )
 
     def observe_outcomes(self, source: Callable[[], Iterable[tuple[str, dict[str, int]]]]) -> None:
         """``source`` yields (consumer name, {outcome: count}) with running totals."""
@@ -114,6 +158,16 @@ class ServiceMetrics:
 
     def _observe_published(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(sum(source() for source in self._published_sources))
+
+    def _observe_alarms(self, _: CallbackOptions) -> Iterable[Observation]:
+        for (service, reason), count in list(ALARMS.counts.items()):
+            if service == self.service:
+                yield Observation(count, {"service": service, "reason": reason})
+
+    def _observe_alarmed_orders(self, _: CallbackOptions) -> Iterable[Observation]:
+        for service, reason, order_id in list(ALARMS.orders):
+            if service == self.service:
+                yield Observation(1, {"service": service, "reason": reason, "order_id": order_id})
 
     def _observe_oldest_age(self, _: CallbackOptions) -> Iterable[Observation]:
         oldest = self.snapshot.outbox_oldest_created_at

@@ -8,8 +8,10 @@ broker's credentials file (mode 0600; never its content). Operator commands read
 secured or not: every one of them connects through ``connect_operator``.
 
 ``choreo status`` puts together, per service process: its gRPC health, its consumers' lag as
-the broker counts it (not yet delivered, delivered and not acked), and what it has handled and
-published (from its ``/metrics``).
+the broker counts it (not yet delivered, delivered and not acked), what it has handled and
+published, and the alarms it filed (from its ``/metrics``: ``choreo_alarms_total`` by reason
+and the orders they name), one ``ALARM`` line per process and reason below the table, so an
+alarm is seen even when the log's rate limit dropped its line.
 """
 
 from __future__ import annotations
@@ -186,6 +188,9 @@ class ProcessStatus:
     handled: int | None = None  # None: metrics unreachable
     published: int | None = None
     consumers: list[ConsumerLag] = field(default_factory=list)
+    # Alarm dead letters the process filed: reason -> count, and reason -> the orders named.
+    alarms: dict[str, int] = field(default_factory=dict)
+    alarmed_orders: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def pending(self) -> int:
@@ -214,24 +219,52 @@ async def health_of(address: str, timeout: float = 2.0) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
-def scrape_counters(address: str, timeout: float = 2.0) -> tuple[int, int] | None:
-    """(events handled, events published) from a service's /metrics; None if unreachable."""
+@dataclass
+class Scraped:
+    """What ``choreo status`` reads from one process's ``/metrics``."""
+
+    handled: int = 0
+    published: int = 0
+    alarms: dict[str, int] = field(default_factory=dict)  # reason -> count
+    alarmed_orders: dict[str, list[str]] = field(default_factory=dict)  # reason -> order ids
+
+
+def parse_metrics(text: str) -> Scraped:
     from prometheus_client.parser import text_string_to_metric_families
 
+    scraped = Scraped()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "choreo_consumer_messages_total":
+                if sample.labels.get("outcome") == "handled":
+                    scraped.handled += int(sample.value)
+            elif sample.name == "choreo_relay_published_total":
+                scraped.published += int(sample.value)
+            elif sample.name == "choreo_alarms_total":
+                reason = sample.labels.get("reason", "?")
+                scraped.alarms[reason] = scraped.alarms.get(reason, 0) + int(sample.value)
+            elif sample.name == "choreo_alarmed_orders" and sample.value:
+                reason = sample.labels.get("reason", "?")
+                scraped.alarmed_orders.setdefault(reason, []).append(
+                    sample.labels.get("order_id", "?")
+                )
+    return scraped
+
+
+def scrape_metrics(address: str, timeout: float = 2.0) -> Scraped | None:
+    """Counters from a service's /metrics; None if unreachable."""
     try:
         with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout) as response:
             text = response.read().decode()
     except OSError:
         return None
-    handled = published = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "choreo_consumer_messages_total":
-                if sample.labels.get("outcome") == "handled":
-                    handled += sample.value
-            elif sample.name == "choreo_relay_published_total":
-                published += sample.value
-    return int(handled), int(published)
+    return parse_metrics(text)
+
+
+def scrape_counters(address: str, timeout: float = 2.0) -> tuple[int, int] | None:
+    """(events handled, events published) from a service's /metrics; None if unreachable."""
+    scraped = scrape_metrics(address, timeout)
+    return None if scraped is None else (scraped.handled, scraped.published)
 
 
 async def consumer_lag(js: Any) -> dict[str, list[ConsumerLag]]:
@@ -263,7 +296,7 @@ async def gather_status(
     healths = await asyncio.gather(*(health_of(running.grpc[p]) for p in processes))
     counters = await asyncio.gather(
         *(
-            asyncio.to_thread(scrape_counters, running.metrics[p])
+            asyncio.to_thread(scrape_metrics, running.metrics[p])
             if p in running.metrics
             else asyncio.sleep(0, None)
             for p in processes
@@ -274,7 +307,8 @@ async def gather_status(
         service = service_of(process, services)
         row = ProcessStatus(process, service, running.grpc[process], health)
         if counted is not None:
-            row.handled, row.published = counted
+            row.handled, row.published = counted.handled, counted.published
+            row.alarms, row.alarmed_orders = counted.alarms, counted.alarmed_orders
         if lag is not None:
             row.consumers = sorted(lag.get(service, []), key=lambda c: c.name)
         rows.append(row)
@@ -310,4 +344,20 @@ def status_table(rows: list[ProcessStatus], broker: str, broker_ok: bool) -> str
             f" {len(row.consumers) if broker_ok else '?':>9} {lag[0]:>8} {lag[1]:>8}"
             f" {figure(row.handled):>8} {figure(row.published):>9}"
         )
+    lines += alarm_lines(rows)
     return "\n".join(lines)
+
+
+def alarm_lines(rows: list[ProcessStatus]) -> list[str]:
+    """One line per process and alarm reason, naming the orders (see `choreo dlq list`)."""
+    lines = []
+    for row in rows:
+        for reason, count in sorted(row.alarms.items()):
+            orders = row.alarmed_orders.get(reason, [])
+            named = f": orders {', '.join(orders)}" if orders else ""
+            if orders and len(orders) < count:
+                named += f" (the latest {len(orders)})"
+            lines.append(f"ALARM {row.process}: {count} x {reason}{named}")
+    if lines:
+        lines.append("an operator must look at each alarm: `choreo dlq list`")
+    return lines

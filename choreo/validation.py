@@ -17,6 +17,16 @@ service registers its servicer with :func:`add_servicer` instead of the generate
 Why a registration wrapper rather than a call at the top of each method: an RPC added later
 cannot forget it, and undecodable bytes have to be caught in the deserializer anyway, which
 only the registration can reach.
+
+The bus is a door too: a producer may skip the gRPC door and publish straight to a stream. The
+consumer checks every event it decodes with :func:`event_violations` (the same ``buf.validate``
+rules, which the events' shared types carry: addresses, money, order lines, plus a NUL in any
+string, which no database column can hold), before any handler runs. An invalid event never
+reaches its handler: where the step has a give-up handler, the step gives up at once
+(``handler_rejected``, the detail naming each field) and the give-up handler gets the event
+with those fields cleared (:func:`without_invalid_fields`), so it can always record what it did
+and emit the step's failure event; elsewhere it is a dead letter with the reason
+:data:`INVALID_EVENT` naming each field.
 """
 
 from __future__ import annotations
@@ -37,6 +47,9 @@ from google.protobuf.message import DecodeError, Message
 from choreo.grpc_errors import abort_invalid
 
 log = logging.getLogger(__name__)
+
+# The dead-letter reason of an event from the bus that breaks a declared rule.
+INVALID_EVENT = "invalid_event"
 
 # One validator for the process: it compiles each message type's rules once and caches them.
 _VALIDATOR = protovalidate.Validator()
@@ -61,6 +74,149 @@ def violations(message: Message) -> list[tuple[str, str]]:
         # protovalidate reports in its own protobuf runtime; the wire form is the same schema.
         proto = validate_pb2.Violation.FromString(violation.proto.to_binary())
         found.append((field_path(proto.field), proto.message or proto.rule_id))
+    return found
+
+
+# A field's place in a message: (field name, index or map key, or None) from the top.
+Step = tuple[str, int | str | bool | None]
+
+
+@dataclass(frozen=True, slots=True)
+class EventViolation:
+    path: str  # as clients write it: shipping_address.line1, lines[0].sku
+    description: str
+    steps: tuple[Step, ...]
+
+
+def event_violations(event: Message) -> list[EventViolation]:
+    """What an event from the bus breaks: every declared rule a field's *value* breaks, and a
+    NUL character in any string field (at any depth), which the rules of request-only fields
+    keep out at the gRPC door but which an event's own scalar fields do not declare.
+
+    A field left at its default (empty, zero, unset) is not held to its rules: an event is not
+    a request, and producers of an older version, or a step that has no value to carry, leave
+    fields out; consumers treat an absent value themselves. What a field does carry (a NUL in
+    an address line, a negative amount, an overlong string) is checked. [] when valid."""
+    found: list[EventViolation] = []
+    try:
+        for violation in _VALIDATOR.collect_violations(event):
+            if _unset(violation.field_value):
+                continue
+            proto = validate_pb2.Violation.FromString(violation.proto.to_binary())
+            steps = tuple(_step(element) for element in proto.field.elements)
+            found.append(
+                EventViolation(field_path(proto.field), proto.message or proto.rule_id, steps)
+            )
+    except (protovalidate.CompilationError, protovalidate.EvaluationError) as exc:
+        # A broken rule in the contracts is not the producer's fault: say so, do not drop it.
+        log.exception("validating a %s failed", event.DESCRIPTOR.full_name)
+        return [EventViolation("", f"the event could not be validated: {exc}", ())]
+    named = {violation.path for violation in found}
+    for steps in _nul_strings(event, ()):
+        path = steps_path(steps)
+        if path not in named:
+            found.append(EventViolation(path, "contains a NUL character", steps))
+    return found
+
+
+def without_invalid_fields(event: Message, found: list[EventViolation]) -> Message:
+    """A copy of ``event`` with every field named in ``found`` cleared: what a give-up handler
+    may record and pass on (a database refuses a NUL; an invalid value must not travel on in
+    the step's failure event)."""
+    copy = type(event)()
+    copy.CopyFrom(event)
+    for violation in found:
+        if violation.steps:
+            _clear(copy, violation.steps)
+    return copy
+
+
+def _step(element: validate_pb2.FieldPathElement) -> Step:
+    match element.WhichOneof("subscript"):
+        case "index":
+            return (element.field_name, int(element.index))
+        case "bool_key":
+            return (element.field_name, bool(element.bool_key))
+        case "int_key":
+            return (element.field_name, int(element.int_key))
+        case "uint_key":
+            return (element.field_name, int(element.uint_key))
+        case "string_key":
+            return (element.field_name, str(element.string_key))
+    return (element.field_name, None)
+
+
+def steps_path(steps: tuple[Step, ...]) -> str:
+    text = ""
+    for name, subscript in steps:
+        text += f".{name}" if text else name
+        if isinstance(subscript, bool):
+            text += f"[{str(subscript).lower()}]"
+        elif isinstance(subscript, str):
+            text += f"[{json.dumps(subscript)}]"
+        elif subscript is not None:
+            text += f"[{subscript}]"
+    return text
+
+
+def _clear(message: Message, steps: tuple[Step, ...]) -> None:
+    """Clear the field at ``steps`` (a list element or map value: set to its default)."""
+    try:
+        for name, subscript in steps[:-1]:
+            container = getattr(message, name)
+            message = container if subscript is None else container[subscript]
+        name, subscript = steps[-1]
+        if subscript is None:
+            message.ClearField(name)
+            return
+        container = getattr(message, name)
+        item = container[subscript]
+        if isinstance(item, Message):
+            item.Clear()
+        elif isinstance(subscript, str) and "\x00" in subscript:
+            del container[subscript]
+        else:
+            container[subscript] = type(item)()
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        log.warning("could not clear %s of a %s", steps_path(steps), message.DESCRIPTOR.full_name)
+
+
+def _unset(value: object) -> bool:
+    if value is None or isinstance(value, (str, bytes, bool, int, float)):
+        return not value
+    if isinstance(value, Message):
+        return not value.ListFields()
+    try:
+        return len(value) == 0  # type: ignore[arg-type]
+    except TypeError:
+        return False
+
+
+def _nul_strings(message: Message, prefix: tuple[Step, ...]) -> list[tuple[Step, ...]]:
+    """Places of string fields (also in repeated fields, maps and nested messages) with a NUL."""
+    found: list[tuple[Step, ...]] = []
+    for descriptor, value in message.ListFields():
+        name = descriptor.name
+        if descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
+            value_field = descriptor.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                here = (*prefix, (name, key))
+                if isinstance(key, str) and "\x00" in key:
+                    found.append(here)
+                elif value_field.message_type is not None:
+                    found += _nul_strings(item, here)
+                elif isinstance(item, str) and "\x00" in item:
+                    found.append(here)
+        elif descriptor.is_repeated:
+            for index, item in enumerate(value):
+                if isinstance(item, Message):
+                    found += _nul_strings(item, (*prefix, (name, index)))
+                elif isinstance(item, str) and "\x00" in item:
+                    found.append((*prefix, (name, index)))
+        elif isinstance(value, Message):
+            found += _nul_strings(value, (*prefix, (name, None)))
+        elif isinstance(value, str) and "\x00" in value:
+            found.append((*prefix, (name, None)))
     return found
 
 
