@@ -543,7 +543,7 @@ async def _dlq(args: argparse.Namespace) -> int:
             else:
                 new_id = await dlq.replay_letter(js, args.seq, by=args.by, note=args.note)
                 print(f"replayed dead letter {args.seq} as Nats-Msg-Id {new_id}")
-        except (dlq.ParkedRowNotice, dlq.AlreadyResolved) as refused:
+        except dlq.ReplayRefused as refused:  # a notice, resolved, suspect, or source gone
             print(f"choreo: {refused}", file=sys.stderr)
             return 1
         except NotFoundError:
@@ -581,6 +581,7 @@ def _print_letters(letters: list[Any], include_resolved: bool) -> None:
     print(f"{'SEQ':>6}  {'FILED (UTC)':<19}  {'SERVICE':<13} {'REASON':<27} {'EVENT':<24} ORDER")
     for letter in letters:
         flag = "  ALARM" if letter.alarm else "  compensated" if letter.compensated else ""
+        flag = "  SUSPECT" + flag if letter.suspect else flag
         event = letter.event_type.rsplit(".", 1)[-1]
         print(
             f"{letter.seq:>6}  {_when(letter.dead_lettered_at):<19}  {letter.service:<13}"
@@ -588,6 +589,10 @@ def _print_letters(letters: list[Any], include_resolved: bool) -> None:
         )
         if letter.detail:
             print(f"{'':>8}{letter.detail}")
+        for why in letter.suspicions:
+            print(f"{'':>8}SUSPECT: {why}")
+        if letter.source_gone:
+            print(f"{'':>8}not replayable: {letter.source_gone}")
         if letter.resolution is not None:
             print(f"{'':>8}[{letter.resolution.describe()}]")
     kind = "dead letter(s)" if include_resolved else "open dead letter(s)"
@@ -612,6 +617,9 @@ def _letter_detail(letter: Any) -> str:
         lines.append("  ALARM:       nothing compensated this step; an operator must act")
     if letter.compensated:
         lines.append("  compensated: the give-up handler compensated; the saga went on")
+    lines += [f"  SUSPECT:     {why}" for why in letter.suspicions]
+    if letter.source_gone:
+        lines.append(f"  not replayable: {letter.source_gone}")
     lines += ["error:", f"  {letter.detail or '-'}", "headers:"]
     lines += [f"  {name}: {value}" for name, value in sorted(letter.headers.items())]
     if letter.is_parked_notice:
@@ -652,7 +660,7 @@ async def _dlq_replay_all(js: Any, args: argparse.Namespace) -> int:
             try:
                 await dlq.replay_letter(js, letter.seq, by=args.by, note=args.note)
                 replayed += 1
-            except dlq.AlreadyResolved as exc:  # someone else acted on it meanwhile
+            except dlq.ReplayRefused as exc:  # resolved meanwhile, suspect, or source gone
                 failed.append(f"  {letter.seq}: {exc}")
             progress.advance(task)
     print(f"replayed {replayed} of {len(letters)} open dead letter(s)")

@@ -5,6 +5,19 @@ detail, service, original subject, stream sequence and delivery count. Its ``Nat
 derived from the original stream position, so a consumer that crashes between dead-lettering
 and acking does not file the same letter twice.
 
+Who filed a letter, and what it may replay: its writer chooses every header, so no header is
+trusted for either. The *service* is the token after ``choreo.dlq.`` in the letter's subject,
+which the broker enforces (each service's user may publish only under
+``choreo.dlq.<service>.>``, see ``choreo.permissions``), and the original subject is the rest
+of that subject. A letter's other claims are checked (:func:`check_letter`): the service reacts
+to that event type (from the choreography; a service the choreography does not know must have a
+durable on the stream that receives the subject), and the event at the recorded stream and
+sequence is the one the letter names (subject, event id, type, body). A letter whose claims do
+not check out is *suspect*: listed as such, and never replayed. Replay republishes the event
+read back from its source stream, never the body a letter carries, and is refused once that
+event has aged out of its stream: services' inbox rows last as long as the stream keeps the
+event (``max_age``), so after that a replay could be applied twice.
+
 Parked outbox rows: an event the relay can never publish (larger than the server's
 ``max_payload`` with its headers, or refused for a reason that will not change) would block
 nothing but itself, yet retrying it forever is noise and, before it was set aside, could wedge
@@ -25,6 +38,7 @@ resolve the same letter: the second one is told it is already resolved.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import getpass
@@ -92,6 +106,15 @@ class DeadLetter:
     deliveries: int
     dead_lettered_at: float
     resolution: Resolution | None = None  # None: open, an operator has not acted on it yet
+    # Why the letter's claims do not check out (empty: they do, or were not checked). The
+    # service and the subject come from the letter's own subject, never from its headers.
+    suspicions: tuple[str, ...] = ()
+    # Why its source event can no longer be replayed (aged out of its stream), or "".
+    source_gone: str = ""
+
+    @property
+    def suspect(self) -> bool:
+        return bool(self.suspicions)
 
     @property
     def is_open(self) -> bool:
@@ -160,32 +183,219 @@ async def dead_letter(
     await js.publish(subjects.dlq_subject(service, subject), body, headers=letter_headers)
 
 
-def _letter(seq: int, headers: Mapping[str, str] | None, body: bytes | None) -> DeadLetter:
+def _number(text: str | None, kind: type[int] | type[float]) -> Any:
+    try:
+        return kind(text or 0)
+    except ValueError:
+        return kind(0)
+
+
+def _letter(
+    seq: int, headers: Mapping[str, str] | None, body: bytes | None, dlq_subject: str = ""
+) -> DeadLetter:
+    """A letter as filed. Its service and original subject are read from ``dlq_subject`` (the
+    broker only lets a service publish under its own); headers that disagree make it suspect."""
     headers = dict(headers or {})
+    service, subject = subjects.parse_dlq_subject(dlq_subject)
+    claimed_service = headers.get(H_SERVICE, "")
+    claimed_subject = headers.get(H_SUBJECT, "")
+    suspicions = []
+    if not service:
+        suspicions.append(f"its subject {dlq_subject!r} names no service")
+    elif claimed_service and claimed_service != service:
+        suspicions.append(
+            f"filed under {service}'s dead-letter subject, but its header claims the service"
+            f" {claimed_service!r}"
+        )
+    if H_PARKED in headers:
+        # A notice: the subject carries the original subject only when it is a plain one.
+        subject = claimed_subject
+    elif claimed_subject and claimed_subject != subject:
+        suspicions.append(
+            f"its header names the subject {claimed_subject!r}, its dead-letter subject {subject!r}"
+        )
     return DeadLetter(
         seq=seq,
-        service=headers.get(H_SERVICE, ""),
+        service=service,
         reason=headers.get(H_REASON, ""),
         detail=headers.get(H_DETAIL, ""),
-        subject=headers.get(H_SUBJECT, ""),
+        subject=subject,
         headers=headers,
         body=body or b"",
-        deliveries=int(headers.get(H_DELIVERIES, "0") or 0),
-        dead_lettered_at=float(headers.get(H_TIME, "0") or 0),
+        deliveries=_number(headers.get(H_DELIVERIES), int),
+        dead_lettered_at=_number(headers.get(H_TIME), float),
+        suspicions=tuple(suspicions),
     )
 
 
-async def get_dead_letter(js: Any, seq: int) -> DeadLetter:
-    """One dead letter with its resolution; ``NotFoundError`` if there is no such sequence."""
+async def get_dead_letter(js: Any, seq: int, *, check: bool = True) -> DeadLetter:
+    """One dead letter with its resolution and, unless ``check`` is False, what in it does not
+    check out (:func:`check_letter`); ``NotFoundError`` if there is no such sequence."""
     raw = await js.get_msg(subjects.DLQ_STREAM, seq)
-    letter = _letter(seq, raw.headers, raw.data)
-    return dataclasses.replace(letter, resolution=await resolution_of(js, seq))
+    letter = _letter(seq, raw.headers, raw.data, raw.subject or "")
+    letter = dataclasses.replace(letter, resolution=await resolution_of(js, seq))
+    if check:
+        letter, _ = await check_letter(js, letter)
+    return letter
 
 
-async def list_dead_letters(js: Any, service: str | None = None) -> list[DeadLetter]:
+async def list_dead_letters(
+    js: Any, service: str | None = None, *, check: bool = True
+) -> list[DeadLetter]:
     """Every dead letter still in the stream, resolved or not, oldest first (optionally of one
-    service). ``NotFoundError`` if no letter was ever filed (the stream does not exist)."""
-    return await find_dead_letters(js, LetterFilter(service=service), include_resolved=True)
+    service), each checked unless ``check`` is False. ``NotFoundError`` if no letter was ever
+    filed (the stream does not exist)."""
+    return await find_dead_letters(
+        js, LetterFilter(service=service), include_resolved=True, check=check
+    )
+
+
+# --- checking a letter's claims -------------------------------------------------------------
+
+# A replay must reach the services before their inbox rows of the event are pruned (they live
+# ``max_age`` after it was handled): the source must have this much of its retention left.
+_REPLAY_MARGIN_FRACTION = 0.1
+_REPLAY_MARGIN_MAX_S = 3600.0
+_CHECK_CONCURRENCY = 32
+
+
+@dataclass
+class _Checker:
+    """Checks letters against the broker, with what it read cached for one listing."""
+
+    js: Any
+    _streams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _durables: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+
+    async def stream(self, name: str) -> Any:
+        """The stream's info, or None when it does not exist."""
+        if name not in self._streams:
+            try:
+                self._streams[name] = await self.js.stream_info(name)
+            except NotFoundError:
+                self._streams[name] = None
+        return self._streams[name]
+
+    async def durables(self, stream: str) -> list[Any]:
+        if stream not in self._durables:
+            found: list[Any] = []
+            while True:
+                page = await self.js.consumers_info(stream, offset=len(found) or None)
+                found += page
+                if not page or len(page) < 256:
+                    break
+            self._durables[stream] = found
+        return self._durables[stream]
+
+    async def reacts(self, service: str, event_type: str, subject: str, stream: str) -> bool:
+        """Whether ``service`` receives ``subject``: by the choreography for a service it
+        knows; else by a durable of the service (``<service>__...``) on the stream whose filter
+        takes it (a service's user may create only its own durables, by name)."""
+        triggers = {e.trigger for e in contracts.choreography() if e.service == service}
+        if triggers:
+            return event_type in triggers
+        for consumer in await self.durables(stream):
+            config = consumer.config
+            name = config.durable_name or config.name or ""
+            filters = config.filter_subjects or [config.filter_subject or ">"]
+            if name.startswith(f"{service}__") and any(
+                subjects.subject_matches(f, subject) for f in filters
+            ):
+                return True
+        return False
+
+    async def check(self, letter: DeadLetter) -> tuple[DeadLetter, Any]:
+        suspicions = list(letter.suspicions)
+        gone = ""
+        source = None
+        if not letter.is_parked_notice and letter.service:
+            found, gone, source = await self._check_source(letter)
+            suspicions += found
+        letter = dataclasses.replace(letter, suspicions=tuple(suspicions), source_gone=gone)
+        return letter, source
+
+    async def _check_source(self, letter: DeadLetter) -> tuple[list[str], str, Any]:
+        """(suspicions, why the source is gone, the source message)."""
+        try:
+            event_type = subjects.event_type_of_subject(letter.subject)
+            stream = subjects.stream_name(subjects.context_of(event_type))
+        except ValueError:
+            return [f"its subject {letter.subject!r} is no event's"], "", None
+        found = []
+        if not await self.reacts(letter.service, event_type, letter.subject, stream):
+            found.append(f"{letter.service} does not subscribe to {event_type}")
+        claimed_stream = letter.headers.get(H_STREAM, "")
+        seq = _number(letter.headers.get(H_STREAM_SEQ), int)
+        if claimed_stream != stream:
+            found.append(f"it names the stream {claimed_stream!r}; {letter.subject} is in {stream}")
+        if seq < 1:
+            found.append("it names no stream sequence of its event")
+        if found:
+            return found, "", None
+        info = await self.stream(stream)
+        if info is None:
+            return found, f"the stream {stream} of its source event does not exist", None
+        if seq > (info.state.last_seq or 0):
+            return [f"it names {stream} #{seq}, a sequence that stream never reached"], "", None
+        max_age = float(info.config.max_age or 0)
+        retention = (
+            f"services forget a handled event's id (their inbox rows) after the stream's"
+            f" max_age of {max_age:.0f}s, so a replay could be applied twice"
+            if max_age
+            else "a replay could be applied twice"
+        )
+        try:
+            source = await self.js.get_msg(stream, seq)
+        except NotFoundError:
+            return (
+                found,
+                f"its source event {stream} #{seq} is gone from its stream (aged out or"
+                f" removed); {retention}",
+                None,
+            )
+        headers = dict(source.headers or {})
+        if source.subject != letter.subject:
+            found.append(f"{stream} #{seq} is {source.subject}, not {letter.subject}")
+        for name, what in ((H_ID, "event id"), (H_TYPE, "type")):
+            if headers.get(name, "") != letter.headers.get(name, ""):
+                found.append(
+                    f"its {what} {letter.headers.get(name, '')!r} is not the source event's"
+                    f" ({stream} #{seq}: {headers.get(name, '')!r})"
+                )
+        if (source.data or b"") != letter.body:
+            found.append(f"its body is not the body of its source event {stream} #{seq}")
+        if found:
+            return found, "", None
+        if max_age and source.time is not None:
+            age = time.time() - source.time.timestamp()
+            margin = min(_REPLAY_MARGIN_FRACTION * max_age, _REPLAY_MARGIN_MAX_S)
+            if age > max_age - margin:
+                return (
+                    found,
+                    f"its source event {stream} #{seq} is {age:.0f}s old, about to age out of"
+                    f" its stream; {retention}",
+                    None,
+                )
+        return found, "", source
+
+
+async def check_letter(js: Any, letter: DeadLetter) -> tuple[DeadLetter, Any]:
+    """The letter with its suspicions and whether its source is gone, and the source event as
+    stored (``RawStreamMsg``; None when the letter is suspect, a notice, or its source is gone).
+
+    Suspect: its service (from its subject) does not receive its event, or the event at the
+    stream and sequence it names is not the one it names (subject, id, type, body)."""
+    return await _Checker(js).check(letter)
+
+
+async def _check_all(js: Any, letters: list[DeadLetter]) -> list[DeadLetter]:
+    checker = _Checker(js)
+    checked: list[DeadLetter] = []
+    for start in range(0, len(letters), _CHECK_CONCURRENCY):
+        chunk = letters[start : start + _CHECK_CONCURRENCY]
+        done = await asyncio.gather(*(checker.check(letter) for letter in chunk))
+        checked += [letter for letter, _ in done]
+    return checked
 
 
 # --- finding letters ----------------------------------------------------------------------
@@ -228,10 +438,15 @@ _LOOK_UP_ONE_BY_ONE = 20
 
 
 async def find_dead_letters(
-    js: Any, where: LetterFilter | None = None, *, include_resolved: bool = False
+    js: Any,
+    where: LetterFilter | None = None,
+    *,
+    include_resolved: bool = False,
+    check: bool = True,
 ) -> list[DeadLetter]:
-    """Dead letters matching ``where``, oldest first, each with its resolution; only the open
-    ones unless ``include_resolved``. One filtered read of the stream, one of the bucket."""
+    """Dead letters matching ``where``, oldest first, each with its resolution and (unless
+    ``check`` is False) checked against its source (:func:`check_letter`); only the open ones
+    unless ``include_resolved``. One filtered read of the stream, one of the bucket."""
     where = where or LetterFilter()
     name, wanted = await open_reader(js, subjects.DLQ_STREAM, where.subjects())
     messages = await drain(js, subjects.DLQ_STREAM, name, wanted)
@@ -244,11 +459,11 @@ async def find_dead_letters(
         resolved = await resolutions(js)
     letters = []
     for message in messages:
-        letter = _letter(message.seq, message.headers, message.data)
+        letter = _letter(message.seq, message.headers, message.data, message.subject)
         letter = dataclasses.replace(letter, resolution=resolved.get(message.seq))
         if where.matches(letter) and (include_resolved or letter.is_open):
             letters.append(letter)
-    return letters
+    return await _check_all(js, letters) if check else letters
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -299,6 +514,9 @@ def letter_json(letter: DeadLetter, *, full: bool = False) -> dict[str, Any]:
         "alarm": letter.alarm,
         "compensated": letter.compensated,
         "parked_notice": letter.is_parked_notice,
+        "suspect": letter.suspect,
+        "suspicions": list(letter.suspicions),
+        "source_gone": letter.source_gone or None,
         "status": "open" if letter.resolution is None else letter.resolution.action,
         "resolution": None if letter.resolution is None else letter.resolution.to_json(),
     }
@@ -347,6 +565,14 @@ class Resolution:
 
 class ReplayRefused(Exception):
     """A letter that cannot be replayed: already resolved, or a notice without a body."""
+
+
+class SuspectLetter(ReplayRefused):
+    """The letter's claims do not check out (:func:`check_letter`): it is not replayed."""
+
+
+class SourceGone(ReplayRefused):
+    """The letter's source event is no longer in its stream: a replay could apply it twice."""
 
 
 class AlreadyResolved(ReplayRefused):
@@ -425,7 +651,13 @@ async def replay(js: Any, seq: int) -> str:
 
 
 async def replay_letter(js: Any, seq: int, *, by: str | None = None, note: str = "") -> str:
-    """Publish a dead letter again on its original subject; returns the new ``Nats-Msg-Id``.
+    """Publish a dead letter's event again on its original subject; returns the new
+    ``Nats-Msg-Id``.
+
+    What is published is the original event, read back from its source stream at the sequence
+    the letter records, never the body or headers the letter carries; a letter whose claims do
+    not check out is refused (:class:`SuspectLetter`), and so is one whose source event has
+    aged out of its stream (:class:`SourceGone`): services no longer hold its id in their inbox.
 
     The id is derived (``<event id>:replay:<dlq seq>``) so the broker does not drop it as a
     duplicate of the original, while replaying the same letter twice is still deduplicated.
@@ -438,7 +670,7 @@ async def replay_letter(js: Any, seq: int, *, by: str | None = None, note: str =
     ``NotFoundError`` for an unknown sequence, :class:`AlreadyResolved` for a closed one,
     :class:`ParkedRowNotice` for a notice (it has no body to publish).
     """
-    letter = await get_dead_letter(js, seq)
+    letter = await get_dead_letter(js, seq, check=False)
     if letter.resolution is not None:
         raise AlreadyResolved(letter.resolution)
     if letter.is_parked_notice:
@@ -448,11 +680,22 @@ async def replay_letter(js: Any, seq: int, *, by: str | None = None, note: str =
             f" its outbox ({letter.reason}: {letter.detail}); it is parked in that service's"
             f" database. Fix the cause, then `choreo dlq unpark {event_id} --database-url URL`"
         )
-    headers = letter.original_headers
+    letter, source = await check_letter(js, letter)
+    if letter.suspect:
+        raise SuspectLetter(
+            f"dead letter {seq} is suspect and is not replayed: {'; '.join(letter.suspicions)}."
+            f" Discard it (`choreo dlq discard {seq} --reason ...`) and find out who filed it"
+        )
+    if source is None:
+        raise SourceGone(
+            f"dead letter {seq} is not replayed: {letter.source_gone or 'its source is gone'}."
+            f" Repair its saga by hand, then discard it (`choreo dlq discard {seq} --reason ...`)"
+        )
+    headers = dict(source.headers or {})
     original_id = headers.get(H_ID) or headers.get(H_MSG_ID) or f"dlq-{seq}"
     headers[H_MSG_ID] = f"{original_id}:replay:{seq}"
     headers[H_REPLAY_OF] = str(seq)
-    await js.publish(letter.subject, letter.body, headers=headers)
+    await js.publish(source.subject, source.data or b"", headers=headers)
     msg_id = headers[H_MSG_ID]
     actor = by or default_actor()
     await _record(js, Resolution(seq, REPLAYED, actor, time.time(), note, replay_msg_id=msg_id))

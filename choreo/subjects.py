@@ -20,6 +20,8 @@
 - One stream per context: the namespace in capitals with ``_`` for ``.`` (``CHOREO_ORDER``,
   ``ACME_LOYALTY``), holding ``<namespace>.>``.
 - Dead letters: stream ``CHOREO_DLQ`` holding ``choreo.dlq.<service>.<original subject>``.
+  The service token is the letter's origin: each service's broker user may publish only under
+  its own, so a letter's service is read from its subject, never from a header.
 - Durable consumers: ``<service>__<context>_<version>_<EventType>`` (``.`` in the context
   becomes ``_``). These names are stable on purpose: renaming a durable makes JetStream
   deliver the whole stream again.
@@ -153,7 +155,33 @@ def durable_name(service: str, full_name: str) -> str:
 
 
 def dlq_subject(service: str, original_subject: str) -> str:
+    """``choreo.dlq.<service>.<original subject>``: the service is one token, the one the
+    broker lets only that service's user publish under (``choreo.permissions``)."""
     return f"{DLQ_PREFIX}.{service}.{original_subject}"
+
+
+def parse_dlq_subject(subject: str) -> tuple[str, str]:
+    """``choreo.dlq.payment.choreo.inventory.v1.InventoryReserved.o-1`` ->
+    ``("payment", "choreo.inventory.v1.InventoryReserved.o-1")``; ``("", "")`` for a subject
+    that is not a dead letter's."""
+    prefix = f"{DLQ_PREFIX}."
+    if not subject.startswith(prefix):
+        return "", ""
+    service, _, original = subject.removeprefix(prefix).partition(".")
+    if not _SAFE_TOKEN.fullmatch(service) or not original:
+        return "", ""
+    return service, original
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: ``*`` is one token, a final ``>`` one or more."""
+    wanted, tokens = pattern.split("."), subject.split(".")
+    for i, token in enumerate(wanted):
+        if token == ">" and i == len(wanted) - 1:
+            return len(tokens) > i
+        if i >= len(tokens) or (token != "*" and token != tokens[i]):
+            return False
+    return len(tokens) == len(wanted)
 
 
 def dlq_saga_filters(contexts: Iterable[str], correlation_id: str, service: str = "*") -> list[str]:

@@ -317,6 +317,9 @@ def letter_json(letter: dlq.DeadLetter, *, with_payload: bool = False) -> dict[s
         "alarm": letter.alarm,
         "compensated": letter.compensated,
         "parked_notice": letter.is_parked_notice,
+        "suspect": letter.suspect,
+        "suspicions": list(letter.suspicions),
+        "source_gone": letter.source_gone or None,
         "replay_of": letter.headers.get(dlq.H_REPLAY_OF),
     }
     if with_payload:

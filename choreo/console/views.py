@@ -157,6 +157,11 @@ def _letters_table(letters: Iterable[dlq.DeadLetter], *, with_order: bool = True
             flags += "<span class='badge compensated'>compensated</span> "
         if letter.is_parked_notice:
             flags += "<span class='badge'>parked outbox row</span> "
+        if letter.suspect:
+            why = escape("; ".join(letter.suspicions))
+            flags += f"<span class='badge alarm suspect' title='{why}'>SUSPECT</span> "
+        elif letter.source_gone:
+            flags += f"<span class='badge' title='{escape(letter.source_gone)}'>source gone</span> "
         order_id = order_id_of_letter(letter)
         order_cell = (
             f"<td><a class='saga-link' href='{saga_href(order_id)}'><code>{escape(order_id)}"
@@ -166,7 +171,7 @@ def _letters_table(letters: Iterable[dlq.DeadLetter], *, with_order: bool = True
         )
         replay = (
             ""
-            if letter.is_parked_notice
+            if letter.is_parked_notice or letter.suspect or letter.source_gone
             else f"<form class='inline' method='post' action='{letter_href(letter.seq)}/replay'>"
             f"<button type='submit' class='replay' data-seq='{letter.seq}'>Replay</button></form>"
         )
@@ -228,9 +233,11 @@ def dead_letters_page(letters: list[dlq.DeadLetter]) -> str:
     return page(
         "Dead letters",
         "<h1>Dead letters</h1><p class='muted'>What a service gave up on, newest first. "
-        "<em>Replay</em> publishes the event again on its original subject: services that "
-        "handled it skip it (their inbox has its id), the one that gave up handles it now. "
-        "Fix the cause first.</p>" + content,
+        "<em>Replay</em> publishes the original event again, read back from its stream: "
+        "services that handled it skip it (their inbox has its id), the one that gave up "
+        "handles it now. Fix the cause first. A <em>suspect</em> letter (its claims do not "
+        "match its source event or its service) and one whose event has aged out of its "
+        "stream are not replayed.</p>" + content,
     )
 
 
@@ -262,6 +269,8 @@ def dead_letter_page(
         ("dead-lettered (UTC)", _epoch(letter.dead_lettered_at)),
         ("alarm", "yes" if letter.alarm else "no"),
         ("compensated", "yes" if letter.compensated else "no"),
+        *(("SUSPECT", f"<span class='suspect'>{escape(why)}</span>") for why in letter.suspicions),
+        *((("not replayable", escape(letter.source_gone)),) if letter.source_gone else ()),
         (
             "saga",
             f"<a class='saga-link' href='{saga_href(order_id)}'><code>{escape(order_id)}"

@@ -17,19 +17,20 @@ from choreo.order.v1 import events_pb2 as order_events
 from choreo.payment.v1 import events_pb2 as payment_events
 from choreo.settings import RuntimeSettings
 from choreo.streams import ensure_streams
-from choreo.testing import envelope_for
+from choreo.testing import envelope_for, wait_for
 from tests.cli import choreo
 
 LONG_DETAIL = "card processor said: " + "declined because the issuer is unreachable; " * 5
 
 
 async def file_letter(
-    js: Any, message: Any, order_id: str, *, service: str, reason: str, detail: str, seq: int
+    js: Any, message: Any, order_id: str, *, service: str, reason: str, detail: str
 ) -> None:
     """A real event on its stream, then dead-lettered by ``service`` as a consumer would."""
     envelope = envelope_for(message, aggregate_id=order_id, correlation_id=order_id)
     headers = envelope.to_headers()
     body = message.SerializeToString()
+    stored = await js.publish(envelope.subject, body, headers=headers)
     await dlq.dead_letter(
         js,
         service=service,
@@ -38,15 +39,15 @@ async def file_letter(
         body=body,
         reason=reason,
         detail=detail,
-        stream=subjects.stream_name(subjects.context_of(envelope.event_type)),
-        stream_seq=seq,
+        stream=stored.stream,
+        stream_seq=stored.seq,
         deliveries=5,
     )
 
 
 @pytest.fixture
 async def letters(broker: EmbeddedBroker, js: Any) -> str:
-    """Three letters: payment gave up on o-1's OrderCreated (long detail), shipping on o-2's
+    """Three letters: inventory gave up on o-1's OrderCreated (long detail), shipping on o-2's
     PaymentCompleted, inventory rejected o-3's OrderCreated."""
     await ensure_streams(js, RuntimeSettings(service="order", nats_url=broker.url))
     created = order_events.OrderCreated(order_id="o-1", customer_id="c-42")
@@ -54,10 +55,9 @@ async def letters(broker: EmbeddedBroker, js: Any) -> str:
         js,
         created,
         "o-1",
-        service="payment",
+        service="inventory",
         reason=dlq.RETRIES_EXHAUSTED,
         detail=LONG_DETAIL,
-        seq=1,
     )
     authorized = payment_events.PaymentCompleted(order_id="o-2")
     await file_letter(
@@ -67,11 +67,10 @@ async def letters(broker: EmbeddedBroker, js: Any) -> str:
         service="shipping",
         reason=dlq.RETRIES_EXHAUSTED,
         detail="carrier down",
-        seq=2,
     )
     created3 = order_events.OrderCreated(order_id="o-3", customer_id="c-7")
     await file_letter(
-        js, created3, "o-3", service="inventory", reason=dlq.REJECTED, detail="bad sku", seq=3
+        js, created3, "o-3", service="inventory", reason=dlq.REJECTED, detail="bad sku"
     )
     return broker.url
 
@@ -89,12 +88,13 @@ def seqs(url: str, *args: str) -> list[int]:
 async def test_list_filters_and_shows_the_whole_detail(letters: str) -> None:
     url = letters
     assert seqs(url) == [1, 2, 3]
-    assert seqs(url, "--service", "payment") == [1]
+    assert seqs(url, "--service", "inventory") == [1, 3]
+    assert seqs(url, "--service", "shipping") == [2]
     assert seqs(url, "--event", "OrderCreated") == [1, 3]
     assert seqs(url, "--event", "choreo.payment.v1.PaymentCompleted") == [2]
     assert seqs(url, "--reason", dlq.REJECTED) == [3]
     assert seqs(url, "--order", "o-2") == [2]
-    assert seqs(url, "--order", "o-2", "--service", "payment") == []
+    assert seqs(url, "--order", "o-2", "--service", "inventory") == []
     assert seqs(url, "--since", "10m") == [1, 2, 3]
     assert seqs(url, "--since", "2999-01-01T00:00") == []
 
@@ -123,7 +123,8 @@ async def test_show_prints_headers_reason_error_and_the_decoded_payload(letters:
 
     as_json = json.loads(choreo("dlq", "show", "1", "--json", "--nats-url", letters).stdout)
     assert as_json["payload"]["customer_id"] == "c-42"
-    assert as_json["headers"][dlq.H_SERVICE] == "payment"
+    assert as_json["headers"][dlq.H_SERVICE] == "inventory"
+    assert as_json["service"] == "inventory" and as_json["suspect"] is False
     assert as_json["status"] == "open"
 
 
@@ -193,8 +194,8 @@ async def test_replay_all_by_filter_replays_only_the_matching_open_letters(lette
     assert seqs(url) == [2]
     nothing = choreo("dlq", "replay", "--all", "--event", "OrderCreated", "--nats-url", url)
     assert nothing.returncode == 0 and "replayed 0 of 0" in nothing.stdout
-    other = choreo("dlq", "replay", "--all", "--service", "payment", "--nats-url", url)
-    assert "replayed 0 of 0" in other.stdout and seqs(url) == [2], "payment's was replayed"
+    other = choreo("dlq", "replay", "--all", "--service", "inventory", "--nats-url", url)
+    assert "replayed 0 of 0" in other.stdout and seqs(url) == [2], "inventory's were replayed"
     shipping = choreo("dlq", "replay", "--all", "--service", "shipping", "--nats-url", url)
     assert shipping.returncode == 0 and "replayed 1 of 1" in shipping.stdout
     assert seqs(url) == [] and len(listed(url, "--all")) == 3
@@ -243,3 +244,95 @@ async def test_a_replay_from_the_web_console_closes_the_letter_too(letters: str,
         again = await console.post("/api/dead-letters/2/replay")
         assert again.status == 409
         assert "already replayed" in (await again.json())["error"]
+
+
+async def test_a_normal_replay_publishes_the_event_as_its_producer_did(
+    letters: str, js: Any
+) -> None:
+    """What goes back on the bus is the event read from its stream: same subject, body and
+    ce-id as the original, the derived Nats-Msg-Id, and a header naming the letter."""
+    letter = await dlq.get_dead_letter(js, 2)
+    stream = subjects.stream_name("payment")
+    original_seq = int(letter.headers[dlq.H_STREAM_SEQ])
+    original = await js.get_msg(stream, original_seq)
+
+    replayed = choreo("dlq", "replay", "2", "--nats-url", letters)
+    assert replayed.returncode == 0, replayed.stderr
+
+    last = (await js.stream_info(stream)).state.last_seq
+    copy = await js.get_msg(stream, last)
+    assert last == original_seq + 1
+    assert (copy.subject, copy.data) == (original.subject, original.data)
+    assert copy.headers["ce-id"] == original.headers["ce-id"]
+    assert copy.headers["Nats-Msg-Id"] == f"{original.headers['ce-id']}:replay:2"
+    assert copy.headers[dlq.H_REPLAY_OF] == "2"
+    assert not any(name.startswith("choreo-dlq-") for name in copy.headers)
+
+
+async def test_replay_all_refuses_a_suspect_letter_and_replays_the_others(
+    letters: str, js: Any
+) -> None:
+    """A letter filed under notification's subject that claims to be payment's, with a body
+    of its own: listed under notification, as suspect; `replay --all` replays the genuine
+    letters and names the suspect one it refused, with no traceback."""
+    made_up = order_events.OrderCreated(order_id="o-forged", customer_id="c-victim")
+    envelope = envelope_for(made_up, aggregate_id="o-forged", correlation_id="o-forged")
+    await js.publish(
+        subjects.dlq_subject("notification", envelope.subject),
+        made_up.SerializeToString(),
+        headers={
+            **envelope.to_headers(),
+            dlq.H_SERVICE: "payment",
+            dlq.H_SUBJECT: envelope.subject,
+            dlq.H_REASON: dlq.RETRIES_EXHAUSTED,
+            dlq.H_STREAM: "CHOREO_ORDER",
+            dlq.H_STREAM_SEQ: "1",
+        },
+    )
+    every = {letter["seq"]: letter for letter in listed(letters)}
+    assert [every[seq]["suspect"] for seq in (1, 2, 3)] == [False, False, False]
+    assert every[4]["service"] == "notification" and every[4]["suspect"] is True
+    shown = choreo("dlq", "show", "4", "--nats-url", letters)
+    assert "SUSPECT:" in shown.stdout and "claims the service 'payment'" in shown.stdout
+    orders_before = (await js.stream_info("CHOREO_ORDER")).state.messages
+
+    result = choreo("dlq", "replay", "--all", "--nats-url", letters)
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "replayed 3 of 4" in result.stdout
+    assert "4: dead letter 4 is suspect" in result.stderr
+    assert seqs(letters) == [4], "the suspect letter stays open, for a discard"
+    assert (await js.stream_info("CHOREO_ORDER")).state.messages == orders_before + 2
+
+
+async def test_a_replay_after_the_source_event_aged_out_is_refused(
+    broker: EmbeddedBroker, js: Any
+) -> None:
+    """Finding 10 of issue 23: inbox rows live as long as the stream keeps the event
+    (max_age); once the event has aged out, a replay could be applied twice by the services
+    that handled it, so it is refused, naming why, and the list says so."""
+    settings = RuntimeSettings(
+        service="order", nats_url=broker.url, max_age_s=1.0, duplicate_window_s=1.0
+    )
+    await ensure_streams(js, settings)
+    created = order_events.OrderCreated(order_id="o-old", customer_id="c-1")
+    await file_letter(
+        js, created, "o-old", service="inventory", reason=dlq.RETRIES_EXHAUSTED, detail="x"
+    )
+
+    async def aged_out() -> bool:
+        return int((await js.stream_info("CHOREO_ORDER")).state.messages) == 0
+
+    await wait_for(aged_out, timeout=15, what="the event to age out of CHOREO_ORDER")
+
+    replayed = choreo("dlq", "replay", "1", "--nats-url", broker.url)
+    assert replayed.returncode == 1, replayed.stdout + replayed.stderr
+    assert "is gone from its stream" in replayed.stderr
+    assert "inbox" in replayed.stderr and "max_age of 1s" in replayed.stderr
+    assert "Traceback" not in replayed.stderr
+    assert (await js.stream_info("CHOREO_ORDER")).state.messages == 0, "nothing republished"
+    (letter,) = listed(broker.url)
+    assert letter["status"] == "open" and letter["suspect"] is False
+    assert "is gone from its stream" in letter["source_gone"]
+    table = choreo("dlq", "list", "--nats-url", broker.url).stdout
+    assert "not replayable: its source event CHOREO_ORDER #1 is gone" in table

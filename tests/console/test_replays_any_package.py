@@ -9,22 +9,41 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from nats.js import api
 
 from choreo import contracts, dlq, subjects
 from choreo.console import reads
 from choreo.settings import RuntimeSettings
 from choreo.streams import context_stream_config, create_if_absent, dlq_stream_config
 
+# Who receives each test event: a service of the choreography (inventory reacts to
+# OrderCreated), and one it does not know (``points``), whose durable on the stream shows it.
+CONSUMERS = {"order": "inventory", "acme.loyalty": "points"}
+
 
 async def file_letter(js: Any, context: str, subject: str) -> int:
-    """Publish an event on ``subject`` and file it as a dead letter; returns the letter's seq."""
+    """Publish an event on ``subject`` and file it as a dead letter of the service that
+    receives it; returns the letter's seq."""
     settings = RuntimeSettings()
     await create_if_absent(js, context_stream_config(context, settings))
     await create_if_absent(js, dlq_stream_config(settings))
-    original = await js.publish(subject, b"payload", headers={"Nats-Msg-Id": f"e-{subject}"})
+    service = CONSUMERS[context]
+    stream = subjects.stream_name(context)
+    event_filter = subject.rsplit(".", 1)[0] + ".>"
+    await js.add_consumer(
+        stream,
+        api.ConsumerConfig(
+            durable_name=f"{service}__{event_filter.replace('.', '_').strip('_>')}",
+            ack_policy=api.AckPolicy.EXPLICIT,
+            filter_subject=event_filter,
+        ),
+    )
+    original = await js.publish(
+        subject, b"payload", headers={"Nats-Msg-Id": f"e-{subject}", "ce-id": f"e-{subject}"}
+    )
     await dlq.dead_letter(
         js,
-        service=subjects.service_of(context),
+        service=service,
         subject=subject,
         headers={"ce-id": f"e-{subject}"},
         body=b"payload",

@@ -4,6 +4,7 @@ choreography. A service cannot speak for another, and a client without credentia
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import nats
 import pytest
 from nats.js import api
 
-from choreo import permissions, subjects
+from choreo import dlq, permissions, subjects
 from choreo.broker import EmbeddedBroker
 from choreo.inventory.v1 import events_pb2 as inventory_events
 from choreo.order.v1 import events_pb2 as order_events
@@ -21,6 +22,7 @@ from choreo.settings import RuntimeSettings
 from choreo.streams import context_stream_config, dlq_stream_config
 from choreo.testing import envelope_for, wait_for
 from services.registry import SERVICE_NAMES
+from tests.cli import choreo
 
 CREDENTIALS = permissions.generate_credentials([*SERVICE_NAMES, permissions.OPERATOR])
 
@@ -219,3 +221,193 @@ async def test_a_service_consumes_only_what_it_reacts_to(secured_broker: Embedde
     finally:
         await inventory.close()
         await operator.close()
+
+
+# --- dead letters: a letter speaks only for the service whose user filed it -----------------
+
+
+def credentials_file(tmp_path: Path) -> Path:
+    path = tmp_path / "secrets" / "nats-credentials.json"
+    permissions.write_credentials_file(path, CREDENTIALS)
+    return path
+
+
+def operator_cli(broker: EmbeddedBroker, creds: Path, *args: str) -> Any:
+    """``choreo ARGS`` as the operator (its password from the credentials file, by path)."""
+    return choreo(*args, "--nats-url", broker.url, CHOREO_NATS_CREDENTIALS_FILE=str(creds))
+
+
+async def a_real_inventory_reserved(broker: EmbeddedBroker, order_id: str) -> tuple[Any, Any]:
+    """InventoryReserved for ``order_id``, published by inventory's own user; (envelope, ack)."""
+    inventory = await connect_as(broker, "inventory")
+    try:
+        event = inventory_events.InventoryReserved(
+            order_id=order_id, reservation_id=f"r-{order_id}", customer_id="c-real"
+        )
+        envelope = envelope_for(event, aggregate_id=order_id, correlation_id=order_id)
+        ack = await inventory.jetstream(timeout=2.0).publish(
+            envelope.subject, event.SerializeToString(), headers=envelope.to_headers()
+        )
+        return envelope, ack
+    finally:
+        await inventory.close()
+
+
+def forged_letter_headers(envelope: Any, *, service: str, stream: str, seq: int) -> dict[str, str]:
+    return {
+        **envelope.to_headers(),
+        "Nats-Msg-Id": f"forged-{envelope.event_id}",
+        dlq.H_REASON: dlq.RETRIES_EXHAUSTED,
+        dlq.H_DETAIL: "gateway down",
+        dlq.H_SERVICE: service,
+        dlq.H_SUBJECT: envelope.subject,
+        dlq.H_STREAM: stream,
+        dlq.H_STREAM_SEQ: str(seq),
+        dlq.H_DELIVERIES: "5",
+        dlq.H_TIME: "1700000000.0",
+    }
+
+
+async def test_a_letter_forged_by_notification_for_payment_is_refused_and_listed_as_suspect(
+    secured_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Finding 2 of issue 23: notification's user files a letter claiming to be payment's
+    give-up on an InventoryReserved for a made-up order, carrying a body of its own making.
+    Under payment's dead-letter subject the broker refuses it; under its own the letter is
+    notification's (the subject says so, whatever the header claims), suspect, and replay
+    publishes nothing."""
+    operator = await prepared_streams(secured_broker)
+    creds = credentials_file(tmp_path)
+    _, real = await a_real_inventory_reserved(secured_broker, "o-real")
+    made_up = inventory_events.InventoryReserved(
+        order_id="o-forged", reservation_id="r-forged", customer_id="c-victim"
+    )
+    made_up.total.amount_minor = 9_999_900
+    envelope = envelope_for(made_up, aggregate_id="o-forged", correlation_id="o-forged")
+    headers = forged_letter_headers(envelope, service="payment", stream=real.stream, seq=real.seq)
+    errors: list[str] = []
+    notification = await connect_as(secured_broker, "notification", errors)
+    try:
+        js = notification.jetstream(timeout=1.0)
+        # Under payment's subject: refused by the broker.
+        with pytest.raises(Exception):  # noqa: B017 - the PubAck never comes: a timeout
+            await js.publish(
+                subjects.dlq_subject("payment", envelope.subject),
+                made_up.SerializeToString(),
+                headers=headers,
+            )
+        await refused(errors)
+        assert await stored(operator.jetstream(), subjects.DLQ_STREAM) == 0
+        # Under its own: stored, but it speaks for notification only.
+        ack = await js.publish(
+            subjects.dlq_subject("notification", envelope.subject),
+            made_up.SerializeToString(),
+            headers=headers,
+        )
+    finally:
+        await notification.close()
+
+    listed = operator_cli(secured_broker, creds, "dlq", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (letter,) = json.loads(listed.stdout)
+    assert letter["seq"] == ack.seq
+    assert letter["service"] == "notification", "the service comes from the subject"
+    assert letter["suspect"] is True
+    assert any("claims the service 'payment'" in why for why in letter["suspicions"])
+    assert any(
+        "notification does not subscribe to choreo.inventory.v1.InventoryReserved" in why
+        for why in letter["suspicions"]
+    )
+    table = operator_cli(secured_broker, creds, "dlq", "list")
+    assert "SUSPECT" in table.stdout and "notification" in table.stdout
+    by_payment = operator_cli(
+        secured_broker, creds, "dlq", "list", "--json", "--service", "payment"
+    )
+    assert json.loads(by_payment.stdout) == [], "nothing is payment's"
+
+    replayed = operator_cli(secured_broker, creds, "dlq", "replay", str(ack.seq))
+    assert replayed.returncode == 1, replayed.stdout + replayed.stderr
+    assert "suspect" in replayed.stderr and "claims the service 'payment'" in replayed.stderr
+    assert "Traceback" not in replayed.stderr
+    ops = operator.jetstream()
+    assert await stored(ops, "CHOREO_INVENTORY") == 1, "nothing was republished"
+    assert (await dlq.get_dead_letter(ops, ack.seq)).is_open
+    await operator.close()
+
+
+async def test_a_letter_of_payments_own_pointing_at_another_event_is_not_replayed(
+    secured_broker: EmbeddedBroker,
+) -> None:
+    """Payment does react to InventoryReserved, so it may file letters about one: but replay
+    republishes only the event at the sequence the letter names, and only when that event is
+    the one the letter says (subject, id, body). A made-up order with a 99,999 total, pointed
+    at a real InventoryReserved, is suspect and replays nothing."""
+    operator = await prepared_streams(secured_broker)
+    _, real = await a_real_inventory_reserved(secured_broker, "o-real")
+    made_up = inventory_events.InventoryReserved(order_id="o-forged", customer_id="c-victim")
+    made_up.total.amount_minor = 9_999_900
+    envelope = envelope_for(made_up, aggregate_id="o-forged", correlation_id="o-forged")
+    payment = await connect_as(secured_broker, "payment")
+    try:
+        await dlq.dead_letter(
+            payment.jetstream(timeout=2.0),
+            service="payment",
+            subject=envelope.subject,
+            headers=envelope.to_headers(),
+            body=made_up.SerializeToString(),
+            reason=dlq.RETRIES_EXHAUSTED,
+            detail="gateway down",
+            stream=real.stream,
+            stream_seq=real.seq,
+            deliveries=5,
+        )
+    finally:
+        await payment.close()
+    ops = operator.jetstream()
+    (letter,) = await dlq.list_dead_letters(ops)
+    assert letter.service == "payment" and letter.suspect
+    assert any("is choreo.inventory.v1.InventoryReserved.o-real" in w for w in letter.suspicions)
+    assert any("body is not the body" in why for why in letter.suspicions)
+    with pytest.raises(dlq.SuspectLetter, match="event id"):
+        await dlq.replay_letter(ops, letter.seq)
+    assert await stored(ops, "CHOREO_INVENTORY") == 1, "nothing was republished"
+    await operator.close()
+
+
+async def test_a_genuine_letter_replays_the_event_its_producer_published(
+    secured_broker: EmbeddedBroker,
+) -> None:
+    """Payment's own letter about a real InventoryReserved: replay publishes that event as
+    inventory published it (body and ce-id), with the derived Nats-Msg-Id."""
+    operator = await prepared_streams(secured_broker)
+    envelope, real = await a_real_inventory_reserved(secured_broker, "o-1")
+    ops = operator.jetstream()
+    source = await ops.get_msg(real.stream, real.seq)
+    payment = await connect_as(secured_broker, "payment")
+    try:
+        await dlq.dead_letter(
+            payment.jetstream(timeout=2.0),
+            service="payment",
+            subject=source.subject,
+            headers=source.headers,
+            body=source.data,
+            reason=dlq.RETRIES_EXHAUSTED,
+            detail="gateway down",
+            stream=real.stream,
+            stream_seq=real.seq,
+            deliveries=5,
+        )
+    finally:
+        await payment.close()
+    (letter,) = await dlq.list_dead_letters(ops)
+    assert (letter.service, letter.suspect, letter.source_gone) == ("payment", False, "")
+
+    msg_id = await dlq.replay_letter(ops, letter.seq, by="alice")
+
+    assert msg_id == f"{envelope.event_id}:replay:{letter.seq}"
+    copy = await ops.get_msg(real.stream, real.seq + 1)
+    assert copy.subject == source.subject and copy.data == source.data
+    assert copy.headers["ce-id"] == envelope.event_id
+    assert copy.headers["Nats-Msg-Id"] == msg_id
+    assert copy.headers[dlq.H_REPLAY_OF] == str(letter.seq)
+    await operator.close()
