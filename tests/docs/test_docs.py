@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from dataclasses import fields
 from pathlib import Path
 
@@ -111,3 +112,11 @@ def test_the_benchmark_page_quotes_its_run() -> None:
             assert f"**{best:.1f}**" in text
     for historic in ("this round", "an earlier round", "the round before"):
         assert historic not in text.lower()
+
+
+def test_the_install_page_names_every_extra_of_the_runtime() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    text = page("writing-a-service.md")
+    runtime_extras = set(project["optional-dependencies"]) - {"dev", "bench"}
+    missing = sorted(extra for extra in runtime_extras if f"| `{extra}` |" not in text)
+    assert not missing, f"docs/writing-a-service.md's extras table lacks {missing}"
