@@ -120,3 +120,30 @@ def test_the_install_page_names_every_extra_of_the_runtime() -> None:
     runtime_extras = set(project["optional-dependencies"]) - {"dev", "bench"}
     missing = sorted(extra for extra in runtime_extras if f"| `{extra}` |" not in text)
     assert not missing, f"docs/writing-a-service.md's extras table lacks {missing}"
+
+
+# Folders of this repository whose files the docs name in `code`: a file moved or renamed must
+# take its mentions along.
+REPO_FOLDERS = (
+    "catalog/",
+    "choreo/",
+    "clients/",
+    "deploy/",
+    "examples/",
+    "proto/",
+    "requirements/",
+    "scripts/",
+    "services/",
+    "tests/",
+)
+
+
+def test_every_file_the_docs_name_exists() -> None:
+    documents = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+    missing = []
+    for document in documents:
+        text = document.read_text(encoding="utf-8")
+        for path in re.findall(r"`([A-Za-z0-9_./-]+\.[a-z]+)`", text):
+            if path.startswith(REPO_FOLDERS) and not (REPO / path).exists():
+                missing.append(f"{document.relative_to(REPO)}: {path}")
+    assert not missing, "the docs name files that do not exist: " + ", ".join(missing)
