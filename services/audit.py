@@ -104,6 +104,8 @@ class LedgerView:
     charges: Mapping[str, int]
     refunds: Mapping[str, int]
     bookings: Mapping[str, int]
+    # Booked shipments the carrier has cancelled since, per order.
+    cancelled_bookings: Mapping[str, int] = field(default_factory=dict)
 
 
 def _events(messages: Iterable[StoredMessage]) -> list[Event]:
@@ -143,7 +145,10 @@ async def read_ledgers(data_dir: Path, saga: SagaSettings) -> LedgerView:
     payments = await gateway.ledger_counts()
     shipping = await provider.ledger_counts()
     return LedgerView(
-        charges=payments.charges, refunds=payments.refunds, bookings=shipping.bookings
+        charges=payments.charges,
+        refunds=payments.refunds,
+        bookings=shipping.bookings,
+        cancelled_bookings=shipping.cancelled,
     )
 
 
@@ -202,9 +207,11 @@ async def audit(
         if order_id not in known:
             report.violated(5, order_id, "events exist for an order the order service lacks")
 
-    _check_reactions(report, events, letters)
+    cancelled = frozenset(order.order_id for order in orders if order.status == CANCELLED)
+    _check_reactions(report, events, letters, cancelled)
     await _check_consumers(report, js)
     await _check_stock(report, addresses["inventory"], catalog)
+    await _check_cancelled_stock(report, addresses["inventory"], cancelled)
     return report
 
 
@@ -274,6 +281,9 @@ def _check_order(
         report.violated(3, order_id, f"cancelled after a charge but refunded {refunds} times")
     if order.status == SHIPPED and (charges != 1 or refunds):
         report.violated(3, order_id, f"shipped with {charges} charges and {refunds} refunds")
+    active = bookings - ledgers.cancelled_bookings.get(order_id, 0)
+    if order.status == CANCELLED and active > 0:
+        report.violated(3, order_id, f"cancelled with {active} booking(s) still active")
 
     # 4. One notification per final state.
     if types["NotificationSent"] != 1:
@@ -293,8 +303,23 @@ MAY_BE_NO_OP = {
 }
 
 
+# Forward steps that rightly do nothing for an order already cancelled: a cancellation wins
+# against a late (or replayed) forward event, in every service that remembers it.
+NO_OP_WHEN_CANCELLED = {
+    ("ShipmentCreated", "order"),
+    ("OrderCreated", "inventory"),
+    ("InventoryReserved", "payment"),
+    ("PaymentCompleted", "shipping"),
+    ("ShipmentCreated", "inventory"),
+    ("ShipmentCreated", "notification"),
+}
+
+
 def _check_reactions(
-    report: AuditReport, events: list[Event], letters: list[dlq.DeadLetter]
+    report: AuditReport,
+    events: list[Event],
+    letters: list[dlq.DeadLetter],
+    cancelled: frozenset[str] = frozenset(),
 ) -> None:
     """5. Every event reached every subscriber: its reaction exists, or it is a dead letter.
 
@@ -315,6 +340,8 @@ def _check_reactions(
     for event in events:
         for service in sorted(reacting.get(event.event_type, ())):
             if (event.event_id, service) in dead:
+                continue
+            if (event.event_type, service) in NO_OP_WHEN_CANCELLED and event.order_id in cancelled:
                 continue
             if (event.order_id, event.event_type, service) not in answered:
                 report.violated(
@@ -450,3 +477,32 @@ async def _check_stock(report: AuditReport, address: str, catalog: Catalog) -> N
                 )
             if level.reserved:
                 report.violated(2, "", f"{sku}: {level.reserved} still reserved at quiescence")
+
+
+async def _check_cancelled_stock(
+    report: AuditReport, address: str, cancelled: frozenset[str]
+) -> None:
+    """2. A cancelled order keeps no stock: none reserved, none counted as shipped out."""
+    if not cancelled:
+        return
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub: inventory_grpc.InventoryServiceAsyncStub = inventory_grpc.InventoryServiceStub(
+            channel
+        )
+        token = ""
+        while True:
+            page = await stub.ListReservations(
+                inventory_pb.ListReservationsRequest(page_size=500, page_token=token), timeout=30
+            )
+            for reservation in page.reservations:
+                if reservation.order_id in cancelled and reservation.status in (
+                    inventory_pb.RESERVATION_STATUS_RESERVED,
+                    inventory_pb.RESERVATION_STATUS_SHIPPED,
+                ):
+                    status = inventory_pb.ReservationStatus.Name(reservation.status)
+                    report.violated(
+                        2, reservation.order_id, f"cancelled, but its stock is {status}"
+                    )
+            token = page.next_page_token
+            if not token:
+                return

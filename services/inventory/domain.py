@@ -56,6 +56,10 @@ class ReservationStatus(enum.StrEnum):
     REJECTED = "REJECTED"
     RELEASED = "RELEASED"
     SHIPPED = "SHIPPED"
+    # Shipped out for an order that turned out cancelled (a late ShipmentCreated won the race
+    # against the cancellation, and shipping cancelled that booking at the carrier): the goods
+    # never went, so they are put back on the shelf, available again.
+    RETURNED = "RETURNED"
 
 
 class RejectionReason(enum.StrEnum):
@@ -171,6 +175,21 @@ def ship(reservation: Reservation | None) -> Transition | NoChange:
         for q in reservation.quantities
     )
     return Transition(ReservationStatus.SHIPPED, adjustments)
+
+
+def return_shipped(reservation: Reservation | None) -> Transition | NoChange:
+    """Stock shipped out for a cancelled order comes back: shipped -> available.
+
+    A cancellation wins against a late shipment: the booking is cancelled at the carrier, so
+    what left the warehouse with it is returned, and a cancelled order keeps no stock (the
+    alternative, leaving it counted as shipped, would conserve the sum but lose the goods)."""
+    if reservation is None or reservation.status is not ReservationStatus.SHIPPED:
+        return NoChange("nothing was shipped for this order")
+    adjustments = tuple(
+        StockAdjustment(q.sku, available=q.quantity, shipped=-q.quantity)
+        for q in reservation.quantities
+    )
+    return Transition(ReservationStatus.RETURNED, adjustments)
 
 
 def apply(level: StockLevel, adjustment: StockAdjustment) -> StockLevel:

@@ -1,4 +1,10 @@
-"""Inventory reactions: reserve on OrderCreated, release on a later failure, ship on shipment."""
+"""Inventory reactions: reserve on OrderCreated, release on a later failure, ship on shipment.
+
+A cancellation wins against a late forward step: every OrderCancelled is remembered (a
+tombstone), so a late OrderCreated reserves nothing and a late ShipmentCreated ships nothing
+out; stock a late shipment did ship out for an order cancelled afterwards is returned (the
+shipping service cancels that booking at the carrier), so a cancelled order keeps no stock.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from datetime import UTC, datetime
 
 from google.protobuf.message import Message
 
-from choreo.errors import PermanentError
+from choreo.errors import PermanentError, TransientError
 from choreo.handling import Handler, HandlerContext
 from choreo.inventory.v1 import events_pb2 as inventory_events
 from choreo.order.v1 import events_pb2 as order_events
@@ -24,10 +30,16 @@ async def on_order_created(ctx: HandlerContext, event: order_events.OrderCreated
     problems = mapping.line_violations(event.lines)
     if problems:
         raise PermanentError(f"OrderCreated {order_id}: {'; '.join(problems)}")
-    stock = await store.load_stock(ctx.tx, (line.sku for line in event.lines))
-    outcome = domain.reserve(stock, event.lines)
     reservation_id = domain.reservation_id_for(order_id)
     now = datetime.now(UTC)
+    if await store.is_cancelled(ctx.tx, order_id):
+        # The cancellation got here first: reserve nothing, and record that as the outcome.
+        outcome_cancelled = domain.cancel_before_reserving()
+        await store.apply_reservation(ctx.tx, order_id, reservation_id, outcome_cancelled, now)
+        log.info("order %s is cancelled; nothing reserved", order_id)
+        return
+    stock = await store.load_stock(ctx.tx, (line.sku for line in event.lines))
+    outcome = domain.reserve(stock, event.lines)
     if not await store.apply_reservation(ctx.tx, order_id, reservation_id, outcome, now):
         log.info("order %s already has a reservation outcome; nothing to do", order_id)
         return
@@ -77,15 +89,7 @@ async def _release(
         return
     if not await store.apply_transition(ctx.tx, order_id, decision):
         return
-    ctx.emit(
-        inventory_events.InventoryReleased(
-            order_id=order_id,
-            reservation_id=reservation.reservation_id,
-            lines=mapping.quantity_lines(reservation.quantities),
-            reason=reason,
-        ),
-        aggregate_id=order_id,
-    )
+    _emit_released(ctx, reservation, reason)
 
 
 async def on_payment_failed(ctx: HandlerContext, event: payment_events.PaymentFailed) -> None:
@@ -97,20 +101,73 @@ async def on_shipping_failed(ctx: HandlerContext, event: shipping_events.Shippin
 
 
 async def on_order_cancelled(ctx: HandlerContext, event: order_events.OrderCancelled) -> None:
-    """An order cancelled at its deadline: release its stock, or make sure none is reserved."""
+    """Remember the cancellation (any reason). Stock shipped out for the order is returned
+    (any reason: the booking is cancelled). At the saga deadline, reserved stock is released,
+    or, with nothing reserved yet, a late OrderCreated is made to reserve nothing."""
     order_id = event.order_id
-    if not domain.compensates_cancellation(order_events.CancellationReason.Name(event.reason)):
+    reason = order_events.CancellationReason.Name(event.reason)
+    now = datetime.now(UTC)
+    await store.remember_cancelled(ctx.tx, order_id, reason, now)
+    reservation = await store.load_reservation(ctx.tx, order_id)
+    if reservation is not None and reservation.status is domain.ReservationStatus.SHIPPED:
+        await _return_shipped(ctx, reservation)
         return
-    if await store.load_reservation(ctx.tx, order_id) is None:
+    if not domain.compensates_cancellation(reason):
+        return
+    if reservation is None:
         outcome = domain.cancel_before_reserving()
         reservation_id = domain.reservation_id_for(order_id)
-        await store.apply_reservation(ctx.tx, order_id, reservation_id, outcome, datetime.now(UTC))
+        await store.apply_reservation(ctx.tx, order_id, reservation_id, outcome, now)
         return
-    await _release(ctx, order_id, inventory_events.RELEASE_REASON_ORDER_CANCELLED)
+    if reservation.status is domain.ReservationStatus.RESERVED:
+        decision = domain.release(reservation)
+        if isinstance(decision, domain.Transition) and not await store.apply_transition(
+            ctx.tx, order_id, decision
+        ):
+            # Shipped or released by a concurrent writer (Postgres): decide again.
+            raise TransientError(f"reservation of order {order_id} changed; deciding again")
+        if isinstance(decision, domain.Transition):
+            _emit_released(ctx, reservation, inventory_events.RELEASE_REASON_ORDER_CANCELLED)
+
+
+async def _return_shipped(ctx: HandlerContext, reservation: domain.Reservation) -> None:
+    decision = domain.return_shipped(reservation)
+    if isinstance(decision, domain.NoChange):
+        return
+    if not await store.apply_transition(
+        ctx.tx, reservation.order_id, decision, expected=domain.ReservationStatus.SHIPPED
+    ):
+        raise TransientError(f"reservation of order {reservation.order_id} changed; retrying")
+    log.warning(
+        "order %s was cancelled after its stock shipped out; the stock is returned",
+        reservation.order_id,
+    )
+    _emit_released(ctx, reservation, inventory_events.RELEASE_REASON_ORDER_CANCELLED)
+
+
+def _emit_released(
+    ctx: HandlerContext,
+    reservation: domain.Reservation,
+    reason: inventory_events.ReleaseReason.ValueType,
+) -> None:
+    ctx.emit(
+        inventory_events.InventoryReleased(
+            order_id=reservation.order_id,
+            reservation_id=reservation.reservation_id,
+            lines=mapping.quantity_lines(reservation.quantities),
+            reason=reason,
+        ),
+        aggregate_id=reservation.order_id,
+    )
 
 
 async def on_shipment_created(ctx: HandlerContext, event: shipping_events.ShipmentCreated) -> None:
     order_id = event.order_id
+    if await store.is_cancelled(ctx.tx, order_id):
+        # A booking that lost the race to the cancellation: shipping cancels it at the carrier,
+        # nothing leaves the warehouse.
+        log.info("order %s is cancelled; nothing ships out", order_id)
+        return
     reservation = await store.load_reservation(ctx.tx, order_id)
     decision = domain.ship(reservation)
     if isinstance(decision, domain.NoChange) or reservation is None:

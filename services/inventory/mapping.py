@@ -23,6 +23,8 @@ RESERVATION_STATUSES = {
     domain.ReservationStatus.RESERVED: inventory_service_pb2.RESERVATION_STATUS_RESERVED,
     domain.ReservationStatus.RELEASED: inventory_service_pb2.RESERVATION_STATUS_RELEASED,
     domain.ReservationStatus.SHIPPED: inventory_service_pb2.RESERVATION_STATUS_SHIPPED,
+    # The contract has no RETURNED status: the stock is available again, as when released.
+    domain.ReservationStatus.RETURNED: inventory_service_pb2.RESERVATION_STATUS_RELEASED,
 }
 
 

@@ -37,6 +37,13 @@ SCHEMA: list[str] = [
         lines_json TEXT NOT NULL,
         created_at TEXT NOT NULL
     )""",
+    # Orders this service heard were cancelled (any reason): a late OrderCreated reserves
+    # nothing and a late ShipmentCreated ships nothing out, so a cancellation wins.
+    """CREATE TABLE IF NOT EXISTS cancelled_orders (
+        order_id TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        cancelled_at TEXT NOT NULL
+    )""",
 ]
 
 
@@ -201,11 +208,29 @@ async def set_reservation_status(
     return changed == 1
 
 
-async def apply_transition(tx: Transaction, order_id: str, transition: Transition) -> bool:
-    """Move a RESERVED reservation to RELEASED/SHIPPED and its stock with it, or do nothing."""
-    if not await set_reservation_status(
-        tx, order_id, ReservationStatus.RESERVED, transition.status
-    ):
+async def apply_transition(
+    tx: Transaction,
+    order_id: str,
+    transition: Transition,
+    expected: ReservationStatus = ReservationStatus.RESERVED,
+) -> bool:
+    """Move a reservation from ``expected`` (RESERVED: to RELEASED/SHIPPED; SHIPPED: to
+    RETURNED) and its stock with it, or do nothing."""
+    if not await set_reservation_status(tx, order_id, expected, transition.status):
         return False
     await apply_adjustments(tx, transition.adjustments)
     return True
+
+
+async def remember_cancelled(tx: Transaction, order_id: str, reason: str, now: datetime) -> None:
+    """The order's tombstone: kept once, whatever the number of OrderCancelled deliveries."""
+    await tx.execute(
+        "INSERT INTO cancelled_orders (order_id, reason, cancelled_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (order_id) DO NOTHING",
+        (order_id, reason, to_iso(now)),
+    )
+
+
+async def is_cancelled(tx: Transaction, order_id: str) -> bool:
+    row = await tx.fetchone("SELECT 1 FROM cancelled_orders WHERE order_id = ?", (order_id,))
+    return row is not None

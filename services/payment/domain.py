@@ -20,6 +20,15 @@ class PaymentStatus(enum.StrEnum):
     REFUNDED = "REFUNDED"
 
 
+class ChargeStatus(enum.StrEnum):
+    """Where an approved charge stands at the gateway now, as a real provider reports it: a
+    charge found again by its idempotency key may have been given back since it was taken."""
+
+    CAPTURED = "CAPTURED"
+    VOIDED = "VOIDED"  # its key was voided (a give-up or a cancellation): refunded by the void
+    REFUNDED = "REFUNDED"
+
+
 class DeclineReason(enum.StrEnum):
     PAYMENT_DECLINED = "PAYMENT_DECLINED"
     CREDIT_LIMIT_EXCEEDED = "CREDIT_LIMIT_EXCEEDED"
@@ -33,6 +42,9 @@ class DeclineReason(enum.StrEnum):
 # order was cancelled at its deadline before it was charged: the charge key is voided.
 GAVE_UP = "GATEWAY_UNAVAILABLE"
 ORDER_CANCELLED = "ORDER_CANCELLED"
+# What a payment row records when the gateway, asked again (a retry or an operator's replay),
+# answers that the charge under the key was since voided or refunded: nothing is kept.
+CHARGE_GIVEN_BACK = "CHARGE_GIVEN_BACK"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +55,14 @@ class ChargeResult:
     approved: bool
     amount: Money
     decline_reason: DeclineReason | None = None
+    # The charge's current status (approved charges only), and the refund that gave it back.
+    status: ChargeStatus = ChargeStatus.CAPTURED
+    refund_id: str = ""
+
+    @property
+    def kept(self) -> bool:
+        """The gateway holds the money now: approved and neither voided nor refunded."""
+        return self.approved and self.status is ChargeStatus.CAPTURED
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +128,20 @@ def should_charge(existing: Payment | None) -> bool:
 
 
 def decide_charge(order_id: str, customer_id: str, amount: Money, result: ChargeResult) -> Payment:
+    """The payment the gateway's answer makes. An approved charge that was since voided or
+    refunded (found again by its key after a give-up whose answer was lost, e.g. on an
+    operator's replay) is a failed payment, never a completed one: the money is not kept."""
+    if result.approved and not result.kept:
+        return Payment(
+            order_id,
+            payment_id_for(order_id),
+            customer_id,
+            amount,
+            PaymentStatus.FAILED,
+            charge_id=result.charge_id,
+            failure_reason=CHARGE_GIVEN_BACK,
+            refund_id=result.refund_id,
+        )
     if result.approved:
         return Payment(
             order_id,

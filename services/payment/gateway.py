@@ -4,7 +4,9 @@ It behaves like a real provider in the ways the saga depends on:
 
 - its ledger is its own SQLite file, written outside the caller's transaction, so a payment
   service that crashes after a charge and before its commit has really charged;
-- a repeated idempotency key returns the first answer and never charges twice;
+- a repeated idempotency key returns the first answer and never charges twice, with the
+  charge's *current* status (captured, voided or refunded), as a real provider's "retrieve the
+  payment intent" does, so a caller that asks again learns that the money was since given back;
 - it declines from real data: a declined card token, or a customer's net charges going over
   their credit limit;
 - it can be slow or unavailable (``latency_ms``, ``failure_rate``, seeded) for chaos runs. Half
@@ -26,7 +28,13 @@ from pathlib import Path
 
 from services.catalog import DEFAULT_CREDIT_LIMIT_MINOR, Catalog
 from services.fake_external import FakeExternal
-from services.payment.domain import ChargeResult, DeclineReason, RefundResult, VoidResult
+from services.payment.domain import (
+    ChargeResult,
+    ChargeStatus,
+    DeclineReason,
+    RefundResult,
+    VoidResult,
+)
 from services.values import Money
 
 DECLINED_TOKEN_PREFIX = "tok_declined"
@@ -188,7 +196,8 @@ class FakePaymentGateway(FakeExternal):
                 if tuple(row[1:5]) != (order_id, customer_id, amount.amount_minor, amount.currency):
                     raise IdempotencyKeyReused(f"key {key!r} was used for a different charge")
                 reason = DeclineReason(row[6]) if row[6] else None
-                return ChargeResult(row[0], bool(row[5]), amount, reason)
+                status, refund_id = _status(conn, row[0]) if row[5] else (ChargeStatus.CAPTURED, "")
+                return ChargeResult(row[0], bool(row[5]), amount, reason, status, refund_id)
             if conn.execute("SELECT 1 FROM voids WHERE idempotency_key = ?", (key,)).fetchone():
                 return ChargeResult("", False, amount, DeclineReason.VOIDED)
             reason = self._decline_reason(conn, customer_id, amount, token)
@@ -299,6 +308,17 @@ class FakePaymentGateway(FakeExternal):
             ):
                 counts.refunds[order_id] = n
             return counts
+
+
+def _status(conn: sqlite3.Connection, charge_id: str) -> tuple[ChargeStatus, str]:
+    """An approved charge's status now, and the refund that gave it back (if any)."""
+    refund = conn.execute(
+        "SELECT refund_id, idempotency_key FROM refunds WHERE charge_id = ?", (charge_id,)
+    ).fetchone()
+    if refund is None:
+        return ChargeStatus.CAPTURED, ""
+    voided = str(refund[1]).startswith("void:")
+    return (ChargeStatus.VOIDED if voided else ChargeStatus.REFUNDED), str(refund[0])
 
 
 def _add_to_balance(conn: sqlite3.Connection, customer_id: str, delta_minor: int) -> None:

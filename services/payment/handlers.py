@@ -15,6 +15,11 @@ When charging gives up (the gateway did not answer within the retry budget, or t
 rejected), the charge key is voided at the gateway first, so money it may have taken is given
 back and a charge still in flight takes none, then ``PaymentFailed`` is emitted and the usual
 compensations run. An order cancelled at its saga deadline is compensated the same way.
+
+A charge found again by its key (a retry, or an operator's replay of a dead letter) is trusted
+only as far as its *current* status: one the gateway has since voided or refunded fails the
+payment (``PaymentFailed``), never completes it. And every cancellation is remembered (a
+tombstone): a late or replayed ``InventoryReserved`` for a cancelled order charges nothing.
 """
 
 from __future__ import annotations
@@ -65,6 +70,12 @@ class Dependencies:
         async with self.db.read() as tx:
             return await store.load_payment(tx, order_id)
 
+    async def cancelled(self, order_id: str) -> bool:
+        if self.db is None:
+            raise RuntimeError("payment handlers used before the service started")
+        async with self.db.read() as tx:
+            return await store.is_cancelled(tx, order_id)
+
 
 async def on_inventory_reserved(
     deps: Dependencies, ctx: HandlerContext, event: inventory_events.InventoryReserved
@@ -73,6 +84,12 @@ async def on_inventory_reserved(
     amount = mapping.money_from_proto(event.total, f"InventoryReserved {order_id} total")
     if not domain.should_charge(await deps.payment(order_id)):
         log.info("order %s already has a payment; not charging again", order_id)
+        return
+    if await deps.cancelled(order_id):
+        # The cancellation got here first: charge nothing. The key is voided, so a charge an
+        # earlier attempt may have taken is given back and one still in flight takes nothing.
+        log.info("order %s is cancelled; not charging", order_id)
+        await _void_for_cancelled(deps, ctx, order_id, event.customer_id, amount)
         return
     token = payment_token.open_token(deps.token_key, order_id, event.payment_token)
     try:
@@ -91,8 +108,19 @@ async def on_inventory_reserved(
     except IdempotencyKeyReused as exc:
         raise PermanentError(f"charging order {order_id}: {exc}") from exc
     payment = domain.decide_charge(order_id, event.customer_id, amount, result)
+    if await store.is_cancelled(ctx.tx, order_id):
+        # Cancelled while the gateway was answering: decide again, from the tombstone.
+        raise TransientError(f"order {order_id} was cancelled while charging; deciding again")
     if not await store.insert_payment(ctx.tx, payment, datetime.now(UTC)):
         return
+    if result.approved and not result.kept:
+        log.warning(
+            "order %s: charge %s was since %s (refund %s); the payment fails",
+            order_id,
+            result.charge_id,
+            result.status.value.lower(),
+            result.refund_id,
+        )
     if payment.status is domain.PaymentStatus.COMPLETED:
         ctx.emit(
             payment_events.PaymentCompleted(
@@ -241,13 +269,31 @@ async def give_up_charge(
     )
 
 
+async def _void_for_cancelled(
+    deps: Dependencies, ctx: HandlerContext, order_id: str, customer_id: str, amount: Money
+) -> None:
+    """A cancelled order with no recorded payment: void its charge key and record that."""
+    result = await _void(deps, ctx, order_id, domain.charge_key(order_id))
+    payment = domain.voided(order_id, customer_id, amount, result, domain.ORDER_CANCELLED)
+    await _record_void(ctx, payment, result, "order cancelled")
+
+
 async def on_order_cancelled(
     deps: Dependencies, ctx: HandlerContext, event: order_events.OrderCancelled
 ) -> None:
-    """An order cancelled at its deadline: void an unanswered charge, refund a completed one."""
+    """Remember the cancellation (any reason), so a late InventoryReserved charges nothing.
+    An order cancelled at its deadline: void an unanswered charge, refund a completed one."""
+    reason = order_events.CancellationReason.Name(event.reason)
+    if domain.compensates_cancellation(reason):
+        await _compensate_cancellation(deps, ctx, event)
+    # After the gateway calls (they come before the transaction is touched).
+    await store.remember_cancelled(ctx.tx, event.order_id, reason, datetime.now(UTC))
+
+
+async def _compensate_cancellation(
+    deps: Dependencies, ctx: HandlerContext, event: order_events.OrderCancelled
+) -> None:
     order_id = event.order_id
-    if not domain.compensates_cancellation(order_events.CancellationReason.Name(event.reason)):
-        return
     decision = domain.decide_cancellation(order_id, await deps.payment(order_id))
     why = f"order cancelled at its deadline: {event.detail}" if event.detail else "deadline"
     if isinstance(decision, domain.NoRefund):

@@ -17,12 +17,18 @@ FAILURE_REASONS = {
     domain.DeclineReason.CURRENCY_NOT_SUPPORTED.value: (
         events_pb2.PAYMENT_FAILURE_REASON_PAYMENT_DECLINED
     ),
+    # The charge key was voided (a step gave up) before or after the charge: what failed is
+    # the gateway's answer reaching us, as for the give-up itself.
+    domain.DeclineReason.VOIDED.value: events_pb2.PAYMENT_FAILURE_REASON_GATEWAY_UNAVAILABLE,
+    domain.CHARGE_GIVEN_BACK: events_pb2.PAYMENT_FAILURE_REASON_GATEWAY_UNAVAILABLE,
 }
 
 _DETAILS = {
     domain.DeclineReason.CREDIT_LIMIT_EXCEEDED.value: "the charge would exceed the credit limit",
     domain.DeclineReason.PAYMENT_DECLINED.value: "the card issuer declined the payment token",
     domain.DeclineReason.CURRENCY_NOT_SUPPORTED.value: "the gateway does not accept the currency",
+    domain.DeclineReason.VOIDED.value: "its charge key was voided first (a step gave up)",
+    domain.CHARGE_GIVEN_BACK: "the charge was since voided or refunded, nothing is kept",
 }
 
 STATUSES = {

@@ -16,6 +16,16 @@ from services.values import Address
 class ShipmentStatus(enum.StrEnum):
     BOOKED = "BOOKED"
     FAILED = "FAILED"
+    # Booked, then cancelled at the carrier because the order was cancelled (a cancellation
+    # that arrived after a late booking): nothing ships.
+    CANCELLED = "CANCELLED"
+
+
+class BookingStatus(enum.StrEnum):
+    """Where a booking stands at the carrier now, as a real carrier reports it."""
+
+    BOOKED = "BOOKED"
+    CANCELLED = "CANCELLED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +33,8 @@ class Booking:
     shipment_id: str
     tracking_id: str
     carrier: str
+    # A booking found again by its key may have been cancelled since it was made.
+    status: BookingStatus = BookingStatus.BOOKED
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +69,18 @@ def booked(order_id: str, destination: Address, booking: Booking) -> Shipment:
     )
 
 
+def booking_cancelled(order_id: str, destination: Address, booking: Booking) -> Shipment:
+    """The carrier answers, for our key, a booking it has since cancelled (a give-up whose
+    cancel was taken but its answer lost, found again on a retry or an operator's replay): the
+    shipment failed, it never ships."""
+    return Shipment(
+        order_id,
+        ShipmentStatus.FAILED,
+        destination,
+        failure_reason=f"booking {booking.shipment_id} was cancelled at the carrier",
+    )
+
+
 def refused(order_id: str, destination: Address, reason: str) -> Shipment:
     return Shipment(order_id, ShipmentStatus.FAILED, destination, failure_reason=reason)
 
@@ -77,6 +101,9 @@ def compensates_cancellation(reason: str) -> bool:
 
 
 NOWHERE = Address(recipient_name="", line1="", city="", postal_code="", country_code="")
+
+
+ORDER_CANCELLED = "order cancelled; booking cancelled at the carrier"
 
 
 def cancelled(order_id: str) -> Shipment:

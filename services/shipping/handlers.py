@@ -9,6 +9,12 @@ rejected), the booking key is cancelled at the provider first, so a booking it m
 undone and one still in flight is refused, then ``ShippingFailed`` is emitted: payment refunds,
 inventory releases, the order is cancelled. An order cancelled at its saga deadline has its
 booking cancelled the same way.
+
+A booking found again by its key (a retry, or an operator's replay of a dead letter) is trusted
+only as far as its *current* status: one the carrier has since cancelled fails the step
+(``ShippingFailed``), never announces a shipment. Every cancellation is remembered (a
+tombstone): a late ``PaymentCompleted`` for a cancelled order books nothing, and a booking made
+before the cancellation arrived is cancelled at the carrier and recorded ``CANCELLED``.
 """
 
 from __future__ import annotations
@@ -51,6 +57,12 @@ class Dependencies:
         async with self.db.read() as tx:
             return await store.load_shipment(tx, order_id)
 
+    async def cancelled(self, order_id: str) -> bool:
+        if self.db is None:
+            raise RuntimeError("shipping handlers used before the service started")
+        async with self.db.read() as tx:
+            return await store.is_cancelled(tx, order_id)
+
 
 async def on_payment_completed(
     deps: Dependencies, ctx: HandlerContext, event: payment_events.PaymentCompleted
@@ -60,6 +72,14 @@ async def on_payment_completed(
     if not domain.should_book(await deps.shipment(order_id)):
         log.info("order %s already has a shipment; not booking again", order_id)
         return
+    if await deps.cancelled(order_id):
+        # The cancellation got here first: book nothing. The key is cancelled at the carrier,
+        # so a booking an earlier attempt may have made is undone and one in flight refused.
+        await _cancel_booking(deps, ctx, order_id)
+        log.info("order %s is cancelled; not booking", order_id)
+        await store.insert_shipment(ctx.tx, domain.cancelled(order_id), datetime.now(UTC))
+        return
+    reason = shipping_events.SHIPPING_FAILURE_REASON_UNSERVICEABLE_DESTINATION
     try:
         booking = await ctx.call(
             deps.provider.book(domain.booking_key(order_id), order_id, destination),
@@ -72,7 +92,16 @@ async def on_payment_completed(
     except Unserviceable as refusal:
         shipment = domain.refused(order_id, destination, refusal.reason)
     else:
-        shipment = domain.booked(order_id, destination, booking)
+        if booking.status is domain.BookingStatus.CANCELLED:
+            # Cancelled since (a give-up's cancel whose answer was lost): the step failed.
+            log.warning("order %s: booking %s was since cancelled", order_id, booking.shipment_id)
+            shipment = domain.booking_cancelled(order_id, destination, booking)
+            reason = shipping_events.SHIPPING_FAILURE_REASON_PROVIDER_UNAVAILABLE
+        else:
+            shipment = domain.booked(order_id, destination, booking)
+    if await store.is_cancelled(ctx.tx, order_id):
+        # Cancelled while the carrier was answering: decide again, from the tombstone.
+        raise TransientError(f"order {order_id} was cancelled while booking; deciding again")
     if not await store.insert_shipment(ctx.tx, shipment, datetime.now(UTC)):
         return
     if shipment.status is domain.ShipmentStatus.BOOKED:
@@ -94,7 +123,7 @@ async def on_payment_completed(
                 order_id=order_id,
                 customer_id=event.customer_id,
                 payment_id=event.payment_id,
-                reason=mapping.failure_reason(shipment),
+                reason=reason,
                 detail=shipment.failure_reason,
             ),
             aggregate_id=order_id,
@@ -140,18 +169,28 @@ async def give_up_booking(
 async def on_order_cancelled(
     deps: Dependencies, ctx: HandlerContext, event: order_events.OrderCancelled
 ) -> None:
-    """An order cancelled at its deadline: cancel its booking, made or in flight, and record
-    a failed shipment so a late PaymentCompleted books nothing."""
+    """Remember the cancellation (any reason), so a late PaymentCompleted books nothing. A
+    booking made before the cancellation arrived is cancelled at the carrier and recorded
+    CANCELLED; at the saga deadline, a booking still in flight is refused too."""
     order_id = event.order_id
-    if not domain.compensates_cancellation(order_events.CancellationReason.Name(event.reason)):
-        return
+    reason = order_events.CancellationReason.Name(event.reason)
     shipment = await deps.shipment(order_id)
-    if shipment is not None and shipment.status is domain.ShipmentStatus.FAILED:
-        return  # nothing was booked, and nothing will be
-    cancelled = await _cancel_booking(deps, ctx, order_id)
-    log.info("order %s cancelled at its deadline; booking cancelled: %r", order_id, cancelled)
-    if shipment is None:
-        await store.insert_shipment(ctx.tx, domain.cancelled(order_id), datetime.now(UTC))
+    now = datetime.now(UTC)
+    if shipment is not None and shipment.status is domain.ShipmentStatus.BOOKED:
+        cancelled = await _cancel_booking(deps, ctx, order_id)
+        log.info("order %s cancelled after its booking; booking %r cancelled", order_id, cancelled)
+        await store.mark_cancelled(ctx.tx, order_id, domain.ORDER_CANCELLED)
+    elif shipment is None and domain.compensates_cancellation(reason):
+        cancelled = await _cancel_booking(deps, ctx, order_id)
+        log.info("order %s cancelled at its deadline; booking cancelled: %r", order_id, cancelled)
+        if not await store.insert_shipment(ctx.tx, domain.cancelled(order_id), now):
+            # A booking was recorded meanwhile; the carrier has just cancelled it.
+            await store.mark_cancelled(ctx.tx, order_id, domain.ORDER_CANCELLED)
+    elif shipment is None:
+        booked = await store.load_shipment(ctx.tx, order_id)
+        if booked is not None and booked.status is domain.ShipmentStatus.BOOKED:
+            raise TransientError(f"order {order_id} was booked meanwhile; deciding again")
+    await store.remember_cancelled(ctx.tx, order_id, reason, now)
 
 
 DependentHandler = Callable[[Dependencies, HandlerContext, Any], Awaitable[None]]

@@ -10,6 +10,9 @@ from services.values import Address
 STATUSES = {
     domain.ShipmentStatus.BOOKED: shipping_service_pb2.SHIPMENT_STATUS_CREATED,
     domain.ShipmentStatus.FAILED: shipping_service_pb2.SHIPMENT_STATUS_FAILED,
+    # The contract has no CANCELLED status: a booking cancelled at the carrier ships nothing,
+    # which to a reader is a failed shipment; ``failure_detail`` says it was cancelled.
+    domain.ShipmentStatus.CANCELLED: shipping_service_pb2.SHIPMENT_STATUS_FAILED,
 }
 
 

@@ -1,7 +1,8 @@
 """A fake shipping provider: an external carrier API with its own ledger and idempotency keys.
 
 Like the fake payment gateway, it writes its own SQLite file outside the caller's transaction,
-answers a repeated key with the first answer (a booking, or the same refusal), refuses
+answers a repeated key with the first answer (a booking, or the same refusal) and the booking's
+*current* status (booked, or cancelled since), as a real carrier's "get booking" does, refuses
 unserviceable destinations from data (country codes, placeholder postal codes), and can be slow
 or unavailable for chaos runs; half of the injected outages lose the response after booking.
 ``ledger_counts`` is the referee for "no shipment is booked twice".
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from services.fake_external import FakeExternal
-from services.shipping.domain import Booking
+from services.shipping.domain import Booking, BookingStatus
 from services.values import Address
 
 DEFAULT_UNSERVICEABLE_COUNTRIES = frozenset({"AQ", "KP"})
@@ -131,7 +132,13 @@ class FakeShippingProvider(FakeExternal):
             if row is not None:
                 if row[0] != order_id:
                     raise IdempotencyKeyReused(f"key {key!r} was used for order {row[0]!r}")
-                return (Booking(row[1], row[2], row[3]) if row[1] else None), row[4]
+                if not row[1]:
+                    return None, row[4]
+                cancelled = conn.execute(
+                    "SELECT 1 FROM cancellations WHERE idempotency_key = ?", (key,)
+                ).fetchone()
+                status = BookingStatus.CANCELLED if cancelled else BookingStatus.BOOKED
+                return Booking(row[1], row[2], row[3], status), row[4]
             if conn.execute(
                 "SELECT 1 FROM cancellations WHERE idempotency_key = ?", (key,)
             ).fetchone():

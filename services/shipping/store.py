@@ -21,6 +21,13 @@ SCHEMA: list[str] = [
         destination_json TEXT NOT NULL,
         created_at TEXT NOT NULL
     )""",
+    # Orders this service heard were cancelled (any reason): a late PaymentCompleted for one
+    # books nothing, so a cancellation wins against a late step.
+    """CREATE TABLE IF NOT EXISTS cancelled_orders (
+        order_id TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        cancelled_at TEXT NOT NULL
+    )""",
 ]
 
 _COLUMNS = "order_id, status, destination_json, shipment_id, tracking_id, carrier, failure_reason"
@@ -86,3 +93,26 @@ async def page_of_shipments(
     """A page of shipments, newest first, and the next page's token ('' on the last)."""
     rows, token = await fetch_page(tx, _SHIPMENT_PAGES, page_size, page_token)
     return [_shipment(row[:-1]) for row in rows], token
+
+
+async def mark_cancelled(tx: Transaction, order_id: str, why: str) -> bool:
+    """Compare-and-set BOOKED -> CANCELLED: the booking was cancelled at the carrier."""
+    changed = await tx.execute(
+        "UPDATE shipments SET status = ?, failure_reason = ? WHERE order_id = ? AND status = ?",
+        (ShipmentStatus.CANCELLED.value, why, order_id, ShipmentStatus.BOOKED.value),
+    )
+    return changed == 1
+
+
+async def remember_cancelled(tx: Transaction, order_id: str, reason: str, now: datetime) -> None:
+    """The order's tombstone: kept once, whatever the number of OrderCancelled deliveries."""
+    await tx.execute(
+        "INSERT INTO cancelled_orders (order_id, reason, cancelled_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (order_id) DO NOTHING",
+        (order_id, reason, to_iso(now)),
+    )
+
+
+async def is_cancelled(tx: Transaction, order_id: str) -> bool:
+    row = await tx.fetchone("SELECT 1 FROM cancelled_orders WHERE order_id = ?", (order_id,))
+    return row is not None
