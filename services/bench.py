@@ -1,19 +1,28 @@
-"""``make bench`` / ``choreo bench``: sagas per second against the raw JetStream limit.
+"""``make bench`` / ``choreo bench``: sagas per second against FastStream and the raw JetStream
+limit.
 
 For each broker fsync setting (the default, and ``sync_interval: always``) it runs, on a fresh
 embedded broker with the same stream settings:
-- the **saga**: the five real services as processes, orders placed over gRPC;
-- the **naive build**: ``services.naive``, the same services' handlers, stores and gRPC API on
-  plain nats-py, acking after the handler, with no inbox, outbox or dedup: what a team writes
-  first. ``saga / naive`` is the headline: what choreo's guarantees cost;
+- the **saga**: the five real services as processes (``choreo serve``), orders placed over gRPC;
+- the **FastStream build** (the baseline): ``services.faststream_build``, the same services'
+  handlers, stores and gRPC API on faststream[nats], as a Python team that skips exactly-once
+  would write it: one durable pull consumer per subscription with concurrent workers, commit
+  then an awaited publish, ack on return, no inbox, outbox or dedup. ``saga / faststream`` (best
+  level against best level) is the headline: what choreo's guarantees cost against what a team
+  would otherwise build; beside it CPU per saga per process, and latency at the same open-loop
+  rate;
 - the **raw chain**: ``services.rawchain``, one no-logic process per service with the same
   subscriptions, fan-out and message sizes, orders started by publishing ``OrderCreated``;
 - the **durable raw chain**: the same, plus the runtime's inbox and outbox rows in SQLite per
   message (``--durable-db``): what exactly-once effects cost before any decoding or logic.
-A saga is complete when its ``NotificationSent`` is published (the same point in both).
+The two raw chains are the floor. (The serial naive build, ``services.naive``, one message at a
+time per consumer on asyncio's loop, is no longer a line here: it measured concurrency more
+than guarantees. ``choreo bench --profile`` still profiles it.)
+A saga is complete when its ``NotificationSent`` is published (the same point in every line).
 Closed loop: sagas/s and p50/p95/p99 at several client concurrencies. Open loop: latency at a
-fixed arrival rate of half the saga's best throughput. CPU seconds per saga and resident
-memory per process. Figures go to ``bench-results/bench.json`` and ``bench-results/bench.png``.
+fixed arrival rate of half the saga's best throughput, the same rate for every line. CPU
+milliseconds per saga and resident memory per process. Figures go to
+``bench-results/bench.json`` and ``bench-results/bench.png``.
 """
 
 from __future__ import annotations
@@ -63,6 +72,11 @@ NAIVE_ARGV = ("-m", "services.naive")
 DONE_SUBJECT = "choreo.notification.v1.NotificationSent"
 
 
+# What each line runs; "faststream" is the FastStream build (no inbox, outbox or dedup).
+MODES = ("saga", "faststream", "raw", "durable")
+BUILD_ARGV = {"saga": SERVE_ARGV, "faststream": FASTSTREAM_ARGV}
+
+
 def percentiles(latencies_ms: list[float]) -> dict[str, float]:
     if not latencies_ms:
         return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
@@ -85,7 +99,7 @@ class LoopResult:
 
 @dataclass
 class RunResult:
-    mode: str  # "saga", "naive" (no inbox/outbox/dedup), "raw" or "durable" (raw + inbox/outbox)
+    mode: str  # one of MODES
     sync_always: bool
     closed: list[LoopResult] = field(default_factory=list)
     open_loop: dict[str, Any] = field(default_factory=dict)
@@ -289,9 +303,8 @@ class Bench:
         broker: EmbeddedBroker | None = None
         supervisor: Supervisor | None = None
         try:
-            if mode in ("saga", "naive"):
-                argv = NAIVE_ARGV if mode == "naive" else SERVE_ARGV
-                system = System(bench_config(workdir, argv, sync_always=sync_always))
+            if mode in BUILD_ARGV:
+                system = System(bench_config(workdir, BUILD_ARGV[mode], sync_always=sync_always))
                 await system.start()
                 assert system.broker and system.supervisor
                 broker = system.broker
@@ -351,7 +364,7 @@ class Bench:
     ) -> None:
         load = happy_path_load(system) if system is not None else raw_chain_load(url)
         async with load as (start, completions):
-            label = f"{mode:<4} sync={'always' if result.sync_always else 'default'}"
+            label = f"{mode:<10} sync={'always' if result.sync_always else 'default'}"
             await closed_loop(start, completions, self.levels[-1], self.warmup)  # warm-up
             cpu_before, result.rss_mb_before = process_stats(pids)
             sagas_measured = 0
@@ -419,72 +432,172 @@ class Bench:
         result.soak_rss_mb = samples
 
 
+def faststream_settings() -> dict[str, Any]:
+    """How the FastStream build ran (its version and the concurrency it was given)."""
+    from importlib.metadata import version
+
+    from services import faststream_build
+
+    max_workers, fetch_batch = faststream_build.concurrency()
+    return {
+        "version": version("faststream"),
+        "max_workers": max_workers,
+        "fetch_batch": fetch_batch,
+        "bodies": "protobuf",
+        "loop": "uvloop",
+    }
+
+
 def run_of(runs: list[RunResult], mode: str, sync_always: bool) -> RunResult:
     return next(r for r in runs if r.mode == mode and r.sync_always == sync_always)
 
 
 def best_ratios(runs: list[RunResult], sync_always: bool) -> dict[str, float]:
-    """saga/naive (the guarantees' price against what a team writes first), saga/raw,
-    durable/raw and saga/durable, best level vs best level."""
-    saga, naive, raw, durable = (
-        run_of(runs, m, sync_always) for m in ("saga", "naive", "raw", "durable")
-    )
+    """saga/faststream (the guarantees' price against what a team would build instead),
+    saga/raw, durable/raw, saga/durable and faststream/raw, best level vs best level."""
+    saga, faststream, raw, durable = (run_of(runs, m, sync_always) for m in MODES)
     return {
-        "saga_vs_naive": round(saga.best / max(1e-9, naive.best), 3),
+        "saga_vs_faststream": round(saga.best / max(1e-9, faststream.best), 3),
         "saga_vs_raw": round(saga.best / max(1e-9, raw.best), 3),
         "durable_vs_raw": round(durable.best / max(1e-9, raw.best), 3),
         "saga_vs_durable": round(saga.best / max(1e-9, durable.best), 3),
+        "faststream_vs_raw": round(faststream.best / max(1e-9, raw.best), 3),
     }
+
+
+SERVICES_TOTAL = "services"
+CPU_TOTAL = "total"
+
+
+def cpu_ms_totals(per_process: dict[str, float]) -> dict[str, float]:
+    """Per-process CPU ms per saga, with the five services' sum and the sum with the broker."""
+    services = sum(v for name, v in per_process.items() if name != "nats-server")
+    return {
+        **per_process,
+        SERVICES_TOTAL: round(services, 2),
+        CPU_TOTAL: round(sum(per_process.values()), 2),
+    }
+
+
+def cpu_comparison(runs: list[RunResult], sync_always: bool) -> dict[str, Any]:
+    """CPU ms per saga per process, the saga beside the FastStream build: over every closed
+    level and the open loop together, and in the open loop alone (same rate for both)."""
+    saga, faststream = (run_of(runs, m, sync_always) for m in ("saga", "faststream"))
+
+    def whole(run: RunResult) -> dict[str, float]:
+        return cpu_ms_totals({n: round(s * 1000, 2) for n, s in run.cpu_s_per_saga.items()})
+
+    def opened(run: RunResult) -> dict[str, float]:
+        return cpu_ms_totals(dict(run.open_loop.get("cpu_ms_per_saga", {})))
+
+    comparison: dict[str, Any] = {
+        "whole_run": {"saga": whole(saga), "faststream": whole(faststream)},
+        "open_loop": {"saga": opened(saga), "faststream": opened(faststream)},
+    }
+    for part in ("whole_run", "open_loop"):
+        both = comparison[part]
+        fs_total = both["faststream"].get(CPU_TOTAL, 0.0)
+        both["saga_vs_faststream"] = (
+            round(both["saga"].get(CPU_TOTAL, 0.0) / fs_total, 3) if fs_total else None
+        )
+    return comparison
 
 
 def ratio_table(runs: list[RunResult]) -> Table:
     table = Table(
-        title="Sagas/s: choreo vs the naive build and the raw JetStream chain (same run, broker)"
+        title="Sagas/s: choreo vs the FastStream build and the raw JetStream chain"
+        " (same run, same broker settings)"
     )
     for column in (
         "fsync",
         "clients",
         "saga/s",
-        "naive/s",
-        "saga/naive",
+        "faststream/s",
+        "saga/faststream",
         "raw/s",
         "saga/raw",
         "durable raw/s",
         "saga p50/p99 ms",
-        "raw p50/p99 ms",
+        "faststream p50/p99 ms",
     ):
         table.add_column(column, justify="right")
     for sync_always in (False, True):
         fsync = "always" if sync_always else "default"
-        saga, naive, raw, durable = (
-            run_of(runs, m, sync_always) for m in ("saga", "naive", "raw", "durable")
-        )
-        for s, n, r, d in zip(saga.closed, naive.closed, raw.closed, durable.closed, strict=True):
+        saga, faststream, raw, durable = (run_of(runs, m, sync_always) for m in MODES)
+        for s, f, r, d in zip(
+            saga.closed, faststream.closed, raw.closed, durable.closed, strict=True
+        ):
             table.add_row(
                 fsync,
                 str(s.concurrency),
                 f"{s.throughput:.1f}",
-                f"{n.throughput:.1f}",
-                f"{s.throughput / n.throughput:.2f}" if n.throughput else "-",
+                f"{f.throughput:.1f}",
+                f"{s.throughput / f.throughput:.2f}" if f.throughput else "-",
                 f"{r.throughput:.1f}",
                 f"{s.throughput / r.throughput:.2f}" if r.throughput else "-",
                 f"{d.throughput:.1f}",
                 f"{s.latency_ms['p50']:.0f}/{s.latency_ms['p99']:.0f}",
-                f"{r.latency_ms['p50']:.0f}/{r.latency_ms['p99']:.0f}",
+                f"{f.latency_ms['p50']:.0f}/{f.latency_ms['p99']:.0f}",
             )
         ratios = best_ratios(runs, sync_always)
         table.add_row(
             fsync,
             "best",
             f"{saga.best:.1f}",
-            f"{naive.best:.1f}",
-            f"[bold]{ratios['saga_vs_naive']:.2f}[/bold]",
+            f"{faststream.best:.1f}",
+            f"[bold]{ratios['saga_vs_faststream']:.2f}[/bold]",
             f"{raw.best:.1f}",
             f"{ratios['saga_vs_raw']:.2f}",
             f"{durable.best:.1f} ({ratios['durable_vs_raw']:.2f} of raw)",
             "",
             "",
         )
+    return table
+
+
+def open_loop_table(runs: list[RunResult]) -> Table:
+    """Every line's latency at the same open-loop rate (half the saga's best), and the CPU
+    each spent per saga there."""
+    table = Table(title="Open loop at half the saga's best rate: latency and CPU per saga")
+    for column in ("fsync", "line", "rate/s", "sagas", "p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(column, justify="right")
+    table.add_column("CPU ms/saga: services + broker", justify="right")
+    for sync_always in (False, True):
+        for mode in MODES:
+            run = run_of(runs, mode, sync_always)
+            ol = run.open_loop
+            cpu = cpu_ms_totals(dict(ol.get("cpu_ms_per_saga", {})))
+            table.add_row(
+                "always" if sync_always else "default",
+                mode,
+                f"{ol.get('rate_per_s', 0)}",
+                f"{ol.get('sagas', 0)}",
+                f"{ol['latency_ms']['p50']:.1f}",
+                f"{ol['latency_ms']['p95']:.1f}",
+                f"{ol['latency_ms']['p99']:.1f}",
+                f"{cpu[SERVICES_TOTAL]:.2f} + {cpu.get('nats-server', 0.0):.2f}"
+                f" = {cpu[CPU_TOTAL]:.2f}",
+            )
+    return table
+
+
+def cpu_table(runs: list[RunResult]) -> Table:
+    """CPU ms per saga per process over the whole run (every closed level and the open
+    loop), the saga beside the FastStream build."""
+    table = Table(title="CPU ms per saga per process, whole run: saga vs FastStream build")
+    names = [*SERVICE_NAMES, "nats-server", SERVICES_TOTAL, CPU_TOTAL]
+    table.add_column("fsync", justify="right")
+    table.add_column("line", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    for sync_always in (False, True):
+        whole = cpu_comparison(runs, sync_always)["whole_run"]
+        for mode in ("saga", "faststream"):
+            table.add_row(
+                "always" if sync_always else "default",
+                mode,
+                *(f"{whole[mode].get(name, 0.0):.2f}" for name in names),
+            )
     return table
 
 
@@ -497,7 +610,7 @@ def plot(runs: list[RunResult], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for run in runs:
         label = f"{run.mode} ({'fsync always' if run.sync_always else 'default fsync'})"
-        style = {"saga": "-", "naive": "-.", "raw": "--", "durable": ":"}[run.mode]
+        style = {"saga": "-", "faststream": "-.", "raw": "--", "durable": ":"}[run.mode]
         left.plot(
             [r.concurrency for r in run.closed],
             [r.throughput for r in run.closed],
@@ -540,10 +653,9 @@ async def run_bench(args: argparse.Namespace) -> int:
     for sync_always in (False, True):
         saga = await bench.run("saga", sync_always, None)
         runs.append(saga)
-        # The baselines get the same open-loop rate as the saga, for a like-for-like CDF.
-        runs.append(await bench.run("naive", sync_always, saga.best / 2))
-        runs.append(await bench.run("raw", sync_always, saga.best / 2))
-        runs.append(await bench.run("durable", sync_always, saga.best / 2))
+        # The others get the same open-loop rate as the saga, for a like-for-like CDF.
+        for mode in MODES[1:]:
+            runs.append(await bench.run(mode, sync_always, saga.best / 2))
         bench.soak = 0  # one soak is enough
     output: Path = args.output
     output.mkdir(parents=True, exist_ok=True)
@@ -561,11 +673,15 @@ async def run_bench(args: argparse.Namespace) -> int:
             ("always" if s else "default"): best_ratios(runs, s)["saga_vs_raw"]
             for s in (False, True)
         },
-        # The headline: the saga against the naive build (no inbox, outbox or dedup).
-        "saga_vs_naive": {
-            ("always" if s else "default"): best_ratios(runs, s)["saga_vs_naive"]
+        # The headline: the saga against the FastStream build (no inbox, outbox or dedup).
+        "saga_vs_faststream": {
+            ("always" if s else "default"): best_ratios(runs, s)["saga_vs_faststream"]
             for s in (False, True)
         },
+        "cpu_ms_per_saga": {
+            ("always" if s else "default"): cpu_comparison(runs, s) for s in (False, True)
+        },
+        "faststream": faststream_settings(),
         "ratios_detail": {
             ("always" if s else "default"): best_ratios(runs, s) for s in (False, True)
         },
@@ -579,15 +695,17 @@ async def run_bench(args: argparse.Namespace) -> int:
     (output / "bench.json").write_text(json.dumps(figures, indent=2))
     plot(runs, output / "bench.png")
     console.print(ratio_table(runs))
+    console.print(open_loop_table(runs))
+    console.print(cpu_table(runs))
     if topologies is not None:
         from services.topology_bench import topology_table
 
         console.print(topology_table(topologies))
     for run in runs:
-        if run.mode == "saga":
+        if run.mode in BUILD_ARGV:
             ol = run.open_loop
             console.print(
-                f"saga open loop ({'fsync always' if run.sync_always else 'default fsync'}):"
+                f"{run.mode} open loop ({'fsync always' if run.sync_always else 'default fsync'}):"
                 f" {ol['rate_per_s']}/s -> p50 {ol['latency_ms']['p50']} ms,"
                 f" p99 {ol['latency_ms']['p99']} ms"
             )

@@ -1,4 +1,11 @@
-"""The naive build of the same saga, for ``choreo bench``: what a team writes first.
+"""The serial naive build of the same saga: what a team writes first by hand on nats-py.
+
+**No longer a line of ``choreo bench``**: its consumers handle one message at a time and it runs
+on asyncio's loop while the saga runs on uvloop, so ``saga / naive`` measured concurrency more
+than what exactly-once costs. The baseline is now the FastStream build
+(``services/faststream_build.py``), which imports this module's handler context and duck-typed
+runtime (:class:`NaiveContext`, :class:`NaiveService`). ``choreo bench --profile`` still
+profiles this build beside the saga.
 
 The same five services run here with the same handlers, domain decisions, SQL stores, gRPC
 API and fake providers as ``choreo serve``, on plain nats-py the way most Python teams wire a

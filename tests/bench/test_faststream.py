@@ -59,12 +59,14 @@ async def test_the_faststream_build_runs_each_saga_to_its_final_state(tmp_path: 
             js = nc.jetstream()
             durables: dict[str, int] = {}
             for stream in await js.streams_info():
+                assert stream.config.name is not None
                 for info in await js.consumers_info(stream.config.name):
                     name = info.name
                     assert name.startswith(DURABLE_PREFIX), name
                     assert info.config.durable_name == name
                     assert info.num_pending == 0 and info.num_ack_pending == 0, info
-                    durables[name] = info.delivered.consumer_seq
+                    assert info.delivered is not None
+                    durables[name] = info.delivered.consumer_seq or 0
         finally:
             await nc.close()
         for service in SERVICE_NAMES:

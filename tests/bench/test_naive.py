@@ -1,5 +1,6 @@
-"""The benchmark's naive build completes real sagas: the same handlers and stores on plain
-nats-py, as five processes on a real broker, every path ending in its final state."""
+"""The serial naive build (``choreo bench --profile`` still runs it, and the FastStream baseline
+imports its glue) completes real sagas: the same handlers and stores on plain nats-py, as five
+processes on a real broker, every path ending in its final state."""
 
 from __future__ import annotations
 
