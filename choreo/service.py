@@ -39,6 +39,7 @@ from choreo.outbox import OutboxRelay
 from choreo.permissions import Credentials, inbox_prefix, read_credentials
 from choreo.redact import redact_url
 from choreo.reflection import enable_server_reflection
+from choreo.request_limits import max_receive_bytes
 from choreo.settings import RuntimeSettings
 from choreo.store import open_database
 from choreo.store.port import Database
@@ -347,7 +348,18 @@ class ServiceRuntime:
             # Health checks are polled every few seconds: spans of them would bury the sagas.
             health_checks = filters.negate(filters.health_check())
             interceptors.append(aio_server_interceptor(filter_=health_checks))
-        server = grpc.aio.server(interceptors=interceptors)
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                # A second server on a live port fails to bind instead of sharing it.
+                ("grpc.so_reuseport", 0),
+                # Nothing larger than the largest valid request is read (choreo.request_limits).
+                (
+                    "grpc.max_receive_message_length",
+                    max_receive_bytes(self.definition.grpc_services),
+                ),
+            ],
+        )
         if self.definition.add_servicer is not None:
             self.definition.add_servicer(server, self)
         health_servicer = health.aio.HealthServicer()
@@ -361,6 +373,8 @@ class ServiceRuntime:
                 self.grpc_port = server.add_insecure_port(address)
             else:
                 self.grpc_port = server.add_secure_port(address, credentials)
+            if self.grpc_port == 0:  # some gRPC versions answer 0 instead of raising
+                raise RuntimeError(f"failed to bind {address}")
         except RuntimeError as exc:
             raise ConfigurationError(
                 f"{self.name}: cannot listen for gRPC on {address} (taken?): choose another"

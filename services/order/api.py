@@ -19,15 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 
 from choreo import validation
 from choreo.grpc_errors import abort_invalid, abort_not_found
 from choreo.order.v1 import order_service_pb2 as pb
 from choreo.order.v1 import order_service_pb2_grpc as pb_grpc
+from choreo.request_limits import count_violations, repeated_limits
 from choreo.sealing import SealingKey
 from choreo.service import ServiceRuntime
 from services import payment_token
@@ -197,6 +202,90 @@ class OrderApi(pb_grpc.OrderServiceServicer):
         return order
 
 
+@dataclass(frozen=True)
+class TooManyItems:
+    """What the deserializer hands on for a request with more items in a repeated field than
+    its rules allow: refused on the count, before any item is validated."""
+
+    violations: list[tuple[str, str]]
+
+
+class _CountGuard:
+    """Wraps a method's handler: counts first (as cheap as ``len``), then the full validation.
+
+    A request that cannot be valid must cost no more than a few milliseconds: the full
+    validation of 30,000 empty lines (what fits in the receive limit) takes long enough to
+    delay every other call on the event loop, its count does not."""
+
+    def __init__(self, service: ServiceDescriptor) -> None:
+        self._limits = {
+            method.name: repeated_limits(method.input_type) for method in service.methods
+        }
+
+    def wrap(self, name: str, handler: Any) -> Any:
+        limits = self._limits.get(name)
+        if not limits or handler is None or handler.request_deserializer is None:
+            return handler
+        decode = handler.request_deserializer
+
+        def deserialize(data: bytes) -> object:
+            request = decode(data)
+            if isinstance(request, Message):
+                found = count_violations(request, limits)
+                if found:
+                    return TooManyItems(found)
+            return request
+
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def serve(request: object, context: Context) -> Any:
+                if isinstance(request, TooManyItems):
+                    await abort_invalid(context, request.violations)
+                return await unary(request, context)
+
+            return handler._replace(request_deserializer=deserialize, unary_unary=serve)
+        stream = handler.unary_stream
+
+        async def serve_stream(request: object, context: Context) -> Any:
+            if isinstance(request, TooManyItems):
+                await abort_invalid(context, request.violations)
+            async for response in stream(request, context):
+                yield response
+
+        return handler._replace(request_deserializer=deserialize, unary_stream=serve_stream)
+
+
+class _GenericGuard(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler, guard: _CountGuard) -> None:
+        self._inner = inner
+        self._guard = guard
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = self._inner.service(handler_call_details)
+        method = str(getattr(handler_call_details, "method", "")).rsplit("/", 1)[-1]
+        return self._guard.wrap(method, handler)
+
+
+class _GuardedServer:
+    """The server as :func:`validation.add_servicer` sees it: every handler it registers
+    gets the count guard in front."""
+
+    def __init__(self, server: grpc.aio.Server, guard: _CountGuard) -> None:
+        self._server = server
+        self._guard = guard
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_GenericGuard(handler, self._guard) for handler in handlers)
+        )
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self._server.add_registered_method_handlers(
+            service, {name: self._guard.wrap(name, h) for name, h in handlers.items()}
+        )
+
+
 def add_to_server(
     server: grpc.aio.Server,
     runtime: ServiceRuntime,
@@ -204,10 +293,11 @@ def add_to_server(
     token_key: SealingKey,
     order_created_versions: tuple[int, ...] = (1,),
 ) -> None:
-    # Every request is decoded and checked against its declared rules before a method runs.
+    # Every request is decoded and checked against its declared rules before a method runs;
+    # a repeated field over its max_items is refused on its count before that.
     service = pb.DESCRIPTOR.services_by_name["OrderService"]
     validation.add_servicer(
-        server,
+        cast("grpc.aio.Server", _GuardedServer(server, _CountGuard(service))),
         service,
         OrderApi(runtime, catalog, token_key, order_created_versions=order_created_versions),
     )

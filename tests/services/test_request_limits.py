@@ -9,6 +9,7 @@ store) and bytes that are no request at all.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -20,10 +21,11 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from google.protobuf.message import Message
 
 from choreo.broker import EmbeddedBroker
-from choreo.common.v1 import address_pb2
+from choreo.common.v1 import address_pb2, order_line_pb2
 from choreo.grpc_errors import field_violations
 from choreo.order.v1 import order_service_pb2 as pb
 from choreo.order.v1 import order_service_pb2_grpc as pb_grpc
+from choreo.request_limits import max_encoded_size, max_receive_bytes
 from choreo.service import ServiceRuntime
 from choreo.testing import stream_count
 from services import registry
@@ -95,20 +97,59 @@ async def test_a_10000_character_customer_id_is_refused_and_nothing_is_stored(
     await assert_nothing_stored(runtime, stub, js)
 
 
-async def test_a_1_mib_address_line_is_refused_and_nothing_is_stored(
-    runtime: ServiceRuntime, stub: Stub, js: Any
-) -> None:
-    address = address_pb2.Address(
+def raw(data: bytes) -> bytes:
+    """Sends and receives bytes as they are, so a test can send what no client library would."""
+    return data
+
+
+def address_with_line1(line1: str) -> address_pb2.Address:
+    return address_pb2.Address(
         recipient_name="Ada Lovelace",
-        line1="1 Main Street " + "x" * (1024 * 1024),
+        line1=line1,
         city="Springfield",
         postal_code="12345",
         country_code="US",
     )
 
-    fields = await refused_fields(stub, place_request(shipping_address=address))
+
+async def test_a_10_kib_address_line_is_refused_naming_it_and_nothing_is_stored(
+    runtime: ServiceRuntime, stub: Stub, js: Any
+) -> None:
+    request = place_request(shipping_address=address_with_line1("1 Main St " + "x" * 10_240))
+
+    fields = await refused_fields(stub, request)
 
     assert fields == ["shipping_address.line1"]
+    await assert_nothing_stored(runtime, stub, js)
+
+
+PLACE_ORDER = "/choreo.order.v1.OrderService/PlaceOrder"
+
+
+async def test_a_request_larger_than_any_valid_one_is_not_read_at_all(
+    runtime: ServiceRuntime, channel: grpc.aio.Channel, stub: Stub, js: Any
+) -> None:
+    """The receive limit follows from the contract's limits (100 lines of at most 64-character
+    SKUs ..., times a margin): far below gRPC's 4 MB, and above any valid request."""
+    limit = max_receive_bytes([pb.DESCRIPTOR.services_by_name["OrderService"].full_name])
+    largest_valid = max_encoded_size(pb.PlaceOrderRequest.DESCRIPTOR)
+    assert largest_valid is not None and largest_valid < limit <= 128 * 1024
+    oversized = {
+        "1 MiB address line": place_request(
+            shipping_address=address_with_line1("x" * (1024 * 1024))
+        ),
+        # The reported request: 100,000 lines, 2.2 MB, 1.9 s to refuse on the event loop.
+        "100,000 lines": place_request(lines=lines_of(100_000, sku="SKU-" + "X" * 14)),
+    }
+    place = channel.unary_unary(PLACE_ORDER, request_serializer=raw, response_deserializer=raw)
+    for what, request in oversized.items():
+        data = request.SerializeToString()
+        assert len(data) > limit, what
+        started = time.perf_counter()
+        error = await rpc_error(place(data, timeout=10))
+        elapsed = time.perf_counter() - started
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (what, error.details())
+        assert elapsed < 1.0, (what, elapsed)
     await assert_nothing_stored(runtime, stub, js)
 
 
@@ -147,14 +188,37 @@ async def test_a_nul_character_in_any_text_field_is_refused_naming_it_and_nothin
 async def test_too_many_lines_are_refused_on_lines_and_nothing_is_stored(
     runtime: ServiceRuntime, stub: Stub, js: Any
 ) -> None:
-    for n in (101, 10_000):
+    for n in (101, 3_000):
         assert await refused_fields(stub, place_request(lines=lines_of(n))) == ["lines"], n
     await assert_nothing_stored(runtime, stub, js)
 
 
-def raw(data: bytes) -> bytes:
-    """Sends and receives bytes as they are, so a test can send what no client library would."""
-    return data
+def most_lines_that_fit() -> pb.PlaceOrderRequest:
+    """As many empty lines (2 bytes each) as the receive limit lets through: each one breaks
+    its rules, and validating them one by one took longer than a few milliseconds."""
+    limit = max_receive_bytes([pb.DESCRIPTOR.services_by_name["OrderService"].full_name])
+    request = place_request(lines=[])
+    request.lines.extend(order_line_pb2.OrderLine() for _ in range((limit - 1024) // 2))
+    assert limit - 2048 < request.ByteSize() < limit
+    return request
+
+
+async def test_too_many_lines_are_refused_on_their_count_before_any_line_is_validated(
+    runtime: ServiceRuntime, stub: Stub, js: Any
+) -> None:
+    request = most_lines_that_fit()
+    await rpc_error(stub.PlaceOrder(place_request(lines=lines_of(101)), timeout=10))  # warm
+
+    started = time.perf_counter()
+    error = await rpc_error(stub.PlaceOrder(request, timeout=10))
+    elapsed = time.perf_counter() - started
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    # Only the count: no line was looked at (each would be a violation of its own).
+    assert [field for field, _ in field_violations(error)] == ["lines"]
+    assert f"has {len(request.lines)} items; at most 100" in (error.details() or "")
+    assert elapsed < 0.25, elapsed
+    await assert_nothing_stored(runtime, stub, js)
 
 
 async def test_hundreds_of_violations_still_reach_the_client_as_a_bounded_bad_request(
