@@ -1,12 +1,14 @@
-"""examples/hello, the README's hello-world service: the README shows the file byte for byte,
-and the file runs as the README says (``choreo serve hello --app hello_service:build``) on a
-real nats-server, handling each OrderCreated once."""
+"""examples/hello, the README's hello-world service: the README shows its files byte for byte,
+its generated code is what its proto generates, its handlers match the reaction its proto
+declares, and it runs as the README says (``choreo serve hello --app hello_service:build``) on
+a real nats-server, greeting each order once and publishing one ``CustomerGreeted`` for it."""
 
 from __future__ import annotations
 
-import importlib
+import os
 import re
 import sqlite3
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -14,8 +16,7 @@ from typing import Any
 
 from choreo.broker import EmbeddedBroker, free_port
 from choreo.order.v1 import events_pb2 as order_events
-from choreo.service import ServiceDefinition
-from choreo.settings import RuntimeSettings
+from choreo.streamread import read_stream
 from choreo.subjects import durable_name
 from choreo.supervisor import ProcessSpec, Supervisor
 from choreo.testing import publish_event, wait_for
@@ -23,7 +24,11 @@ from choreo.testing import publish_event, wait_for
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello"
 SOURCE = HELLO / "hello_service.py"
-CHOREO = str(Path(sys.executable).parent / "choreo")
+PROTO = HELLO / "proto" / "acme" / "hello" / "v1" / "hello.proto"
+# What the README puts on PYTHONPATH: the service and its generated code.
+PATHS = os.pathsep.join([str(HELLO), str(HELLO / "gen" / "python")])
+BIN = Path(sys.executable).parent
+CHOREO = str(BIN / "choreo")
 
 
 def readme_blocks(language: str) -> list[str]:
@@ -33,28 +38,53 @@ def readme_blocks(language: str) -> list[str]:
 
 def test_the_readme_shows_the_hello_service_byte_for_byte() -> None:
     source = SOURCE.read_text(encoding="utf-8")
-    assert source in readme_blocks("python"), "README.md's hello block differs from " + str(
-        SOURCE.relative_to(REPO)
+    assert source in readme_blocks("python"), f"README.md's python block is not {SOURCE}"
+    assert PROTO.read_text(encoding="utf-8") in readme_blocks("proto"), (
+        f"README.md's proto block is not {PROTO}"
     )
     assert len(source.splitlines()) <= 40  # "about 30 lines"
 
 
 def test_the_readme_runs_it_the_way_this_test_does() -> None:
     commands = "\n".join(readme_blocks("sh"))
-    assert "PYTHONPATH=examples/hello" in commands
+    assert "PYTHONPATH=examples/hello:examples/hello/gen/python" in commands
     assert "choreo serve hello --app hello_service:build" in commands
 
 
-def test_build_gives_a_service_reacting_to_order_created() -> None:
-    sys.path.insert(0, str(HELLO))
-    try:
-        module: Any = importlib.import_module("hello_service")
-    finally:
-        sys.path.remove(str(HELLO))
-    definition = module.build(RuntimeSettings())
-    assert isinstance(definition, ServiceDefinition)
-    assert definition.name == "hello"
-    assert list(definition.handlers) == [order_events.OrderCreated]
+def test_the_generated_code_is_what_the_hello_proto_generates() -> None:
+    result = subprocess.run(
+        [str(HELLO / "gen.sh"), "--check"],
+        env={**os.environ, "PYTHON": sys.executable, "PATH": f"{BIN}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_its_handlers_are_the_reactions_its_proto_declares() -> None:
+    # In a process of its own: build() adds acme.hello.v1 to the contracts of the process.
+    check = (
+        "import hello_service\n"
+        "from choreo import contracts\n"
+        "from choreo.reactions import check_reactions\n"
+        "from choreo.settings import RuntimeSettings\n"
+        "definition = hello_service.build(RuntimeSettings())\n"
+        "check_reactions(definition.name, definition.handlers)\n"
+        "edges = [e for e in contracts.choreography() if e.service == 'hello']\n"
+        "print(definition.name, [(e.trigger, e.emits) for e in edges])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check],
+        env={**os.environ, "PYTHONPATH": PATHS},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "hello [('choreo.order.v1.OrderCreated', ('acme.hello.v1.CustomerGreeted',))]"
+    )
 
 
 def greetings(database: Path) -> list[tuple[str, str]]:
@@ -77,7 +107,7 @@ async def test_the_hello_service_greets_each_order_once(
         name="hello",
         argv=[CHOREO, "serve", "hello", "--app", "hello_service:build"],
         env={
-            "PYTHONPATH": str(HELLO),
+            "PYTHONPATH": PATHS,
             "CHOREO_NATS_URL": broker.url,
             "CHOREO_DATABASE_URL": f"sqlite:///{database}",  # sqlite:/// + /tmp/...: absolute
             "CHOREO_GRPC_HOST": "127.0.0.1",
@@ -124,7 +154,24 @@ async def test_the_hello_service_greets_each_order_once(
         assert sorted(greetings(database)) == sorted(
             [(order_id, "cust-alice"), (other, "cust-bob")]
         )
+
+        # Its own stream, owned by it (acme.hello -> ACME_HELLO), holds one greeting per order,
+        # published by the relay after the commit.
+        async def both_published() -> bool:
+            try:
+                return len(await read_stream(js, "ACME_HELLO")) >= 2
+            except Exception:  # the stream is created at start-up; the relay may be behind
+                return False
+
+        await wait_for(both_published, timeout=30, what="two CustomerGreeted events")
+        published = await read_stream(js, "ACME_HELLO")
+        assert sorted(message.subject for message in published) == sorted(
+            f"acme.hello.v1.CustomerGreeted.{order}" for order in (order_id, other)
+        )
+        assert {message.headers["ce-causationid"] for message in published} >= {first.event_id}
     finally:
         codes = supervisor.stop_all()
     assert codes == {"hello": 0}, f"unclean shutdown: {codes}"
-    assert "hello, cust-alice" in (tmp_path / "hello.log").read_text()
+    log = (tmp_path / "hello.log").read_text()
+    assert "hello, cust-alice" in log
+    assert "no contract declares its reactions" not in log
