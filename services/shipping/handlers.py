@@ -36,6 +36,7 @@ from choreo.shipping.v1 import events_pb2 as shipping_events
 from choreo.store.port import Database
 from services.shipping import domain, mapping, store
 from services.shipping.provider import (
+    CANCELLED_REASON,
     FakeShippingProvider,
     IdempotencyKeyReused,
     ProviderUnavailable,
@@ -91,6 +92,9 @@ async def on_payment_completed(
         raise PermanentError(f"booking order {order_id}: {exc}") from exc
     except Unserviceable as refusal:
         shipment = domain.refused(order_id, destination, refusal.reason)
+        if refusal.reason == CANCELLED_REASON:
+            # Its key was cancelled before anything was booked (a give-up): not the address.
+            reason = shipping_events.SHIPPING_FAILURE_REASON_PROVIDER_UNAVAILABLE
     else:
         if booking.status is domain.BookingStatus.CANCELLED:
             # Cancelled since (a give-up's cancel whose answer was lost): the step failed.

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from choreo import dlq
 from choreo.notification.v1 import events_pb2 as notification_events
 from choreo.payment.v1 import events_pb2 as pay
@@ -147,5 +149,43 @@ async def test_replaying_a_booking_whose_cancel_answer_was_lost_fails_the_shipme
     (told,) = await emitted(js, notification_events.NotificationSent)
     assert told.kind == notification_events.NOTIFICATION_KIND_ORDER_CANCELLED
 
+    report = await audited(saga, js)
+    assert report.violations == []
+
+
+@pytest.mark.parametrize("first", ["InventoryReserved", "OrderCancelled"])
+async def test_replaying_both_letters_after_the_deadline_in_either_order(
+    saga: Saga, js: Any, first: str
+) -> None:
+    """The void's answers stay lost past the saga deadline: payment's give-up files an ALARM,
+    and so does its compensation of the deadline's OrderCancelled. Once the gateway is back,
+    the operator replays both letters, in either order: the order stays cancelled, the charge
+    is given back once, nothing ships."""
+    saga.env.update(CHOREO_SAGA_DEADLINE_S="2", CHOREO_DEADLINE_SCAN_INTERVAL_S="0.2")
+    await saga.start()
+    gateway = saga.gateway()
+    failing(gateway, "charge", 3, lambda: GatewayUnavailable("timed out"), after=True)
+    failing(gateway, "void", 10_000, lambda: GatewayUnavailable("timed out"), after=True)
+    order_id = await saga.place()
+    letters = {
+        event: await alarm_letter(js, "payment", event)
+        for event in ("OrderCancelled", "InventoryReserved")
+    }
+    assert (await saga.order(order_id)).cancellation_reason is CancellationReason.DEADLINE_EXCEEDED
+    del gateway.void
+
+    second = "OrderCancelled" if first == "InventoryReserved" else "InventoryReserved"
+    for event in (first, second):
+        await dlq.replay_letter(js, letters[event].seq, note="gateway is back")
+        await quiet(saga, js)
+
+    assert (await saga.order(order_id)).status is OrderStatus.CANCELLED
+    assert await emitted(js, pay.PaymentCompleted) == []
+    assert await emitted(js, ship.ShipmentCreated) == []
+    ledger = await saga.payments()
+    assert (ledger.charges, ledger.refunds) == ({order_id: 1}, {order_id: 1})
+    assert all_released(await saga.stock())
+    (told,) = await emitted(js, notification_events.NotificationSent)
+    assert told.kind == notification_events.NOTIFICATION_KIND_ORDER_CANCELLED
     report = await audited(saga, js)
     assert report.violations == []
