@@ -122,8 +122,14 @@ class DeadLetter:
 
     @property
     def event_type(self) -> str:
-        """The original event's full type name (from its header, else from its subject)."""
-        return self.headers.get(H_TYPE) or subjects.event_type_of_subject(self.subject)
+        """The original event's full type name: from its subject (which the consumer's filter
+        matched), else from its header."""
+        from_subject = subjects.event_type_of_subject(self.subject)
+        try:
+            subjects.parse_event_name(from_subject)
+        except ValueError:
+            return self.headers.get(H_TYPE) or from_subject
+        return from_subject
 
     @property
     def correlation_id(self) -> str:

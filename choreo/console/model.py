@@ -299,7 +299,7 @@ def order_id_of_letter(letter: dlq.DeadLetter) -> str:
 
 
 def letter_event_type(letter: dlq.DeadLetter) -> str:
-    return letter.headers.get(H_TYPE) or subjects.event_type_of_subject(letter.subject)
+    return letter.event_type
 
 
 def letter_json(letter: dlq.DeadLetter, *, with_payload: bool = False) -> dict[str, Any]:
