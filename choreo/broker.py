@@ -300,9 +300,9 @@ class CurrentJetStream:
 
 
 async def _reconnect_like(nc: Any) -> Any:
-    import nats
+    from choreo import natsconn
 
     servers = [f"{s.scheme}://{s.netloc}" for s in nc.servers]
-    return await nats.connect(
+    return await natsconn.connect(
         servers, max_reconnect_attempts=-1, reconnect_time_wait=0.25, connect_timeout=2
     )

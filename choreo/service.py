@@ -25,7 +25,7 @@ import nats.errors
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from choreo import contracts, faults, inbox
+from choreo import contracts, faults, inbox, natsconn
 from choreo.broker import BrokerLink
 from choreo.cluster import seed_urls
 from choreo.consumer import Consumer, Subscription, one_subscription_per_event
@@ -128,15 +128,16 @@ async def connect_nats(
 
     try:
         nc = await asyncio.wait_for(
-            nats.connect(
+            # natsconn: a reconnect never waits behind unsent data (issue 22, defect 1).
+            natsconn.connect(
                 seed_urls(url),  # one URL, or a cluster's comma-separated seeds
                 name=name,
                 connect_timeout=2,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25,
-                ping_interval=5,
-                max_outstanding_pings=3,
+                ping_interval=natsconn.PING_INTERVAL_S,
+                max_outstanding_pings=natsconn.MAX_OUTSTANDING_PINGS,
                 error_cb=log_error,
                 # What nats-py buffers while reconnecting; the relay sends nothing then anyway.
                 pending_size=pending_size,
