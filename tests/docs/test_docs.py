@@ -42,11 +42,13 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     assert "ServiceDefinition" in reference and "HandlerContext" in reference
 
 
+@pytest.mark.unit
 def test_the_readme_is_a_front_door() -> None:
     lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines: move some to docs/"
 
 
+@pytest.mark.unit
 def test_the_readme_links_resolve() -> None:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
@@ -63,6 +65,7 @@ def test_the_saga_page_draws_what_choreo_flow_prints() -> None:
     assert blocks == [printed.strip() + "\n"], "paste the output of `choreo flow` into saga.md"
 
 
+@pytest.mark.unit
 def test_the_configuration_page_names_every_runtime_setting() -> None:
     text = page("configuration.md")
     missing = [
@@ -78,6 +81,7 @@ def sqlite_rows() -> list[tuple[str, str]]:
     return re.findall(r"^\| `(sqlite:[^`]*)` \| `([^`]*)`", section, re.MULTILINE)
 
 
+@pytest.mark.unit
 def test_the_sqlite_url_forms_are_how_the_store_parses_them() -> None:
     rows = sqlite_rows()
     assert len(rows) >= 4
@@ -85,6 +89,7 @@ def test_the_sqlite_url_forms_are_how_the_store_parses_them() -> None:
         assert str(path_of(url)) == documented, url
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("report", ["chaos-long-run.json", "chaos-postgres-run.json"])
 def test_the_chaos_page_quotes_its_reports(report: str) -> None:
     run = json.loads((DOCS / report).read_text(encoding="utf-8"))
@@ -101,6 +106,7 @@ def test_the_chaos_page_quotes_its_reports(report: str) -> None:
         assert figure in text, f"docs/chaos.md does not say {figure!r} ({report})"
 
 
+@pytest.mark.unit
 def test_the_benchmark_page_quotes_its_run() -> None:
     bench = json.loads((DOCS / "bench" / "bench.json").read_text(encoding="utf-8"))
     text = page("benchmark.md")
@@ -117,6 +123,7 @@ def test_the_benchmark_page_quotes_its_run() -> None:
         assert historic not in text.lower()
 
 
+@pytest.mark.unit
 def test_the_install_page_names_every_extra_of_the_runtime() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     text = page("writing-a-service.md")
@@ -141,6 +148,7 @@ REPO_FOLDERS = (
 )
 
 
+@pytest.mark.unit
 def test_every_file_the_docs_name_exists() -> None:
     documents = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
     missing = []

@@ -14,6 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from choreo.broker import EmbeddedBroker, free_port
 from choreo.order.v1 import events_pb2 as order_events
 from choreo.streamread import read_stream
@@ -36,6 +38,7 @@ def readme_blocks(language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```$", text, flags=re.DOTALL | re.MULTILINE)
 
 
+@pytest.mark.unit
 def test_the_readme_shows_the_hello_service_byte_for_byte() -> None:
     source = SOURCE.read_text(encoding="utf-8")
     assert source in readme_blocks("python"), f"README.md's python block is not {SOURCE}"
@@ -45,6 +48,7 @@ def test_the_readme_shows_the_hello_service_byte_for_byte() -> None:
     assert len(source.splitlines()) <= 40  # "about 30 lines"
 
 
+@pytest.mark.unit
 def test_the_readme_runs_it_the_way_this_test_does() -> None:
     commands = "\n".join(readme_blocks("sh"))
     assert "PYTHONPATH=examples/hello:examples/hello/gen/python" in commands
