@@ -1,16 +1,16 @@
 """Fixtures for the domain and store tests: the real catalog and a real SQLite database.
 
 The runtime's adapters live in ``choreo.store``; this small one implements the same
-``Transaction`` port over aiosqlite, so the store tests run against a real SQLite file
-without depending on runtime code that is being written at the same time.
+``Transaction`` port over the standard library's ``sqlite3`` (aiosqlite left the lock), so the
+store tests run against a real SQLite file without depending on runtime code.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-import aiosqlite
 import pytest
 
 from choreo.store.port import Params, Row
@@ -18,27 +18,24 @@ from services.catalog import Catalog, default_catalog_path, load_catalog
 
 
 class SqliteTx:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
     async def migrate(self, schema: Sequence[str]) -> SqliteTx:
         for statement in schema:
-            await self.conn.execute(statement)
-        await self.conn.commit()
+            self.conn.execute(statement)
+        self.conn.commit()
         return self
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        cursor = await self.conn.execute(sql, tuple(params))
-        return cursor.rowcount
+        return self.conn.execute(sql, tuple(params)).rowcount
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        cursor = await self.conn.execute(sql, tuple(params))
-        row = await cursor.fetchone()
+        row = self.conn.execute(sql, tuple(params)).fetchone()
         return tuple(row) if row is not None else None
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        cursor = await self.conn.execute(sql, tuple(params))
-        return [tuple(r) for r in await cursor.fetchall()]
+        return [tuple(r) for r in self.conn.execute(sql, tuple(params)).fetchall()]
 
 
 @pytest.fixture
@@ -48,8 +45,8 @@ def catalog() -> Catalog:
 
 @pytest.fixture
 async def tx(tmp_path: Path) -> AsyncIterator[SqliteTx]:
-    conn = await aiosqlite.connect(tmp_path / "service.db")
+    conn = sqlite3.connect(tmp_path / "service.db")
     try:
         yield SqliteTx(conn)
     finally:
-        await conn.close()
+        conn.close()
