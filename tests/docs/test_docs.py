@@ -11,6 +11,7 @@ import sys
 import tomllib
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,3 +159,24 @@ def test_every_file_the_docs_name_exists() -> None:
             if path.startswith(REPO_FOLDERS) and not (REPO / path).exists():
                 missing.append(f"{document.relative_to(REPO)}: {path}")
     assert not missing, "the docs name files that do not exist: " + ", ".join(missing)
+
+
+@pytest.mark.unit
+def test_the_clients_page_states_the_quantity_rules_the_contracts_declare() -> None:
+    from buf.validate import validate_pb2
+
+    from choreo.common.v1 import order_line_pb2
+    from choreo.order.v1 import order_service_pb2
+
+    def rules(message: Any, field: str) -> Any:
+        options = message.DESCRIPTOR.fields_by_name[field].GetOptions()
+        return options.Extensions[validate_pb2.field]
+
+    quantity = rules(order_line_pb2.OrderLine, "quantity").int32
+    lines = rules(order_service_pb2.PlaceOrderRequest, "lines").repeated
+    per_line = {rule.id: rule.expression for rule in lines.items.cel}
+    text = " ".join(page("clients.md").split())
+    assert f"{lines.min_items} to {lines.max_items} order lines" in text
+    assert per_line["order_line.quantity_per_line"] == "this.quantity <= 1000"
+    assert f"quantity is {quantity.gte} to 1000 units in `PlaceOrder`" in text
+    assert f"allows up to {quantity.lte}" in text
