@@ -180,3 +180,16 @@ def test_the_clients_page_states_the_quantity_rules_the_contracts_declare() -> N
     assert per_line["order_line.quantity_per_line"] == "this.quantity <= 1000"
     assert f"quantity is {quantity.gte} to 1000 units in `PlaceOrder`" in text
     assert f"allows up to {quantity.lte}" in text
+
+
+@pytest.mark.unit
+def test_the_configuration_page_states_the_otlp_protocols_the_runtime_reads() -> None:
+    from choreo import telemetry
+
+    text = " ".join(page("configuration.md").split())
+    default = telemetry.otlp_protocol({})
+    assert f"`{default}`, the specification's default when neither is set" in text
+    for protocol in telemetry.OTLP_PROTOCOLS:
+        assert f"`{protocol}`" in text
+    for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        assert variable in text
