@@ -70,11 +70,12 @@ class Dependencies:
         async with self.db.read() as tx:
             return await store.load_payment(tx, order_id)
 
-    async def cancelled(self, order_id: str) -> bool:
+    async def payment_and_tombstone(self, order_id: str) -> tuple[domain.Payment | None, bool]:
+        """The order's payment, and whether it was cancelled: one short read."""
         if self.db is None:
             raise RuntimeError("payment handlers used before the service started")
         async with self.db.read() as tx:
-            return await store.is_cancelled(tx, order_id)
+            return await store.load_payment(tx, order_id), await store.is_cancelled(tx, order_id)
 
 
 async def on_inventory_reserved(
@@ -82,10 +83,11 @@ async def on_inventory_reserved(
 ) -> None:
     order_id = event.order_id
     amount = mapping.money_from_proto(event.total, f"InventoryReserved {order_id} total")
-    if not domain.should_charge(await deps.payment(order_id)):
+    existing, cancelled = await deps.payment_and_tombstone(order_id)
+    if not domain.should_charge(existing):
         log.info("order %s already has a payment; not charging again", order_id)
         return
-    if await deps.cancelled(order_id):
+    if cancelled:
         # The cancellation got here first: charge nothing. The key is voided, so a charge an
         # earlier attempt may have taken is given back and one still in flight takes nothing.
         log.info("order %s is cancelled; not charging", order_id)

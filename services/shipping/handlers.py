@@ -58,11 +58,12 @@ class Dependencies:
         async with self.db.read() as tx:
             return await store.load_shipment(tx, order_id)
 
-    async def cancelled(self, order_id: str) -> bool:
+    async def shipment_and_tombstone(self, order_id: str) -> tuple[domain.Shipment | None, bool]:
+        """The order's shipment, and whether it was cancelled: one short read."""
         if self.db is None:
             raise RuntimeError("shipping handlers used before the service started")
         async with self.db.read() as tx:
-            return await store.is_cancelled(tx, order_id)
+            return await store.load_shipment(tx, order_id), await store.is_cancelled(tx, order_id)
 
 
 async def on_payment_completed(
@@ -70,10 +71,11 @@ async def on_payment_completed(
 ) -> None:
     order_id = event.order_id
     destination = mapping.address_from_proto(event.shipping_address)
-    if not domain.should_book(await deps.shipment(order_id)):
+    existing, cancelled = await deps.shipment_and_tombstone(order_id)
+    if not domain.should_book(existing):
         log.info("order %s already has a shipment; not booking again", order_id)
         return
-    if await deps.cancelled(order_id):
+    if cancelled:
         # The cancellation got here first: book nothing. The key is cancelled at the carrier,
         # so a booking an earlier attempt may have made is undone and one in flight refused.
         await _cancel_booking(deps, ctx, order_id)
