@@ -411,12 +411,10 @@ class Consumer:
         for msg in msgs:
             key = (msg.headers or {}).get(H_SUBJECT) or f"seq:{msg.reply}"
             groups.setdefault(key, []).append(msg)
-        # A group with a suspect is handled one message at a time, each alone in the process,
-        # after the others (its aggregate's order kept).
-        suspects = [g for g in groups.values() if any(self._suspect(m) for m in g)]
-        if suspects:
-            for group in suspects:
-                del groups[(group[0].headers or {}).get(H_SUBJECT) or f"seq:{group[0].reply}"]
+        # A group with a suspect is handled after the others, one message at a time with
+        # nothing else running in the process (its aggregate's order kept).
+        suspected = [key for key, group in groups.items() if any(map(self._suspect, group))]
+        isolated = [groups.pop(key) for key in suspected]
         gate = process_gate()
         if groups:
             async with gate.shared():
@@ -427,10 +425,10 @@ class Consumer:
                     await asyncio.gather(
                         *(self._handle_in_order(group) for group in groups.values())
                     )
-        for group in suspects:
+        for group in isolated:
             for msg in group:
                 async with gate.exclusive():
-                    await self._handle_in_order([msg], alone=True)
+                    await self._handle_in_order([msg], alone=self._suspect(msg))
 
     def _suspect(self, msg: Any) -> bool:
         """Delivered before, and not handed back by this process: an earlier delivery may have
