@@ -272,6 +272,7 @@ class _Checker:
     js: Any
     _streams: dict[str, Any] = dataclasses.field(default_factory=dict)
     _durables: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    _dlq_flaw: str | None = None
 
     async def stream(self, name: str) -> Any:
         """The stream's info, or None when it does not exist."""
@@ -310,8 +311,35 @@ class _Checker:
                 return True
         return False
 
+    async def dlq_stream_flaw(self) -> str:
+        """Why a letter's subject in the dead-letter stream may not be the subject it was
+        published on ("" when it is). A service's user may create that stream when it is
+        absent; made with a subject transform, sources or a mirror, it could store a letter of
+        one service under another's subject."""
+        if self._dlq_flaw is None:
+            info = await self.stream(subjects.DLQ_STREAM)
+            config = info.config if info is not None else None
+            flaws = []
+            if config is not None:
+                if list(config.subjects or []) != [f"{subjects.DLQ_PREFIX}.>"]:
+                    flaws.append(f"takes the subjects {config.subjects}")
+                if config.subject_transform is not None:
+                    flaws.append("rewrites subjects (a subject transform)")
+                if config.sources or config.mirror:
+                    flaws.append("copies messages from other streams")
+            self._dlq_flaw = (
+                f"the dead-letter stream {subjects.DLQ_STREAM} {' and '.join(flaws)}, so a"
+                " letter's subject does not prove who filed it"
+                if flaws
+                else ""
+            )
+        return self._dlq_flaw
+
     async def check(self, letter: DeadLetter) -> tuple[DeadLetter, Any]:
         suspicions = list(letter.suspicions)
+        flaw = await self.dlq_stream_flaw()
+        if flaw:
+            suspicions.append(flaw)
         gone = ""
         source = None
         if not letter.is_parked_notice and letter.service:

@@ -411,3 +411,44 @@ async def test_a_genuine_letter_replays_the_event_its_producer_published(
     assert copy.headers["Nats-Msg-Id"] == msg_id
     assert copy.headers[dlq.H_REPLAY_OF] == str(letter.seq)
     await operator.close()
+
+
+async def test_a_dead_letter_stream_that_rewrites_subjects_makes_every_letter_suspect(
+    secured_broker: EmbeddedBroker,
+) -> None:
+    """A service's user may create the dead-letter stream when it is absent (whoever starts
+    first). Made by notification with a subject transform, it would store notification's
+    letters under payment's subject; a letter's subject then proves nothing, so every letter
+    in it is suspect and none is replayed, however well its other claims match."""
+    operator = await connect_as(secured_broker, permissions.OPERATOR)
+    ops = operator.jetstream()
+    for context in ("order", "inventory", "payment"):
+        await ops.add_stream(context_stream_config(context, RuntimeSettings()))
+    envelope, real = await a_real_inventory_reserved(secured_broker, "o-1")
+    source = await ops.get_msg(real.stream, real.seq)
+    notification = await connect_as(secured_broker, "notification")
+    try:
+        js = notification.jetstream(timeout=2.0)
+        config = dlq_stream_config(RuntimeSettings())
+        config.subject_transform = api.SubjectTransform(
+            src="choreo.dlq.notification.>", dest="choreo.dlq.payment.>"
+        )
+        await js.add_stream(config)
+        # Every claim matches payment's letter about that event, but for the subject.
+        await js.publish(
+            subjects.dlq_subject("notification", source.subject),
+            source.data,
+            headers=forged_letter_headers(
+                envelope, service="payment", stream=real.stream, seq=real.seq
+            ),
+        )
+    finally:
+        await notification.close()
+    (letter,) = await dlq.list_dead_letters(ops)
+    assert letter.service == "payment", "stored under payment's subject by the transform"
+    assert letter.suspect
+    assert [why for why in letter.suspicions if "rewrites subjects" not in why] == []
+    with pytest.raises(dlq.SuspectLetter, match="does not prove who filed it"):
+        await dlq.replay_letter(ops, letter.seq)
+    assert await stored(ops, "CHOREO_INVENTORY") == 1, "nothing was republished"
+    await operator.close()
