@@ -12,11 +12,24 @@ emits its failure event), a hung provider (calls time out), a message that crash
 on every delivery (the server's delivery count ends it), and a broker outage long enough to
 fill the client's reconnect buffer many times. Then it waits (bounded) for every saga to end
 and checks invariants 1-6 through the gRPC APIs, the streams and the providers' ledgers, and
-that every saga was final within the saga deadline plus a stated bound. Alarmed dead letters
-(a step that gave up with no failure event to emit, e.g. a refund during a payment outage) are
-replayed once the outage is over, as an operator would. The report lists faults by kind, sagas
-by final state, dead letters by kind (poison must equal exactly what was injected) and every
-violation; any violation makes the exit status non-zero.
+that every saga was final within the saga deadline plus a stated bound.
+
+An operator acts on the dead letters while the faults run, as the README tells one to
+(``choreo.dlq``'s ``replay_letter`` and ``discard``, every ``operator_interval_s``): an alarm
+(a step that gave up and could not confirm its compensation, e.g. a void whose reply was lost)
+is replayed as soon as it is seen, so also while its provider is still down and right after a
+compensation the provider took; poison, and the letters of the message that crashes its
+consumer, are discarded; of the other give-ups (compensated), a seeded share is replayed and
+another discarded. Once the faults are over and the system is quiet, every alarm still open is
+replayed, until none is left. Replaying a letter at any point must never break invariants 1-4
+(design invariant 10): the audit afterwards covers every replay. The report counts the
+operator's actions (``operator_replay``, ``operator_discard``, by kind) among the faults.
+
+The report lists faults by kind, sagas by final state, dead letters by kind (poison must equal
+exactly what was injected) and every violation; any violation makes the exit status non-zero.
+A happy order cancelled by its provider's failure event while that provider was down or hung
+(the failure published inside the fault window, or within the retry budget after it) is an
+outcome of that fault, whatever reason the step's dead letter gives.
 
 The services run on SQLite files (the default) or, with ``store="postgres"``, on fresh
 databases of their own on a Postgres server (``<name>_chaos_<random>_<service>``, dropped by
@@ -27,9 +40,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import shutil
+import sqlite3
 import tempfile
 import time
 import uuid
@@ -42,6 +57,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import nats
+from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.table import Table
 
@@ -80,6 +96,7 @@ from services.workload import (
 
 CHAOS_CATALOG = REPO_ROOT / "catalog" / "chaos.json"
 CRASH_CUSTOMER = "cust-crash"  # its PaymentCompleted kills shipping on every delivery
+CRASH_EVENT = "choreo.payment.v1.PaymentCompleted"
 CRASH_POINTS = {
     "kill_after_commit_before_ack": faults.AFTER_COMMIT_BEFORE_ACK,
     "kill_after_publish_before_mark": faults.AFTER_PUBLISH_BEFORE_MARK,
@@ -93,6 +110,27 @@ POISON_SUBJECTS = (
 
 # Orders the run places itself in each phase of a schema migration (v1+v2, then v2 alone).
 ORDERS_PER_MIGRATION_PHASE = 4
+
+# A request larger than this may be refused by its size alone (RESOURCE_EXHAUSTED, before it
+# is read: no valid request comes near it); a smaller one must be refused naming its field.
+REFUSED_BY_SIZE_ABOVE = 16 * 1024
+
+# Orders placed at the start of each provider outage.
+PROBES_PER_OUTAGE = 3
+
+# Who the run's operator actions are recorded as (a letter's resolution names its actor).
+OPERATOR = "chaos-operator"
+# Each provider's failure event: a cancellation it caused, and the moment it did.
+FAILURE_EVENTS = {
+    "payment": "choreo.payment.v1.PaymentFailed",
+    "shipping": "choreo.shipping.v1.ShippingFailed",
+}
+CANCELLED_BY: dict[int, str] = {
+    order_events.CANCELLATION_REASON_PAYMENT_FAILED: "payment",
+    order_events.CANCELLATION_REASON_SHIPPING_FAILED: "shipping",
+}
+# Rounds of "replay every open alarm, wait for quiet" once the faults are over.
+FINAL_ALARM_ROUNDS = 3
 
 
 @dataclass
@@ -134,6 +172,18 @@ class ChaosConfig:
     # Connections per service process on Postgres: kills and restarts briefly overlap a dead
     # process's connections with its successor's, on a server other runs share.
     postgres_pool_size: int = 5
+    # An operator replaying and discarding dead letters while the faults run (see the module
+    # docstring), every this many seconds; the shares of compensated give-ups replayed and
+    # discarded (the rest is left open, as a busy operator would).
+    operator_actions: bool = True
+    # Deliveries a step that gave up may use to compensate before it raises an alarm (the
+    # runtime's default is 30): few, so a provider outage ends in alarms, some after the
+    # provider took the void or the cancel and lost the reply, which the operator replays
+    # while the outage still runs. The outage lasts past them.
+    give_up_attempts: int = 3
+    operator_interval_s: float = 1.5
+    operator_replay_share: float = 0.35
+    operator_discard_share: float = 0.35
 
 
 def chaos_database_url(base_url: str) -> str:
@@ -154,6 +204,14 @@ class ChaosReport:
     recovery_s: list[float] = field(default_factory=list)
     gave_up: Counter[str] = field(default_factory=Counter)
     alarms_replayed: Counter[str] = field(default_factory=Counter)
+    # Orders whose alarm the operator replayed after the provider had taken the compensation
+    # (a void or a carrier cancel whose reply was lost), by provider.
+    replayed_after_lost_compensation: dict[str, list[str]] = field(default_factory=dict)
+    operator_refusals: list[str] = field(default_factory=list)
+    # Every operator action: "<action> <seq> <service>:<reason> <event type> order <id>".
+    operator_log: list[str] = field(default_factory=list)
+    # Every alarm filed (a step that could not confirm its compensation), by service:reason.
+    alarms: Counter[str] = field(default_factory=Counter)
     caught_by_provider_faults: int = 0
     gave_up_under_kills: int = 0
     max_saga_s: float = 0.0
@@ -177,7 +235,11 @@ class ChaosReport:
             "expected_dead_letters": dict(self.expected_dead_letters),
             "recovery_after_broker_restart_s": self.recovery_s,
             "gave_up_and_compensated": dict(self.gave_up),
+            "alarms": dict(self.alarms),
             "alarms_replayed": dict(self.alarms_replayed),
+            "replayed_after_lost_compensation": self.replayed_after_lost_compensation,
+            "operator_replays_refused": self.operator_refusals,
+            "operator_actions": self.operator_log,
             "orders_cancelled_by_provider_faults": self.caught_by_provider_faults,
             "orders_cancelled_by_give_ups_under_kills": self.gave_up_under_kills,
             "max_saga_seconds": round(self.max_saga_s, 1),
@@ -213,6 +275,7 @@ class Chaos:
             "CHOREO_SEED": str(config.seed),
             "CHOREO_NATS_PENDING_SIZE": str(config.nats_pending_size),
             "CHOREO_SAGA_DEADLINE_S": str(config.saga_deadline_s),
+            "CHOREO_GIVE_UP_ATTEMPTS": str(config.give_up_attempts),
             # Ample stock of everyday items, so only SKU-RARE runs out, however long the run.
             "CHOREO_CATALOG": str(CHAOS_CATALOG),
         }
@@ -235,6 +298,12 @@ class Chaos:
         self.restarts_at: list[float] = []
         # (start, end) of each provider outage or hang: orders in flight then may be cancelled.
         self.provider_fault_windows: list[tuple[float, float]] = []
+        # (provider, start, end) of the same, on the wall clock the events' ce-time uses.
+        self.provider_fault_wall: list[tuple[str, float, float]] = []
+        # The operator's own dice (the faults' schedule keeps its seeded sequence), and the
+        # letters it has decided on.
+        self.operator_rng = random.Random(config.seed * 7919 + 1)
+        self.decided: set[int] = set()
         self.crash_orders: set[str] = set()
         self.extra_orders: list[Placed] = []
         # Services a fault is taking down and up on purpose, counted: two faults may overlap on one.
@@ -412,21 +481,36 @@ class Chaos:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE:
                     continue  # the order service is down right now; not a verdict
+                # Larger than any valid request: it may be refused by its size, unread.
+                by_size = (
+                    exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    and request.ByteSize() > REFUSED_BY_SIZE_ABOVE
+                )
                 fields = [f for f, _ in grpc_errors.field_violations(exc)]
-                if exc.code() != grpc.StatusCode.INVALID_ARGUMENT or expected_field not in fields:
+                named = exc.code() == grpc.StatusCode.INVALID_ARGUMENT and expected_field in fields
+                if not (by_size or named):
                     self.report.violations.append(
                         f"invariant 6: {what}: {exc.code().name} naming {fields}"
                     )
             self.report.faults["bad_grpc_request"] += 1
 
+    def _runtime_settings(self) -> RuntimeSettings:
+        env = self.system.config.env
+        return RuntimeSettings(
+            max_deliveries=int(env["CHOREO_MAX_DELIVERIES"]),
+            backoff_base_s=float(env["CHOREO_BACKOFF_BASE_S"]),
+            backoff_max_s=float(env["CHOREO_BACKOFF_MAX_S"]),
+        )
+
     def retry_budget_s(self) -> float:
         """How long a step keeps retrying before it gives up, with this run's settings."""
-        settings = RuntimeSettings(
-            max_deliveries=int(self.system.config.env["CHOREO_MAX_DELIVERIES"]),
-            backoff_base_s=float(self.system.config.env["CHOREO_BACKOFF_BASE_S"]),
-            backoff_max_s=float(self.system.config.env["CHOREO_BACKOFF_MAX_S"]),
-        )
+        settings = self._runtime_settings()
         return sum(settings.backoff(d) for d in range(1, settings.max_deliveries))
+
+    def give_up_budget_s(self) -> float:
+        """How long a step that gave up keeps trying to compensate before it raises an alarm."""
+        settings = self._runtime_settings()
+        return self.config.give_up_attempts * settings.backoff(settings.max_deliveries)
 
     async def _restart_with(self, name: str, extra_env: dict[str, str]) -> None:
         assert self.system.supervisor is not None
@@ -436,21 +520,27 @@ class Chaos:
 
     async def provider_outage(self, index: int) -> None:
         """A provider fails every call (half of them after taking the charge or booking, as a
-        lost answer) for longer than the retry budget: the step must give up cleanly."""
+        lost answer) for longer than the retry budget and the give-up's attempts: the step must
+        give up cleanly, or raise an alarm when it cannot compensate (the operator replays
+        those, some while the outage still runs)."""
         name = ("payment", "shipping")[index % 2]
         self.busy[name] += 1
-        started = time.monotonic()
+        started, wall_started = time.monotonic(), time.time()
         try:
             await self._restart_with(name, {f"CHOREO_{name.upper()}_FAILURE_RATE": "1.0"})
-            # One order meets the outage for sure, even if the run's load has ebbed by now:
-            # without it, a run whose sagas all passed the step before the outage shows
-            # nothing about giving up.
-            await self.place_probe_order()
-            await asyncio.sleep(self.retry_budget_s() + 4.0)
+            # Orders meet the outage for sure, even if the run's load has ebbed by now: without
+            # them, a run whose sagas all passed the step before the outage shows nothing
+            # about giving up. Several, so that (with every call failing, half after it was
+            # taken) some give-up's compensation is taken with its reply lost.
+            await self._place_probe_orders(PROBES_PER_OUTAGE)
+            # Past their retries and their give-ups' attempts, with room for a slow start:
+            # their alarms are filed, and replayed, while the provider is still down.
+            await asyncio.sleep(self.retry_budget_s() + self.give_up_budget_s() + 8.0)
             await self._restart_with(name, {})
         finally:
             self.busy[name] -= 1
         self.provider_fault_windows.append((started, time.monotonic()))
+        self.provider_fault_wall.append((name, wall_started, time.time()))
         self.report.faults[f"provider_outage_{name}"] += 1
 
     async def schema_migration(self, js: Any) -> None:
@@ -525,7 +615,7 @@ class Chaos:
         """A provider whose calls never answer (10 minutes of latency) for a few seconds."""
         name = ("shipping", "payment")[index % 2]
         self.busy[name] += 1
-        started = time.monotonic()
+        started, wall_started = time.monotonic(), time.time()
         try:
             await self._restart_with(name, {f"CHOREO_{name.upper()}_LATENCY_MS": "600000"})
             await asyncio.sleep(6.0)
@@ -533,6 +623,7 @@ class Chaos:
         finally:
             self.busy[name] -= 1
         self.provider_fault_windows.append((started, time.monotonic()))
+        self.provider_fault_wall.append((name, wall_started, time.time()))
         self.report.faults[f"hung_provider_{name}"] += 1
 
     async def place_crashing_order(self, stub: order_grpc.OrderServiceAsyncStub) -> None:
@@ -563,8 +654,8 @@ class Chaos:
     async def place_probe_order(self) -> None:
         """One more happy order right after a broker restart (the time to recover is measured
         to the first saga that completes after it, and there must be one) or at the start of a
-        provider outage (it must be cancelled by the step's give-up) or of a schema migration's
-        phase."""
+        provider outage (its step gives up: it is cancelled, or its alarm is replayed) or of a
+        schema migration's phase."""
         assert self.stub is not None
         request = request_for(SagaPath.HAPPY, len(self.extra_orders), self.rng)
         for attempt in range(10):
@@ -602,17 +693,189 @@ class Chaos:
                 finally:
                     self.busy[name] -= 1
 
-    async def replay_alarms(self, js: Any) -> None:
-        """An alarm is a step that gave up with no failure event to emit (a refund during a
-        payment outage, say): the operator replays it once the outage is over."""
-        for letter in await dlq.list_dead_letters(js):
-            if letter.alarm and not letter.headers.get(dlq.H_REPLAY_OF):
-                await dlq.replay(js, letter.seq)
-                self.report.alarms_replayed[f"{letter.service}:{letter.reason}"] += 1
+    # --- the operator ---------------------------------------------------------------------
 
-    def accept_outcome(self, item: Placed, gave_up_on: set[str]) -> str | None:
+    async def operator_during_faults(self, js: Any, stopping: asyncio.Event) -> None:
+        """An operator at the dead-letter console while the faults run: every
+        ``operator_interval_s`` it looks at the open letters and acts on the new ones."""
+        interval = self.config.operator_interval_s
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), interval)
+            if stopping.is_set():
+                return
+            try:
+                # Bounded: with the broker down, the console waits, then looks again.
+                async with asyncio.timeout(max(10.0, 4 * interval)):
+                    await self.operator_pass(js)
+            except Exception as exc:  # the broker is down or restarting right now
+                self.report.faults["operator_pass_failed"] += 1
+                self.console.print(f"[yellow]operator pass failed: {exc!r}[/yellow]")
+
+    async def operator_pass(self, js: Any) -> None:
+        try:
+            letters = await dlq.list_dead_letters(js)
+        except NotFoundError:
+            return  # no letter was ever filed
+        for letter in letters:
+            if not letter.is_open or letter.is_parked_notice or letter.seq in self.decided:
+                continue
+            action, kind = self.operator_choice(letter)
+            self.decided.add(letter.seq)
+            if action == "replay":
+                await self.operator_replay(js, letter, kind)
+            elif action == "discard":
+                await self.operator_discard(js, letter, kind)
+
+    def operator_choice(self, letter: dlq.DeadLetter) -> tuple[str, str]:
+        """(action, kind of letter): what an operator does with a letter it sees first."""
+        if (
+            letter.correlation_id in self.crash_orders
+            and letter.service == "shipping"
+            and letter.event_type == CRASH_EVENT
+        ):
+            # Replaying it would crash the consumer again: not before a fix.
+            return "discard", "crashes_its_consumer"
+        if letter.alarm:
+            # The compensation's outcome is unknown: replay it now (the provider may well
+            # still be down, or have taken it and lost the reply).
+            return "replay", "alarm"
+        if not letter.compensated:
+            return "discard", "poison"  # no handler can take it; nothing to replay
+        draw = self.operator_rng.random()
+        if draw < self.config.operator_replay_share:
+            return "replay", "give_up"
+        if draw < self.config.operator_replay_share + self.config.operator_discard_share:
+            return "discard", "give_up"
+        return "leave", "give_up"
+
+    async def operator_replay(
+        self, js: Any, letter: dlq.DeadLetter, kind: str, *, after_faults: bool = False
+    ) -> bool:
+        """Replay one letter; False when replay refused it (recorded) or it failed."""
+        taken = self.compensation_taken(letter) if letter.alarm else ""
+        when = "after the faults" if after_faults else "while faults run"
+        try:
+            await dlq.replay_letter(js, letter.seq, by=OPERATOR, note=f"chaos: {kind}, {when}")
+        except dlq.ReplayRefused as exc:
+            self.report.faults["operator_replay_refused"] += 1
+            self.report.operator_refusals.append(
+                f"{letter.seq} ({letter.service}:{letter.reason}, order"
+                f" {letter.correlation_id}): {exc}"
+            )
+            return False
+        except Exception:
+            self.decided.discard(letter.seq)  # the broker is away: look again next pass
+            self.report.faults["operator_action_failed"] += 1
+            return False
+        self._log("replay" if not after_faults else "replay-after-faults", letter, kind, taken)
+        if after_faults:
+            self.report.alarms_replayed[f"{letter.service}:{letter.reason}"] += 1
+        else:
+            self.report.faults["operator_replay"] += 1
+            self.report.faults[f"operator_replay_{kind}"] += 1
+        if taken:
+            self.report.faults[f"operator_replay_after_lost_{taken}"] += 1
+            self.report.replayed_after_lost_compensation.setdefault(taken, []).append(
+                letter.correlation_id
+            )
+        return True
+
+    async def operator_discard(self, js: Any, letter: dlq.DeadLetter, kind: str) -> None:
+        try:
+            await dlq.discard(js, letter.seq, note=f"chaos: {kind}", by=OPERATOR)
+        except dlq.AlreadyResolved:
+            return
+        except Exception:
+            self.decided.discard(letter.seq)
+            self.report.faults["operator_action_failed"] += 1
+            return
+        self._log("discard", letter, kind)
+        self.report.faults["operator_discard"] += 1
+        self.report.faults[f"operator_discard_{kind}"] += 1
+
+    def _log(self, action: str, letter: dlq.DeadLetter, kind: str, taken: str = "") -> None:
+        lost = f", after a lost {taken}" if taken else ""
+        self.report.operator_log.append(
+            f"{action} {letter.seq} ({kind}{lost}) {letter.service}:{letter.reason}"
+            f" {letter.event_type} order {letter.correlation_id or '-'}"
+        )
+
+    def compensation_taken(self, letter: dlq.DeadLetter) -> str:
+        """ "void" or "carrier_cancel" when the provider's own ledger already holds the
+        compensation of the alarm's order: the provider took it and its reply was lost (the
+        step alarmed because no attempt was answered). "" otherwise, or if unreadable."""
+        saga = SagaSettings(catalog_path=CHAOS_CATALOG)
+        where = {
+            "payment": (saga.payment_ledger.name, "voids", "void"),
+            "shipping": (saga.shipping_ledger.name, "cancellations", "carrier_cancel"),
+        }.get(letter.service)
+        if where is None or not letter.correlation_id:
+            return ""
+        ledger, table, what = where
+        try:
+            conn = sqlite3.connect(f"file:{self.workdir / ledger}?mode=ro", uri=True, timeout=5)
+            try:
+                row = conn.execute(
+                    f"SELECT 1 FROM {table} WHERE order_id = ? LIMIT 1",
+                    (letter.correlation_id,),
+                ).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return ""
+        return what if row else ""
+
+    async def replay_alarms(self, js: Any, databases: dict[str, str]) -> None:
+        """Once the faults are over and the system is quiet, the operator replays every alarm
+        still open (one whose replay during the faults failed again is open as a new letter),
+        waits for quiet, and looks again, a few rounds; an alarm left open is a violation."""
+        for _ in range(FINAL_ALARM_ROUNDS):
+            open_alarms = [
+                letter
+                for letter in await self._open_letters(js)
+                if letter.alarm and not letter.is_parked_notice
+            ]
+            if not open_alarms:
+                return
+            for letter in open_alarms:
+                await self.operator_replay(js, letter, "alarm", after_faults=True)
+            await wait_for_quiescence(js, self.workdir, timeout_s=60, databases=databases)
+        for letter in await self._open_letters(js):
+            if letter.alarm:
+                self.report.violations.append(
+                    f"alarm {letter.seq} ({letter.service}:{letter.reason}, order"
+                    f" {letter.correlation_id}) still open after {FINAL_ALARM_ROUNDS} rounds of"
+                    f" replays: {letter.detail}"
+                )
+
+    async def _open_letters(self, js: Any) -> list[dlq.DeadLetter]:
+        try:
+            return [letter for letter in await dlq.list_dead_letters(js) if letter.is_open]
+        except NotFoundError:
+            return []
+
+    # --- verdicts --------------------------------------------------------------------------
+
+    def in_provider_fault(self, provider: str, at: float) -> bool:
+        """Whether a failure event of ``provider`` published at ``at`` (wall clock) belongs to
+        one of its outages or hangs: inside it, or within the retry budget (and the give-up's
+        own attempts) after it, when the last attempts made inside it run out."""
+        after = self.retry_budget_s() + self.give_up_budget_s() + 20.0
+        return any(
+            name == provider and start - 1.0 <= at <= end + after
+            for name, start, end in self.provider_fault_wall
+        )
+
+    def accept_outcome(
+        self,
+        item: Placed,
+        gave_up_on: set[str],
+        failed_at: dict[tuple[str, str], float] | None = None,
+    ) -> str | None:
         """Why an order's final state is wrong, or None when it is what the run allows.
-        ``gave_up_on``: the sagas in which a step gave up and compensated (its letter says so)."""
+        ``gave_up_on``: the sagas in which a step gave up and compensated (its letter says so).
+        ``failed_at``: when each (provider, order)'s failure event was published (wall clock)."""
         if item.order_id in self.crash_orders:
             if item.status == order_pb.ORDER_STATUS_CANCELLED and (
                 item.cancellation_reason == order_events.CANCELLATION_REASON_SHIPPING_FAILED
@@ -621,26 +884,26 @@ class Chaos:
             return f"the order whose message crashes shipping ended as {item.status}"
         if item.status == item.path.expected_status:
             return None
-        # A step that gave up (a provider down past the retry budget, or a message delivered
-        # more often than allowed while its process kept being killed) cancels the order, as
-        # designed: accepted when the saga's dead letters show that give-up, or the deadline.
         cancelled_by = item.cancellation_reason
-        gave_up = item.status == order_pb.ORDER_STATUS_CANCELLED and (
-            cancelled_by == order_events.CANCELLATION_REASON_DEADLINE_EXCEEDED
-            or (
-                item.order_id in gave_up_on
-                and cancelled_by
-                in (
-                    order_events.CANCELLATION_REASON_PAYMENT_FAILED,
-                    order_events.CANCELLATION_REASON_SHIPPING_FAILED,
-                )
-            )
-        )
-        if gave_up:
+        cancelled = item.status == order_pb.ORDER_STATUS_CANCELLED
+        # Cancelled by a provider's failure event published while that provider was down or
+        # hung: the fault's outcome, whatever reason (or none) the step's letter gives.
+        provider = CANCELLED_BY.get(cancelled_by)
+        at = (failed_at or {}).get((provider, item.order_id)) if provider else None
+        if cancelled and provider and at is not None and self.in_provider_fault(provider, at):
+            self.report.caught_by_provider_faults += 1
+            return None
+        # A step that gave up (a message delivered more often than allowed while its process
+        # kept being killed, say) cancels the order, as designed: accepted when the saga's
+        # dead letters show that give-up, or the deadline.
+        if cancelled and cancelled_by == order_events.CANCELLATION_REASON_DEADLINE_EXCEEDED:
             if any(item.placed_at <= end for _, end in self.provider_fault_windows):
                 self.report.caught_by_provider_faults += 1
             else:
                 self.report.gave_up_under_kills += 1
+            return None
+        if cancelled and provider and item.order_id in gave_up_on:
+            self.report.gave_up_under_kills += 1
             return None
         status = order_pb.OrderStatus.Name(order_pb.OrderStatus.ValueType(item.status))
         reason = order_events.CancellationReason.Name(
@@ -779,8 +1042,16 @@ class Chaos:
                 )
             )
             injecting = asyncio.create_task(self.inject(js, stub, spread))
-            placed: list[Placed] = await placing
-            await injecting
+            faults_over = asyncio.Event()
+            operator = asyncio.create_task(self.operator_during_faults(js, faults_over))
+            if not c.operator_actions:
+                faults_over.set()
+            try:
+                placed: list[Placed] = await placing
+                await injecting
+            finally:
+                faults_over.set()
+                await operator
             placed += self.extra_orders
             self.report.sagas = len(placed)
             self.console.print(f"placed {len(placed)} orders; waiting for quiescence ...")
@@ -793,16 +1064,17 @@ class Chaos:
                 for letter in await dlq.list_dead_letters(js)
                 if letter.compensated
             }
+            failed_at = await failure_times(js)
             for item in placed:
                 if item.order_id in stuck_ids:
                     continue
-                wrong = self.accept_outcome(item, gave_up_on)
+                wrong = self.accept_outcome(item, gave_up_on, failed_at)
                 if wrong:
                     self.report.violations.append(f"invariant 1: order {item.order_id} {wrong}")
             # Every service's outbox, in its SQLite file or its Postgres database.
             databases = self.system.database_urls
             await wait_for_quiescence(js, self.workdir, timeout_s=60, databases=databases)
-            await self.replay_alarms(js)
+            await self.replay_alarms(js, databases)
             # The last reactions land.
             await wait_for_quiescence(js, self.workdir, timeout_s=60, databases=databases)
             saga = SagaSettings(catalog_path=CHAOS_CATALOG)
@@ -832,6 +1104,7 @@ class Chaos:
         poison = [x for x in letters if not x.compensated and not x.alarm]
         self.report.dead_letters = Counter(f"{x.service}:{x.reason}" for x in poison)
         self.report.gave_up = Counter(f"{x.service}:{x.reason}" for x in letters if x.compensated)
+        self.report.alarms = Counter(f"{x.service}:{x.reason}" for x in letters if x.alarm)
         if self.report.dead_letters != self.report.expected_dead_letters:
             self.report.violations.append(
                 f"dead letters {dict(self.report.dead_letters)} != injected poison"
@@ -848,7 +1121,7 @@ class Chaos:
             self.base_env["shipping"].update(
                 {
                     "CHOREO_CRASH_ON_CUSTOMER": CRASH_CUSTOMER,
-                    "CHOREO_CRASH_ON_TYPE": "choreo.payment.v1.PaymentCompleted",
+                    "CHOREO_CRASH_ON_TYPE": CRASH_EVENT,
                 }
             )
             await self._restart_with("shipping", {})
@@ -862,6 +1135,21 @@ class Chaos:
     def _recovery(self, restarted_at: float) -> float:
         after = [t for t in self.completions if t >= restarted_at]
         return round(after[0] - restarted_at, 2) if after else -1.0
+
+
+async def failure_times(js: Any) -> dict[tuple[str, str], float]:
+    """When each order's first PaymentFailed / ShippingFailed was published (``ce-time``, wall
+    clock), by (provider, order id)."""
+    found: dict[tuple[str, str], float] = {}
+    for provider, event_type in FAILURE_EVENTS.items():
+        stream = subjects.stream_name(subjects.context_of(event_type))
+        for message in await read_stream(js, stream, subjects.event_type_filter(event_type)):
+            saga = message.headers.get(H_CORRELATION_ID)
+            if not saga or H_TIME not in message.headers:
+                continue
+            at = _published_at(message.headers).timestamp()
+            found[provider, saga] = min(found.get((provider, saga), at), at)
+    return found
 
 
 async def saga_durations(js: Any) -> dict[str, float]:
@@ -892,9 +1180,15 @@ def print_report(console: Console, report: ChaosReport) -> None:
         table.add_row(f"dead letters: {name}", str(count))
     for name, count in sorted(report.gave_up.items()):
         table.add_row(f"gave up and compensated: {name}", str(count))
+    for name, count in sorted(report.alarms.items()):
+        table.add_row(f"alarms: {name}", str(count))
     for name, count in sorted(report.alarms_replayed.items()):
-        table.add_row(f"alarm replayed: {name}", str(count))
+        table.add_row(f"alarm replayed after the faults: {name}", str(count))
     console.print(table)
+    for what, orders in sorted(report.replayed_after_lost_compensation.items()):
+        console.print(f"replayed after a lost {what}: orders {', '.join(orders)}")
+    for refusal in report.operator_refusals[:20]:
+        console.print(f"[yellow]replay refused: {refusal}[/yellow]")
     console.print(
         f"orders cancelled by provider faults: {report.caught_by_provider_faults};"
         f" by give-ups under kills: {report.gave_up_under_kills};"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from services.chaos import ORDERS_PER_MIGRATION_PHASE, Chaos, ChaosConfig
+from services.chaos import ORDERS_PER_MIGRATION_PHASE, PROBES_PER_OUTAGE, Chaos, ChaosConfig
 
 
 async def test_short_chaos_run_keeps_every_invariant_and_dlq_holds_exactly_the_poison() -> None:
@@ -33,9 +33,12 @@ async def test_short_chaos_run_keeps_every_invariant_and_dlq_holds_exactly_the_p
     assert report.violations == [], "\n".join(report.violations)
     assert report.dead_letters == report.expected_dead_letters
     # 250 orders, the order whose message crashes shipping, a probe order after each of the
-    # two broker restarts, one at the start of the payment outage, a few in each of the
+    # two broker restarts, a few at the start of the payment outage, a few in each of the
     # schema migration's two phases and two in the key rotation (one sealed for each key).
-    assert sum(report.final_states.values()) == 256 + 2 * ORDERS_PER_MIGRATION_PHASE
+    assert (
+        sum(report.final_states.values())
+        == 255 + PROBES_PER_OUTAGE + 2 * ORDERS_PER_MIGRATION_PHASE
+    )
     assert all(seconds >= 0 for seconds in report.recovery_s), report.recovery_s
     # Beyond crashes: each fault was injected and ended the way the design says.
     for fault in (
@@ -58,11 +61,23 @@ async def test_short_chaos_run_keeps_every_invariant_and_dlq_holds_exactly_the_p
         > report.faults["schema_migration_orders_in_both"]
     ), report.faults
     # Orders caught by the payment outage were cancelled (and, per the audit above, refunded
-    # exactly once when charged, and their stock released); the steps that gave up say so.
+    # exactly once when charged, and their stock released); the steps that gave up say so,
+    # as a compensated give-up or as an alarm when the gateway never confirmed the void.
     assert report.caught_by_provider_faults >= 1
-    assert any(key.startswith("payment:") for key in report.gave_up), report.gave_up
+    payment_letters = [*report.gave_up, *report.alarms]
+    assert any(key.startswith("payment:") for key in payment_letters), payment_letters
     assert any(key.startswith("shipping:") for key in report.gave_up), report.gave_up
     assert report.max_saga_s <= 150 + 60
+    # An operator acted on the dead letters while the faults ran (issue 23, "operator actions
+    # in chaos"): poison and the crashing message's letter discarded, alarms replayed as soon
+    # as seen, one at least right after the gateway took a void and lost its reply, while it
+    # was still down. No replay was refused, no alarm was left open (a violation otherwise),
+    # and the audit above covers what every replay did (invariant 10).
+    assert report.faults["operator_discard_poison"] >= 1, report.faults
+    assert report.faults["operator_discard_crashes_its_consumer"] == 1, report.faults
+    assert report.faults["operator_replay_alarm"] >= 1, report.operator_log
+    assert report.faults["operator_replay_after_lost_void"] >= 1, report.operator_log
+    assert report.operator_refusals == []
 
 
 async def test_a_deliberately_broken_build_is_caught_by_the_checks() -> None:

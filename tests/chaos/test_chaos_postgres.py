@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncpg
 from rich.console import Console
 
-from services.chaos import ORDERS_PER_MIGRATION_PHASE, Chaos, ChaosConfig
+from services.chaos import ORDERS_PER_MIGRATION_PHASE, PROBES_PER_OUTAGE, Chaos, ChaosConfig
 from tests.postgres import POSTGRES_ADMIN_URL
 
 SAGAS = 60
@@ -60,9 +60,10 @@ async def test_chaos_on_postgres_keeps_every_invariant_and_every_saga_ends() -> 
     assert report.violations == [], "\n".join(
         report.violations
     )  # includes "invariant 1: order ... never ended"
-    # The sagas, a probe order after the broker restart, one at the start of the outage, a
+    # The sagas, a probe order after the broker restart, a few at the start of the outage, a
     # few in each phase of the schema migration and two in the key rotation.
-    assert sum(report.final_states.values()) == SAGAS + 4 + 2 * ORDERS_PER_MIGRATION_PHASE == orders
+    placed = SAGAS + 3 + PROBES_PER_OUTAGE + 2 * ORDERS_PER_MIGRATION_PHASE
+    assert sum(report.final_states.values()) == placed == orders
     kills = sum(
         n
         for kind, n in report.faults.items()
@@ -73,6 +74,9 @@ async def test_chaos_on_postgres_keeps_every_invariant_and_every_saga_ends() -> 
     assert report.faults["provider_outage_payment"] == 1
     assert sum(n for kind, n in report.faults.items() if kind.startswith("poison_")) == 3
     assert report.dead_letters == report.expected_dead_letters
+    # The operator replayed and discarded letters while the faults ran.
+    assert report.faults["operator_discard_poison"] >= 1, report.faults
+    assert report.faults["operator_replay"] >= 1, report.operator_log
     assert all(seconds >= 0 for seconds in report.recovery_s), report.recovery_s
     for url in databases.values():
         assert not await _database_exists(url.rsplit("/", 1)[-1]), url
