@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -147,17 +148,24 @@ class EmbeddedBroker:
         if self.monitor_port == 0:
             self.monitor_port = free_port(self.host)
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        config = self.store_dir.parent / f"nats-{self.port}.conf"
-        config.write_text(self._config_text())
-        log = open(self.log_file or os.devnull, "ab")  # noqa: SIM115 - owned by the child
-        self._process = subprocess.Popen(
-            [nats_server_binary(), "-c", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it in order
-        )
-        log.close()
-        self._wait_ready(timeout)
+        # The configuration (password hashes included) lives only until the server has read
+        # it: in a private folder of ours, removed once the server is up or has failed, so no
+        # start leaves a config file behind (a restart writes it again).
+        config_dir = Path(tempfile.mkdtemp(prefix="choreo-nats-"))
+        try:
+            config = config_dir / f"nats-{self.port}.conf"
+            config.write_text(self._config_text())
+            log = open(self.log_file or os.devnull, "ab")  # noqa: SIM115 - owned by the child
+            self._process = subprocess.Popen(
+                [nats_server_binary(), "-c", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it in order
+            )
+            log.close()
+            self._wait_ready(timeout)
+        finally:
+            shutil.rmtree(config_dir, ignore_errors=True)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

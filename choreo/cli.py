@@ -184,6 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
         " in <data dir>/secrets/nats-credentials.json (env CHOREO_SECURE=1)",
     )
     up.add_argument(
+        "--tls",
+        dest="tls",
+        action="store_const",
+        const="tls",
+        default=os.environ.get("CHOREO_UP_TLS", ""),
+        help="serve every gRPC API over TLS with a CA and certificates made in <data dir>/tls;"
+        " the command line next to it finds them (env CHOREO_UP_TLS=tls)",
+    )
+    up.add_argument(
+        "--mtls",
+        dest="tls",
+        action="store_const",
+        const="mtls",
+        help="--tls, and every client must present a certificate of that CA (the command line"
+        " uses <data dir>/tls/client.crt) (env CHOREO_UP_TLS=mtls)",
+    )
+    up.add_argument(
         "--database-url",
         default=os.environ.get("CHOREO_UP_DATABASE_URL"),
         help="Postgres server and database-name prefix, e.g. postgresql://user:pw@host:5432/choreo"
@@ -790,7 +807,15 @@ def _flow(args: argparse.Namespace) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "up":
+        # The system's TLS mode reaches services.system.SystemConfig through CHOREO_UP_TLS.
+        os.environ["CHOREO_UP_TLS"] = args.tls or ""
         return asyncio.run(_reference("up")(args))
+    data_dir = getattr(args, "data_dir", None)
+    if isinstance(data_dir, Path) and args.command != "serve":
+        from choreo.grpc_tls import adopt_system_tls
+
+        # A system `choreo up --tls` runs there: its CA (and client certificate) for our calls.
+        adopt_system_tls(data_dir)
     if args.command == "serve":
         from choreo import eventloop
 

@@ -8,15 +8,28 @@ doubles each time, and a process is given up on (:class:`GaveUp`) after too many
 restarts in a row, or when it keeps dying soon after each successful one (a crash loop).
 Giving up is the supervisor's way to say "a human must look": ``choreo up`` then stops every
 process it started rather than run half a system.
+
+Nothing outlives its supervisor (DESIGN.md invariant 11), however the supervisor ends:
+
+- every service process asks the kernel for ``SIGTERM`` when its parent dies
+  (``PR_SET_PDEATHSIG``, set in the child before it runs the service);
+- a :class:`Guardian` process holds the read end of a pipe from the supervisor and is told the
+  pid of every process started (services, and broker nodes, whose start this module does not
+  own). When the pipe reaches end of file (the supervisor exited, cleanly or by ``kill -9``),
+  it sends ``SIGTERM`` to every pid still running as the same process (its start time is
+  checked, so a reused pid is never hit), and ``SIGKILL`` to those still there after a grace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +47,124 @@ class ProcessSpec:
     env: dict[str, str]
     grpc_address: str | None = None  # checked with grpc.health.v1 when set
     log_path: Path | None = None
+    # How the health check reaches grpc_address: None for plaintext, else TLS credentials.
+    grpc_credentials: grpc.ChannelCredentials | None = None
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a child between fork and exec: ask the kernel for ``sig`` when the parent dies.
+
+    The kernel sends it when the *thread* that forked the child ends, so processes meant to
+    outlive a short-lived thread must not be started from one (the supervisor starts services
+    from the event loop's thread)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    # The parent may have died between fork and prctl: then nobody would ever signal us.
+    if os.getppid() == 1:
+        os.kill(os.getpid(), sig)
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), None if it is not running
+    (or is a zombie). With the pid it names one process: pids are reused, start times not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may contain spaces: split after it.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def running_as(pid: int, start_time: int | None) -> bool:
+    """Is ``pid`` still the process that started at ``start_time``?"""
+    now = process_start_time(pid)
+    return now is not None and (start_time is None or now == start_time)
+
+
+def stop_processes(
+    pids: dict[int, int | None], grace_s: float = 10.0, say: Callable[[str], None] | None = None
+) -> list[int]:
+    """SIGTERM every pid still running as the recorded process, SIGKILL what is left after
+    ``grace_s``; returns the pids that were running."""
+    running = [pid for pid, started in pids.items() if running_as(pid, started)]
+    for pid in running:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(running_as(p, pids[p]) for p in running):
+        time.sleep(0.05)
+    for pid in running:
+        if running_as(pid, pids[pid]):
+            if say is not None:
+                say(f"pid {pid} still running {grace_s:.0f}s after SIGTERM: SIGKILL")
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    return running
+
+
+class Guardian:
+    """A watcher process that ends every process it was told about once its pipe from us
+    closes: when we exit, by any means (see the module's docstring)."""
+
+    def __init__(self, grace_s: float = 10.0) -> None:
+        self.grace_s = grace_s
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "choreo.supervisor", "guard", str(self.grace_s)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C goes to `up`, which stops things in order
+        )
+
+    def watch(self, pid: int | None) -> None:
+        """Have ``pid`` ended when we end (its start time is read now)."""
+        if pid is None or self._process is None or self._process.stdin is None:
+            return
+        started = process_start_time(pid)
+        if started is None:
+            return
+        with self._lock, contextlib.suppress(BrokenPipeError, ValueError):
+            self._process.stdin.write(f"{pid} {started}\n".encode())
+            self._process.stdin.flush()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End the watch: the guardian stops what is still running of ours, then exits."""
+        if self._process is None:
+            return
+        if self._process.stdin is not None:
+            with contextlib.suppress(BrokenPipeError, ValueError):
+                self._process.stdin.close()
+        try:
+            self._process.wait(timeout + self.grace_s)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+def _guard(grace_s: float) -> None:
+    """The guardian's body: collect pids from stdin until end of file, then stop them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pids: dict[int, int | None] = {}
+    for line in sys.stdin.buffer:
+        pid, _, started = line.decode().strip().partition(" ")
+        if pid.isdigit():
+            pids[int(pid)] = int(started) if started.isdigit() else None
+    stopped = stop_processes(pids, grace_s)
+    if stopped:
+        print(f"choreo guardian: stopped {len(stopped)} orphaned processes: {stopped}", flush=True)
 
 
 @dataclass
@@ -58,6 +189,8 @@ class ManagedProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # Dies with us, however we die (invariant 11); the Guardian is the second line.
+            preexec_fn=die_with_parent,
         )
         log.close()
         self.starts += 1
@@ -173,11 +306,25 @@ class RestartTracker:
         return delay
 
 
-async def wait_healthy(address: str, timeout: float = 30.0, service: str = "") -> None:
-    """Wait until ``grpc.health.v1.Health/Check`` answers SERVING at ``address``."""
+def health_channel(
+    address: str, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.aio.Channel:
+    if credentials is None:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, credentials)
+
+
+async def wait_healthy(
+    address: str,
+    timeout: float = 30.0,
+    service: str = "",
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
+    """Wait until ``grpc.health.v1.Health/Check`` answers SERVING at ``address`` (over TLS
+    with ``credentials``)."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with health_channel(address, credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
@@ -195,21 +342,37 @@ async def wait_healthy(address: str, timeout: float = 30.0, service: str = "") -
 class Supervisor:
     """A set of processes started and stopped together."""
 
-    def __init__(self, specs: list[ProcessSpec], policy: RestartPolicy | None = None) -> None:
+    def __init__(
+        self,
+        specs: list[ProcessSpec],
+        policy: RestartPolicy | None = None,
+        on_start: Callable[[int | None], None] | None = None,
+    ) -> None:
         self.processes = {spec.name: ManagedProcess(spec) for spec in specs}
         self.policy = policy or RestartPolicy()
         self.trackers = {spec.name: RestartTracker(spec.name, self.policy) for spec in specs}
+        # Told the pid of every process started (the Guardian's watch).
+        self.on_start = on_start
+
+    def _start(self, managed: ManagedProcess) -> None:
+        managed.start()
+        if self.on_start is not None:
+            self.on_start(managed.pid)
 
     async def start_all(self, timeout: float = 60.0) -> None:
         for managed in self.processes.values():
-            managed.start()
+            self._start(managed)
         await asyncio.gather(*(self.wait_ready(name, timeout) for name in self.processes))
 
     async def wait_ready(self, name: str, timeout: float = 60.0) -> None:
         managed = self.processes[name]
         if managed.spec.grpc_address is None:
             return
-        task = asyncio.create_task(wait_healthy(managed.spec.grpc_address, timeout))
+        task = asyncio.create_task(
+            wait_healthy(
+                managed.spec.grpc_address, timeout, credentials=managed.spec.grpc_credentials
+            )
+        )
         try:
             while not task.done():
                 if not managed.alive():
@@ -234,7 +397,7 @@ class Supervisor:
         managed = self.processes[name]
         if managed.alive():
             managed.terminate()
-        managed.start()
+        self._start(managed)
         await self.wait_ready(name, timeout)
 
     def dead(self) -> list[str]:
@@ -287,3 +450,7 @@ class Supervisor:
             managed.history.append((time.time(), "stop"))
             codes[name] = managed.process.returncode
         return codes
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["guard"]:
+    _guard(float(sys.argv[2]) if len(sys.argv) > 2 else 10.0)

@@ -6,12 +6,22 @@ service applies its schema migrations when it starts).
 
 ``choreo up``, ``make demo``, the end-to-end tests, the benchmark and the chaos runs all start
 the system through :class:`System`, so they run exactly what an operator runs.
+
+One system per data folder, and nothing outlives it (DESIGN.md invariant 11): :class:`System`
+takes an exclusive lock on ``<data dir>/up.lock`` before it starts anything and holds it for
+its life, so a second system on the same folder is refused, naming the running one's pid and
+ports. The lock file records every process started (pid and kernel start time); a
+:class:`~choreo.supervisor.Guardian` ends them if this process dies without stopping them, and
+a later start that finds recorded processes still running (from an older version, or a guardian
+killed too) says so with their pids and stops them before it starts anything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import json
 import os
 import sys
 import time
@@ -24,18 +34,140 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import nats
 
-from choreo import permissions, sealing
+from choreo import grpc_tls, permissions, sealing
 from choreo.broker import EmbeddedBroker, free_port, port_is_free
 from choreo.cluster import EmbeddedCluster, seed_urls
 from choreo.errors import ConfigurationError
 from choreo.redact import redact_url
-from choreo.supervisor import ProcessSpec, RestartPolicy, RestartTracker, Supervisor
+from choreo.supervisor import (
+    Guardian,
+    ProcessSpec,
+    RestartPolicy,
+    RestartTracker,
+    Supervisor,
+    process_start_time,
+    running_as,
+    stop_processes,
+)
 from services import payment_token
 from services.registry import PORT_OFFSETS, SERVICE_NAMES
 
 DEFAULT_GRPC_BASE_PORT = 50051
 DEFAULT_POSTGRES_URL = "postgresql://127.0.0.1:5432/choreo"
 STORES = ("sqlite", "postgres")
+LOCK_FILE = "up.lock"
+TLS_MODES = ("", "tls", "mtls")
+
+
+def tls_mode_from_env() -> str:
+    """``CHOREO_UP_TLS``: unset or "" (plaintext gRPC), "tls" (or 1/true), or "mtls"."""
+    raw = os.environ.get("CHOREO_UP_TLS", "").strip().lower()
+    mode = "tls" if raw in ("1", "true", "yes") else raw
+    if mode not in TLS_MODES:
+        raise ConfigurationError(f"CHOREO_UP_TLS={raw!r}: use tls or mtls (or leave it unset)")
+    return mode
+
+
+class DataFolderLock:
+    """An exclusive ``flock`` on ``<data dir>/up.lock``, held while a system runs there.
+
+    The kernel drops it when the holder exits, however it exits, so a stale lock cannot block
+    a start. The file's content says who holds it (pid, addresses) and what it started."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        self._fd: int | None = None
+        self.record: dict[str, Any] = {}
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> dict[str, Any]:
+        """Take the lock or raise :class:`ConfigurationError` naming its holder; returns what
+        the previous holder recorded (its processes, to look for leftovers)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._read(fd)
+            os.close(fd)
+            raise ConfigurationError(self._in_use(holder)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        previous = self._read(fd)
+        self.update(pid=os.getpid(), argv=sys.argv, children={})
+        return previous
+
+    def _in_use(self, holder: Mapping[str, Any]) -> str:
+        folder = self.path.parent.resolve()
+        pid = holder.get("pid", "?")
+        grpc = holder.get("grpc") or {}
+        where = (
+            ", ".join(f"{name} {address}" for name, address in grpc.items())
+            if grpc
+            else "its ports are not known yet: it is starting"
+        )
+        nats = f"; NATS {holder['nats_url']}" if holder.get("nats_url") else ""
+        return (
+            f"the data folder {folder} is in use by `choreo up` pid {pid} (gRPC: {where}{nats})."
+            f" One system per data folder: stop that one first (Ctrl-C there, or kill {pid}),"
+            " or start this one with another --data-dir"
+        )
+
+    @staticmethod
+    def _read(fd: int) -> dict[str, Any]:
+        os.lseek(fd, 0, os.SEEK_SET)
+        raw = b""
+        while chunk := os.read(fd, 65536):
+            raw += chunk
+        try:
+            data = json.loads(raw or b"{}")
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def update(self, **fields: Any) -> None:
+        if self._fd is None:
+            return
+        self.record.update(fields)
+        data = (json.dumps(self.record, indent=2) + "\n").encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+
+    def release(self) -> None:
+        """Say that nothing of ours runs any more, and let go of the folder."""
+        if self._fd is None:
+            return
+        self.record = {}
+        self.update(stopped_by=os.getpid())
+        os.close(self._fd)
+        self._fd = None
+
+
+def stop_leftovers(previous: Mapping[str, Any], say: Callable[[str], None]) -> list[int]:
+    """Stop the processes a previous holder of the folder recorded and that still run (it died
+    without stopping them); returns their pids."""
+    children = previous.get("children") or {}
+    recorded: dict[int, int | None] = {}
+    for pid, started in children.items():
+        with contextlib.suppress(TypeError, ValueError):
+            recorded[int(pid)] = int(started) if started is not None else None
+    alive = {pid: started for pid, started in recorded.items() if running_as(pid, started)}
+    if not alive:
+        return []
+    say(
+        f"a previous `choreo up` (pid {previous.get('pid', '?')}) on this data folder ended"
+        f" without stopping {len(alive)} of its processes: pids"
+        f" {', '.join(str(pid) for pid in sorted(alive))}; stopping them before starting"
+    )
+    return stop_processes(alive, grace_s=10.0, say=say)
+
+
+def _say_to_stderr(text: str) -> None:
+    print(f"choreo up: {text}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -63,6 +195,9 @@ class SystemConfig:
     service_argv: tuple[str, ...] = ("-m", "choreo.cli", "serve")
     # How `supervise` restarts a dead broker node or service, and when it gives up.
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    # gRPC over TLS with a CA and certificates made in <data dir>/tls: "" (plaintext), "tls",
+    # or "mtls" (every client presents a certificate of that CA). Env CHOREO_UP_TLS.
+    tls: str = field(default_factory=tls_mode_from_env)
 
 
 def replica_name(service: str, replica: int) -> str:
@@ -134,6 +269,15 @@ class System:
         self.addresses: dict[str, str] = {}  # service -> its first replica's gRPC address
         self.replica_addresses: dict[str, str] = {}  # process name -> gRPC address
         self.metrics_addresses: dict[str, str] = {}  # process name -> host:port of /metrics
+        self.lock = DataFolderLock(config.data_dir)
+        self.guardian: Guardian | None = None
+        self.say: Callable[[str], None] = _say_to_stderr
+        self._grpc_ports: dict[str, int] | None = None
+        # gRPC TLS: the services' server variables, and a client's (health checks, tools).
+        self.tls_server_env: dict[str, str] = {}
+        self.grpc_client_env: dict[str, str] = {}
+        if config.tls not in TLS_MODES:
+            raise ConfigurationError(f"tls {config.tls!r}: use tls or mtls")
         if config.replicas < 1:
             raise ConfigurationError(f"--replicas {config.replicas}: at least 1 per service")
         if config.replicas > 1 and config.store != "postgres":
@@ -229,7 +373,9 @@ class System:
         data = self.config.data_dir.resolve()
         databases = self.database_urls
         specs = []
-        for name, first_port in self._ports().items():
+        if self._grpc_ports is None:
+            self._grpc_ports = self._ports()
+        for name, first_port in self._grpc_ports.items():
             for replica in range(self.config.replicas):
                 # The first replica keeps the service's stable address (what clients use);
                 # the others listen on free ports. All share the durable consumers (so they
@@ -262,13 +408,52 @@ class System:
             env["CHOREO_STREAM_REPLICAS"] = str(min(3, self.config.cluster))
         env.update(self._token_key_env(name, data))
         env.update(self.config.env)
+        env.update(self.tls_server_env)
         return ProcessSpec(
             name=process,
             argv=[sys.executable, *self.config.service_argv, name],
             env=env,
             grpc_address=address,
             log_path=data / "logs" / f"{process}.log",
+            grpc_credentials=grpc_tls.client_credentials(self.grpc_client_env),
         )
+
+    def _setting(self, name: str) -> str:
+        return self.config.env.get(name) or os.environ.get(name, "")
+
+    def _prepare_tls(self) -> None:
+        """``tls``: the data folder's CA and certificates for every service. Without it, TLS
+        settings given in the environment are honoured, and health checks must speak it."""
+        self.tls_server_env, self.grpc_client_env = {}, {}
+        if self.config.tls:
+            mutual = self.config.tls == "mtls"
+            hosts = () if self.config.host in ("127.0.0.1", "localhost") else (self.config.host,)
+            pki = grpc_tls.ensure_local_pki(self.config.data_dir, hosts)
+            self.tls_server_env = pki.server_environ(mutual)
+            self.grpc_client_env = pki.client_environ(mutual)
+            return
+        if not self._setting("CHOREO_GRPC_TLS_CERT_FILE"):
+            return
+        self.grpc_client_env = {
+            name: self._setting(name) for name in grpc_tls.CLIENT_VARIABLES if self._setting(name)
+        }
+        if "CHOREO_GRPC_TLS_CA_FILE" not in self.grpc_client_env:
+            raise ConfigurationError(
+                "CHOREO_GRPC_TLS_CERT_FILE is set, so the services serve gRPC over TLS: set"
+                " CHOREO_GRPC_TLS_CA_FILE to the CA that signed it (with"
+                " CHOREO_GRPC_TLS_CLIENT_CERT_FILE / _KEY_FILE if CHOREO_GRPC_TLS_CLIENT_CA_FILE"
+                " asks for client certificates) so health checks and the command line can"
+                " verify it; or use `choreo up --tls`, which makes all of it"
+            )
+        if self._setting("CHOREO_GRPC_TLS_CLIENT_CA_FILE") and not self._setting(
+            "CHOREO_GRPC_TLS_CLIENT_CERT_FILE"
+        ):
+            raise ConfigurationError(
+                "CHOREO_GRPC_TLS_CLIENT_CA_FILE asks every client for a certificate: set"
+                " CHOREO_GRPC_TLS_CLIENT_CERT_FILE and CHOREO_GRPC_TLS_CLIENT_KEY_FILE too, for"
+                " the health checks and the command line"
+            )
+        grpc_tls.client_credentials(self.grpc_client_env)  # unreadable files: say so now
 
     def _token_key_env(self, service: str, data: Path) -> dict[str, str]:
         """The payment token's key file for the one service that needs it: the public key for
@@ -287,6 +472,19 @@ class System:
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything is started: one system per data folder (invariant 11).
+        previous = self.lock.acquire()
+        try:
+            await self._start(previous)
+        except BaseException:
+            self.stop()
+            raise
+
+    async def _start(self, previous: Mapping[str, Any]) -> None:
+        stop_leftovers(previous, self.say)
+        self.guardian = Guardian()
+        self.guardian.start()
+        self._record_children()
         if not (
             self._configured(payment_token.PUBLIC_KEY_SETTING)
             and self._configured(payment_token.PRIVATE_KEY_SETTING)
@@ -294,17 +492,51 @@ class System:
             # No key files configured: the data folder's pair, created once (mode 0600).
             sealing.ensure_keypair(*payment_token.default_key_files(self.config.data_dir.resolve()))
         (self.config.data_dir / "logs").mkdir(exist_ok=True)
+        self._prepare_tls()
+        grpc_tls.remove_system_tls(self.config.data_dir)
         if self.config.store == "postgres":
             await create_postgres_databases(self.database_urls)
+        # Taken gRPC ports are found before the broker starts on the store.
+        self._grpc_ports = self._ports()
+        self.lock.update(
+            grpc={name: f"{self.config.host}:{p}" for name, p in self._grpc_ports.items()}
+        )
         if not self.config.nats_url:
             self._start_broker()
-        try:
-            # Building the specs checks the gRPC ports: a taken one must not leave the broker.
-            self.supervisor = Supervisor(self.specs(), self.config.restart_policy)
-            await self.supervisor.start_all()
-        except BaseException:
-            self.stop()
-            raise
+            self._record_children()
+        self.lock.update(nats_url=redact_url(self.nats_url))
+        self.supervisor = Supervisor(
+            self.specs(), self.config.restart_policy, on_start=self._started
+        )
+        self.lock.update(grpc=dict(self.replica_addresses))
+        await self.supervisor.start_all()
+        self._record_children()
+        if self.grpc_client_env:
+            grpc_tls.write_system_tls(self.config.data_dir, self.grpc_client_env)
+
+    def _started(self, pid: int | None) -> None:
+        """A process was started: the guardian watches it, and the lock file records it."""
+        if self.guardian is not None:
+            self.guardian.watch(pid)
+        self._record_children()
+
+    def child_pids(self) -> list[int]:
+        """Every process of ours that runs now: broker nodes, services, the guardian."""
+        pids = [node.pid for node in self.broker_nodes if node.running]
+        if self.supervisor is not None:
+            pids += [m.pid for m in self.supervisor.processes.values() if m.alive()]
+        if self.guardian is not None:
+            pids.append(self.guardian.pid)
+        return [pid for pid in pids if pid is not None]
+
+    def _record_children(self) -> None:
+        if self.guardian is not None:
+            for node in self.broker_nodes:
+                if node.running and str(node.pid) not in self.lock.record.get("children", {}):
+                    self.guardian.watch(node.pid)
+        children = {str(pid): process_start_time(pid) for pid in self.child_pids()}
+        if children != self.lock.record.get("children"):
+            self.lock.update(children=children)
 
     @property
     def broker_nodes(self) -> list[EmbeddedBroker]:
@@ -340,6 +572,7 @@ class System:
                 self.supervisor.restart_dead(say), stop
             ):
                 return
+            self._record_children()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), tick_s)
 
@@ -374,10 +607,12 @@ class System:
             say(f"{tracker.name} restart failed ({redact_url(str(exc))}); next try in {delay:.1f}s")
             return False
         tracker.succeeded(time.monotonic())
+        self._record_children()  # the guardian watches the new process too
         say(f"{tracker.name} is back (pid {node.pid}); services reconnect by themselves")
         return True
 
     def stop(self) -> dict[str, int | None]:
+        """Stop every process started, then let go of the data folder (twice is harmless)."""
         codes: dict[str, int | None] = {}
         if self.supervisor is not None:
             codes = self.supervisor.stop_all()
@@ -385,4 +620,10 @@ class System:
             self.broker.stop()
         if self.cluster is not None:
             self.cluster.stop()
+        if self.guardian is not None:
+            self.guardian.close()
+            self.guardian = None
+        if self.lock.held:
+            grpc_tls.remove_system_tls(self.config.data_dir)
+            self.lock.release()
         return codes

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from choreo.broker import EmbeddedBroker
+from choreo.broker import EmbeddedBroker, free_port
 from choreo.errors import ConfigurationError
 from choreo.grpc_tls import open_channel, server_credentials
 from choreo.service import ServiceRuntime
@@ -146,3 +149,37 @@ def test_half_a_tls_configuration_says_what_is_missing(pki: Path) -> None:
         server_credentials(
             RuntimeSettings(grpc_tls_cert_file="/nonexistent.crt", grpc_tls_key_file="/x.key")
         )
+
+
+@pytest.mark.parametrize("tls_service", ["mtls"], indirect=True)
+def test_a_second_server_on_the_port_of_a_running_one_fails_to_bind(
+    tls_service: ServiceRuntime, broker: EmbeddedBroker, pki: Path, tmp_path: Path
+) -> None:
+    """gRPC's default SO_REUSEPORT let a second ``choreo serve`` bind the port of a running
+    mTLS server, and the kernel shared the connections between them: plaintext clients
+    without a certificate were served on the "mTLS" port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHOREO_")}
+    env |= {
+        "CHOREO_NATS_URL": broker.url,
+        "CHOREO_DATABASE_URL": f"sqlite:///{tmp_path}/second.db",
+        "CHOREO_DATA_DIR": str(tmp_path),
+        "CHOREO_GRPC_HOST": "127.0.0.1",
+        "CHOREO_GRPC_PORT": str(tls_service.grpc_port),
+        "CHOREO_METRICS_PORT": str(free_port()),
+        # The second one without TLS at all: it must not get any of the port's connections.
+    }
+    second = subprocess.Popen(
+        [sys.executable, "-m", "choreo.cli", "serve", "notification"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = second.communicate(timeout=60)
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()
+    assert second.returncode == 2, out
+    assert f"cannot listen for gRPC on 127.0.0.1:{tls_service.grpc_port}" in out, out
