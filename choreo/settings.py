@@ -110,6 +110,14 @@ class RuntimeSettings:
         return replace(self, **changes)
 
     def validate(self) -> None:
+        if not self.nats_url.strip():
+            # nats-py would try to reconnect to nothing forever, silently (seen: a spinning
+            # process that ignored SIGTERM).
+            raise ConfigurationError(
+                "CHOREO_NATS_URL is empty: set it to the broker's URL (nats://host:port; "
+                "`choreo up` writes its own in <data dir>/system.json), or unset it for "
+                "nats://127.0.0.1:4222"
+            )
         if self.duplicate_window_s <= 0:
             raise ConfigurationError("CHOREO_DUPLICATE_WINDOW_S must be > 0 seconds")
         if self.max_age_s < self.duplicate_window_s:

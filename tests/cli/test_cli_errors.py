@@ -83,3 +83,16 @@ def test_the_flow_graph_is_printed_from_the_contracts() -> None:
     assert result.returncode == 0
     assert result.stdout.startswith("flowchart")
     assert "OrderCreated" in result.stdout and "PaymentRefunded" in result.stdout
+
+
+def test_serve_with_an_empty_broker_url_says_what_to_set(tmp_path: Path) -> None:
+    # Before: nats-py reconnected to nothing forever, silently, and the process ignored SIGTERM.
+    result = choreo(
+        "serve",
+        "inventory",
+        CHOREO_NATS_URL="",
+        CHOREO_DATABASE_URL=f"sqlite:///{tmp_path / 'inventory.db'}",
+    )
+    assert result.returncode == 2, result.stderr
+    assert "CHOREO_NATS_URL is empty" in result.stderr
+    assert "Traceback" not in result.stderr
