@@ -96,7 +96,7 @@ def outcome_table(placed: list[Placed]) -> Table:
 
 
 def invariant_table(report: AuditReport, bad_input_problems: list[str]) -> Table:
-    table = Table(title="Invariants (README, The invariants)")
+    table = Table(title="Invariants (docs/saga.md, The invariants)")
     table.add_column("#")
     table.add_column("invariant")
     table.add_column("result")
