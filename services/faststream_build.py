@@ -19,9 +19,10 @@ the handler context and the gRPC side's duck-typed runtime come from :mod:`servi
   emits with ``broker.publish(..., stream=...)``, awaiting each PubAck, and returns; FastStream
   acks on return and naks (redelivers) on an exception (``AckPolicy.NACK_ON_ERROR``: the
   default, REJECT_ON_ERROR, would drop a message whose handler failed once);
-- bodies are the events' Protobuf bytes (a custom ``decoder`` per subscriber, as FastStream's
-  docs show for Protobuf), because the handlers take Protobuf messages: JSON would add a
-  conversion to and from the Protobuf types that a team with its own models would not pay.
+- bodies are the events' Protobuf bytes (a custom ``decoder`` per subscriber, FastStream's
+  hook for a serialization of one's own), because the handlers take Protobuf messages: JSON
+  would add a conversion to and from the Protobuf types that a team with its own models would
+  not pay.
   Headers are FastStream's own (``correlation_id``, ``content-type``); the correlation id is
   the order id, as in choreo. Subjects and stream settings are choreo's, so the broker does the
   same work;
