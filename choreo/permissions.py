@@ -4,7 +4,10 @@ The choreography options in ``proto/`` say which events each service consumes an
 context it owns, so the broker's permissions are derived from them, not written by hand:
 
 - a service publishes only its own context's events (``choreo.<context>.>``) and its own dead
-  letters (``choreo.dlq.<service>.>``), plus the JetStream API calls its own durables need;
+  letters (``choreo.dlq.<service>.>``), plus the JetStream API calls its own durables need.
+  That subject is a letter's origin: ``choreo dlq`` reads the service from it, never from a
+  header (``choreo.dlq``). Whoever starts first may create the dead-letter stream; one made
+  to rewrite or copy subjects makes every letter in it suspect;
 - it creates, reads and pulls only its own durable consumers, by name, on the streams it
   reacts to: it cannot open a consumer on a stream it does not react to, nor pull from another
   service's durable. (The broker cannot pin a durable's filter: a wildcard filter such as
