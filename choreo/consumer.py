@@ -26,14 +26,17 @@ Attempts are counted by what happened, not by the server's delivery count: the s
 every delivery, also those that never reached a handler (a batch-mate of a message that killed
 the process, a message handed back at shutdown). A message delivered again that this process
 did not hand back itself (``num_delivered > 1``) is a *suspect*: an earlier delivery may have
-crashed or hung the process. A suspect is handled *alone*: no other handler of the process runs
-meanwhile, and before it runs, its attempt journal (``choreo_delivery_attempts``, in the
-service's database) records that an alone run started. Only a run that started alone and never
-reported back counts as a crash, so a crash-looping message is singled out and given up
-(``delivery_limit_exceeded``) after ``max_deliveries`` attempts, while its batch-mates are
-handled. The journal also keeps failed attempts and a give-up in progress across restarts, so
-the reason and the attempt count stay true whoever handles the next delivery. The server's own
-``max_deliver`` is the last bound: a message on its last delivery is given up, saying so.
+crashed or hung the process. Suspects take turns, one at a time in the process, each starting
+*alone*: no other handler of the process runs for its first ``ALONE_WINDOW_S``, and before it
+runs, its attempt journal (``choreo_delivery_attempts``, in the service's database) records
+that an alone run started. Only a run that started alone and never reported back counts as a
+crash (a suspect still running after its window, waiting on a slow provider say, is journaled
+as no longer alone and the process goes on around it), so a crash-looping message is singled
+out and given up (``delivery_limit_exceeded``) after ``max_deliveries`` attempts, while its
+batch-mates are handled. The journal also keeps failed attempts and a give-up in progress
+across restarts, so the reason and the attempt count stay true whoever handles the next
+delivery. The server's own ``max_deliver`` is the last bound: a message on its last delivery is
+given up, saying so.
 
 The ack is sent only after the commit; a crash in between means a redelivery that the inbox
 turns into a no-op.
@@ -87,6 +90,12 @@ log = logging.getLogger(__name__)
 # past ``give_up_attempts``, or refused): the detail says why the step gave up and why
 # compensating failed. choreo.dlq's reasons name why a step gave up; this one, what came after.
 COMPENSATION_FAILED = "compensation_failed"
+
+# How long a suspect runs with nothing else running in the process. A message that kills the
+# process does so at once (in its handler's own code), well within this; one that is still
+# running after it (waiting on a slow provider, say) is no longer run alone, and a crash from
+# then on is not blamed on it.
+ALONE_WINDOW_S = 1.0
 
 # After this many empty fetches in a row, ask the server whether messages are waiting.
 STALL_CHECK_EVERY = 10
@@ -176,10 +185,13 @@ def _broken_contract(envelope: Envelope, broken: list[validation.EventViolation]
 
 
 class HandlingGate:
-    """The handlers of one process run side by side (``shared``), or one runs *alone*
-    (``exclusive``): a suspect message that may have killed the process is run with nothing
-    else running, so a crash during its run is its own. Exclusive turns go first: shared
-    entrants wait while one waits, so a suspect is not starved by a busy stream."""
+    """How the handlers of one process share it. Ordinary messages run side by side
+    (``shared``). Suspects take *turns*, one at a time in the whole process; a turn starts
+    *alone* (``close``: new shared entrants wait, and the turn waits for those running to
+    finish), so a crash then is the suspect's own, and the process opens again (``open``)
+    after ``ALONE_WINDOW_S`` at the latest, so a suspect that waits on a slow provider does not
+    hold up the rest of the service. Alone turns go first: shared entrants wait while one
+    waits, so a suspect is not starved by a busy stream."""
 
     def __init__(self) -> None:
         self._running = 0
@@ -187,7 +199,7 @@ class HandlingGate:
         self._idle.set()
         self._open = asyncio.Event()
         self._open.set()
-        self._turns = asyncio.Lock()
+        self.turns = asyncio.Lock()  # held for a suspect's whole run
 
     @contextlib.asynccontextmanager
     async def shared(self) -> AsyncIterator[None]:
@@ -202,20 +214,26 @@ class HandlingGate:
             if self._running == 0:
                 self._idle.set()
 
-    @contextlib.asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        async with self._turns:
-            self._open.clear()
-            try:
-                await self._idle.wait()
-                yield
-            finally:
-                self._open.set()
+    async def close(self) -> None:
+        """Let no new shared entrant in and wait until those running have finished."""
+        self._open.clear()
+        await self._idle.wait()
+
+    def open(self) -> None:
+        self._open.set()
 
 
 _GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HandlingGate] = (
     weakref.WeakKeyDictionary()
 )
+
+
+async def _still_working_on(msgs: list[Any]) -> None:
+    """Reset the ack wait of messages queued behind a suspect, so the broker does not deliver
+    them again while they wait their turn (without counting a delivery)."""
+    for msg in msgs:
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
 
 
 def process_gate() -> HandlingGate:
@@ -425,10 +443,45 @@ class Consumer:
                     await asyncio.gather(
                         *(self._handle_in_order(group) for group in groups.values())
                     )
-        for group in isolated:
-            for msg in group:
-                async with gate.exclusive():
-                    await self._handle_in_order([msg], alone=self._suspect(msg))
+        for index, group in enumerate(isolated):
+            for position, msg in enumerate(group):
+                if self._suspect(msg):
+                    waiting = group[position + 1 :] + [m for g in isolated[index + 1 :] for m in g]
+                    await self._handle_alone(msg, waiting)
+                else:  # behind a suspect of its aggregate: in order, as usual
+                    async with gate.shared():
+                        await self._handle_in_order([msg])
+
+    async def _handle_alone(self, msg: Any, waiting: list[Any]) -> None:
+        """Run a suspect in its turn: alone for up to ``ALONE_WINDOW_S`` (journaled as such
+        before it starts), then alongside the rest of the process until it ends."""
+        gate = process_gate()
+        await _still_working_on(waiting)
+        async with gate.turns:
+            await _still_working_on(waiting)  # the turn may have been long in coming
+            await gate.close()
+            task = asyncio.ensure_future(self._handle_in_order([msg], alone=True))
+            try:
+                done, _ = await asyncio.wait({task}, timeout=ALONE_WINDOW_S)
+                if not done:
+                    await self._no_longer_alone(msg.metadata.sequence.stream)
+            except BaseException:
+                task.cancel()
+                raise
+            finally:
+                gate.open()
+            await task
+
+    async def _no_longer_alone(self, seq: int) -> None:
+        """The suspect outlived its window: a crash from now on is not its own."""
+        tries = self._tries.get(seq)
+        if tries is None or not tries.running:
+            return
+        tries.running = False
+        try:
+            await self._save(seq, tries)
+        except Exception as exc:  # then a crash now would be blamed on it: noted, not fatal
+            log.warning("%s: could not journal %d as no longer alone (%r)", self.name, seq, exc)
 
     def _suspect(self, msg: Any) -> bool:
         """Delivered before, and not handed back by this process: an earlier delivery may have

@@ -5,14 +5,21 @@ that SIGKILLs itself."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from choreo import dlq
+from choreo import consumer, dlq
 from choreo.broker import EmbeddedBroker
+from choreo.consumer import Subscription
+from choreo.errors import TransientError
+from choreo.handling import HandlerContext
 from choreo.order.v1 import events_pb2 as order_events
+from choreo.service import ServiceDefinition, ServiceRuntime
+from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, wait_for
 from tests.runtime import probe
 from tests.runtime.probe_process import consumer_ready, exited, start_probe_process
@@ -95,3 +102,84 @@ async def test_a_crash_looping_message_is_singled_out_and_its_batch_mates_are_ha
     assert "handled alone 2 time(s), each time without an outcome" in letter.detail
     # Every batch-mate was handled, once, though the server delivered it up to four times.
     assert probe.effect_counts(db) == {order_id: 1 for order_id in good}
+
+
+async def test_a_suspect_waiting_on_a_slow_call_is_alone_only_for_its_window(
+    broker: EmbeddedBroker, js: Any, tmp_path: Path
+) -> None:
+    """A suspect starts alone, but one still running after ``ALONE_WINDOW_S`` (waiting on a slow
+    provider) lets the rest of the process go on, and a crash from then on is not its own."""
+    db = tmp_path / "probe.db"
+    seen: dict[str, Any] = {"runs": 0, "slow_running": False, "fast_saw_slow_running": None}
+
+    async def slow(ctx: HandlerContext, event: order_events.OrderCreated) -> None:
+        seen["runs"] += 1
+        if seen["runs"] == 1:
+            raise TransientError("the provider is away")  # handed back: a retry later
+        seen["slow_running"] = True
+        try:
+            await asyncio.sleep(consumer.ALONE_WINDOW_S + 2.0)  # a slow provider call
+        finally:
+            seen["slow_running"] = False
+
+    async def fast(ctx: HandlerContext, event: order_events.OrderConfirmed) -> None:
+        seen["fast_saw_slow_running"] = seen["slow_running"]
+
+    definition = ServiceDefinition(
+        name="probe",
+        handlers={order_events.OrderCreated: slow},
+        schema=probe.SCHEMA,
+        extra_subscriptions=[
+            Subscription("probe", {order_events.OrderConfirmed: fast}, name="confirmed")
+        ],
+    )
+    settings = RuntimeSettings(
+        service="probe",
+        nats_url=broker.url,
+        database_url=f"sqlite:///{db}",
+        fetch_timeout_s=0.2,
+        relay_sweep_interval_s=0.2,
+        backoff_base_s=1.0,
+    )
+    first = ServiceRuntime(definition, settings)
+    await first.start()
+    await publish_event(js, order_events.OrderCreated(order_id="o-slow"), aggregate_id="o-slow")
+
+    async def failed_once() -> bool:
+        return bool(seen["runs"] == 1)
+
+    await wait_for(failed_once, what="the first attempt to fail")
+    await first.stop()
+
+    # A new process: the redelivery was not handed back by it, so it is a suspect.
+    second = ServiceRuntime(definition, settings)
+    await second.start()
+    try:
+
+        async def slow_started() -> bool:
+            return bool(seen["slow_running"])
+
+        await wait_for(slow_started, what="the suspect's second run")
+        await asyncio.sleep(consumer.ALONE_WINDOW_S + 0.3)
+        assert seen["slow_running"], "the slow call should still be running"
+        with sqlite3.connect(db) as connection:
+            (running,) = connection.execute(
+                "SELECT running FROM choreo_delivery_attempts"
+            ).fetchone()
+        assert running == 0  # journaled as no longer alone: a crash now is not its own
+        await publish_event(
+            js, order_events.OrderConfirmed(order_id="o-fast"), aggregate_id="o-fast"
+        )
+
+        async def fast_handled() -> bool:
+            return seen["fast_saw_slow_running"] is not None
+
+        await wait_for(fast_handled, what="the other consumer's event")
+        assert seen["fast_saw_slow_running"] is True  # handled while the suspect still ran
+
+        async def slow_done() -> bool:
+            return not seen["slow_running"] and seen["runs"] == 2
+
+        await wait_for(slow_done, what="the suspect to finish")
+    finally:
+        await second.stop()
