@@ -40,6 +40,7 @@ REFERENCE_COMMANDS = {
     "bench --profile": ("services.bench_profile", "run_profile_bench"),
     "bench --hops": ("services.hop_bench", "run_hops_bench"),
     "chaos": ("services.chaos", "run_chaos"),
+    "chaos --network": ("services.netchaos", "run_network_chaos"),
     "order": ("choreo.client_cli", "run_order_command"),
     "serve": ("services.cli_commands", "build_service"),
 }
@@ -438,6 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chaos.add_argument(
         "--keep", action="store_true", help="keep the data folder (and Postgres databases)"
+    )
+    chaos.add_argument(
+        "--network",
+        action="store_true",
+        help="network faults instead of process faults: each service's broker link cut,"
+        " silenced, dropped, reset and flapped through a fault proxy (services/netchaos.py)",
+    )
+    chaos.add_argument(
+        "--network-faults",
+        type=int,
+        default=0,
+        help="with --network: this many more faults, of random kinds on random services",
     )
 
     add_ops_commands(commands)
@@ -846,6 +859,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(_reference("bench --saga-lookup")(args))
     if args.command == "bench":
         return asyncio.run(_reference("bench")(args))
+    if args.command == "chaos" and args.network:
+        return asyncio.run(_reference("chaos --network")(args))
     if args.command == "chaos":
         return asyncio.run(_reference("chaos")(args))
     if args.command == "secrets":
