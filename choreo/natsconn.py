@@ -137,7 +137,10 @@ async def connect(
     close_grace_s: float = CLOSE_GRACE_S,
     **options: Any,
 ) -> Any:
-    """``nats.connect(servers, **options)`` with :class:`BoundedCloseTransport` for TCP."""
+    """``nats.connect(servers, **options)`` with :class:`BoundedCloseTransport` for TCP, and
+    the runtime's ping settings unless ``options`` name others."""
+    options.setdefault("ping_interval", PING_INTERVAL_S)
+    options.setdefault("max_outstanding_pings", MAX_OUTSTANDING_PINGS)
     if any(url.startswith(("ws://", "wss://")) for url in servers):
         return await nats.connect(servers, **options)  # not a TCP transport: as it comes
     nc = Client()
@@ -148,10 +151,7 @@ async def connect(
         )
     nc._transport = BoundedCloseTransport(
         close_grace_s,
-        user_timeout_s(
-            options.get("ping_interval", PING_INTERVAL_S),
-            options.get("max_outstanding_pings", MAX_OUTSTANDING_PINGS),
-        ),
+        user_timeout_s(options["ping_interval"], options["max_outstanding_pings"]),
     )
     await nc.connect(servers, **options)
     return nc

@@ -257,6 +257,8 @@ class NetworkChaosConfig:
     drop_s: float = 6.0
     reset_s: float = 3.0  # new connections refused (reset) this long
     flap_s: float = 16.0
+    # Partitions of the order service longer than the saga deadline (0: none).
+    long_partitions: int = 1
     # Faults beyond the first round of one of each kind: more of them, on random services.
     extra_faults: int = 0
     duration_s: float = 150.0  # how long sagas may take to end once the faults are over
@@ -357,7 +359,7 @@ class NetworkChaos(Chaos):
         others = [name for name in SERVICE_NAMES if name != "order"]
         shuffled = self.rng.sample(others, len(others))
         lanes: dict[str, list[str]] = {name: [] for name in SERVICE_NAMES}
-        lanes["order"] += ["cut", "long_partition"]
+        lanes["order"] += ["cut"] + ["long_partition"] * self.net.long_partitions
         for kind, name in zip(("silent", "drop", "reset", "flap"), shuffled, strict=False):
             lanes[name].append(kind)
         lanes[self.rng.choice(others)].append("cut")

@@ -13,10 +13,12 @@ to drain first, and made no attempt at all while the node stayed silent.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
@@ -119,3 +121,37 @@ def test_a_publisher_with_unsent_data_fails_over_from_a_silent_node(tmp_path: Pa
     )
     assert unsent > 0, "the test must isolate the client while it has unsent data"
     assert took <= bound_s, f"failed over after {took:.1f}s, more than {bound_s:.0f}s"
+
+
+async def close_into_a_blackhole(upstream: tuple[str, int]) -> tuple[int, int, float, int]:
+    proxy = FaultProxy(lambda: upstream)
+    await proxy.start()
+    transport = natsconn.BoundedCloseTransport(close_grace_s=1.0, user_timeout=20.0)
+    try:
+        await transport.connect(urlparse(proxy.url), 32768, 2)
+        writer = transport._io_writer
+        assert writer is not None
+        sock = writer.get_extra_info("socket")
+        user_timeout_ms = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+        proxy.blackhole()
+        transport.write(b"x" * 16 * 1024 * 1024)  # more than any socket buffer holds
+        await asyncio.sleep(0.2)
+        unsent = writer.transport.get_write_buffer_size()
+        closing_at = time.monotonic()
+        transport.close()
+        await transport.wait_closed()
+        return user_timeout_ms, unsent, time.monotonic() - closing_at, transport.aborted
+    finally:
+        proxy.heal()
+        await proxy.stop()
+
+
+def test_the_socket_has_a_user_timeout_and_its_close_never_waits_on_unsent_data(
+    broker: EmbeddedBroker,
+) -> None:
+    user_timeout_ms, unsent, took, aborted = eventloop.run(
+        close_into_a_blackhole((broker.host, broker.port))
+    )
+    assert user_timeout_ms == 20_000
+    assert unsent > 0
+    assert took < 3.0 and aborted == 1, (took, aborted)
