@@ -12,7 +12,7 @@ process it started rather than run half a system.
 Nothing outlives its supervisor (DESIGN.md invariant 11), however the supervisor ends:
 
 - every service process asks the kernel for ``SIGTERM`` when its parent dies
-  (``PR_SET_PDEATHSIG``, set in the child before it runs the service);
+  (``PR_SET_PDEATHSIG``, set by a small launcher that then execs the service, same pid);
 - a :class:`Guardian` process holds the read end of a pipe from the supervisor and is told the
   pid of every process started (services, and broker nodes, whose start this module does not
   own). When the pipe reaches end of file (the supervisor exited, cleanly or by ``kill -9``),
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,20 +51,27 @@ class ProcessSpec:
     grpc_credentials: grpc.ChannelCredentials | None = None
 
 
-PR_SET_PDEATHSIG = 1
+# Run first in each service process, before the service itself replaces it (exec: same pid):
+# ask the kernel for SIGTERM when the parent dies, then check the parent did not die already.
+# A launcher rather than a preexec_fn: that would make subprocess fork() instead of vfork(),
+# and gRPC's fork handlers in this process then write to our stderr (and may block).
+_LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(143)  # the parent died before prctl: nobody would ever signal us\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """In a child between fork and exec: ask the kernel for ``sig`` when the parent dies.
+def die_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` run so that it gets ``SIGTERM`` when this process dies (PR_SET_PDEATHSIG).
 
-    The kernel sends it when the *thread* that forked the child ends, so processes meant to
+    The kernel sends it when the *thread* that started the child ends, so processes meant to
     outlive a short-lived thread must not be started from one (the supervisor starts services
     from the event loop's thread)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    # The parent may have died between fork and prctl: then nobody would ever signal us.
-    if os.getppid() == 1:
-        os.kill(os.getpid(), sig)
+    executable = shutil.which(argv[0]) or argv[0]
+    return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), executable, *argv[1:]]
 
 
 def process_start_time(pid: int) -> int | None:
@@ -184,13 +191,12 @@ class ManagedProcess:
     def start(self) -> None:
         log = open(self.spec.log_path or os.devnull, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
-            self.spec.argv,
+            # Dies with us, however we die (invariant 11); the Guardian is the second line.
+            die_with_parent(self.spec.argv),
             env={**os.environ, **self.spec.env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            # Dies with us, however we die (invariant 11); the Guardian is the second line.
-            preexec_fn=die_with_parent,
         )
         log.close()
         self.starts += 1
