@@ -30,6 +30,7 @@ from choreo.service import ServiceRuntime
 from choreo.testing import stream_count
 from services import registry
 from services.settings import SagaSettings
+from tests.contracts.test_event_size import maximal_request
 from tests.postgres import fresh_database
 from tests.services import runtime_settings
 from tests.services.test_order_service import lines_of, place_request, rpc_error, settle
@@ -121,6 +122,24 @@ async def test_a_10_kib_address_line_is_refused_naming_it_and_nothing_is_stored(
 
     assert fields == ["shipping_address.line1"]
     await assert_nothing_stored(runtime, stub, js)
+
+
+async def test_the_largest_valid_request_gets_through_the_receive_limit(
+    runtime: ServiceRuntime, stub: Stub
+) -> None:
+    """The limit is derived from the rules, so it must hold what they allow: the maximal
+    request of the contract tests (every field at its longest, 100 lines) is read and judged
+    on its content (its made-up SKUs are unknown to the catalog), never refused by size."""
+    request = maximal_request()
+    largest_valid = max_encoded_size(pb.PlaceOrderRequest.DESCRIPTOR)
+    assert largest_valid is not None and request.ByteSize() <= largest_valid
+
+    error = await rpc_error(stub.PlaceOrder(request, timeout=10))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert {field for field, _ in field_violations(error)} <= {
+        f"lines[{i}].sku" for i in range(100)
+    }
 
 
 PLACE_ORDER = "/choreo.order.v1.OrderService/PlaceOrder"
