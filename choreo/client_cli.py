@@ -18,6 +18,15 @@ from choreo.status import resolve_address
 from choreo.telemetry import configure_tracing, shutdown_tracing
 
 
+def tls_refused(exc: grpc.aio.AioRpcError) -> bool:
+    """An UNAVAILABLE that is a TLS mismatch (plaintext against TLS, an untrusted or missing
+    certificate), not a service that is down."""
+    details = (exc.details() or "").lower()
+    # A TLS server closes a plaintext connection at once; a server that is down refuses it.
+    hints = ("ssl", "tls", "handshake", "certificate", "socket closed")
+    return any(word in details for word in hints)
+
+
 def describe(order: pb.Order) -> str:
     status = pb.OrderStatus.Name(order.status).removeprefix("ORDER_STATUS_")
     lines = ", ".join(f"{line.sku}x{line.quantity}" for line in order.lines)
@@ -111,6 +120,14 @@ async def _order_command(args: argparse.Namespace) -> int:
                     for order in listed.orders:
                         print(describe(order))
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and tls_refused(exc):
+                raise ConfigurationError(
+                    f"the order service at {address} refused the connection ({exc.details()}):"
+                    " it likely serves TLS or mTLS that this client does not speak; next to"
+                    " `choreo up --tls` pass its --data-dir, elsewhere set"
+                    " CHOREO_GRPC_TLS_CA_FILE (and CHOREO_GRPC_TLS_CLIENT_CERT_FILE / _KEY_FILE"
+                    " for mTLS)"
+                ) from None
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 raise ConfigurationError(
                     f"no order service at {address}: start the system with `choreo up`"

@@ -114,6 +114,13 @@ def test_up_with_mtls_refuses_a_client_without_a_certificate_of_its_ca(
     listed = choreo(data_dir, "order", "list")
     assert listed.returncode == 0, listed.stderr + listed.stdout
 
+    # Elsewhere (no system's TLS files to adopt), a plaintext client is told why it fails.
+    elsewhere = data_dir.parent / "elsewhere"
+    elsewhere.mkdir()
+    stranger = choreo(elsewhere, "order", "--address", order, "list")
+    assert stranger.returncode == 2, stranger.stderr + stranger.stdout
+    assert "CHOREO_GRPC_TLS_CA_FILE" in stranger.stderr, stranger.stderr
+
 
 def test_up_with_tls_settings_but_no_ca_for_its_checks_says_so_at_once(data_dir: Path) -> None:
     """The finding's case: server settings only. Refused in seconds with what to set, not a
