@@ -109,6 +109,7 @@ class EmbeddedBroker:
     # Extra configuration, e.g. the ``authorization`` block of choreo.permissions.
     extra_config: str = ""
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _config_dir: Path | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -150,8 +151,9 @@ class EmbeddedBroker:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         # The configuration (password hashes included) lives only until the server has read
         # it: in a private folder of ours, removed once the server is up or has failed, so no
-        # start leaves a config file behind (a restart writes it again).
-        config_dir = Path(tempfile.mkdtemp(prefix="choreo-nats-"))
+        # start leaves a config file behind. A restart writes it again at the same path, so the
+        # node's command line stays the same.
+        config_dir = self._private_config_dir()
         try:
             config = config_dir / f"nats-{self.port}.conf"
             config.write_text(self._config_text())
@@ -166,6 +168,16 @@ class EmbeddedBroker:
             self._wait_ready(timeout)
         finally:
             shutil.rmtree(config_dir, ignore_errors=True)
+
+    def _private_config_dir(self) -> Path:
+        if self._config_dir is not None:
+            try:
+                self._config_dir.mkdir(mode=0o700)  # fails if anyone else made it meanwhile
+                return self._config_dir
+            except OSError:
+                pass
+        self._config_dir = Path(tempfile.mkdtemp(prefix="choreo-nats-"))
+        return self._config_dir
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
