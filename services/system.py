@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import sys
 import time
@@ -167,7 +168,8 @@ def stop_leftovers(previous: Mapping[str, Any], say: Callable[[str], None]) -> l
 
 
 def _say_to_stderr(text: str) -> None:
-    print(f"choreo up: {text}", file=sys.stderr, flush=True)
+    # Through logging: a JSON-lines log (CHOREO_LOG_FORMAT=json) stays JSON lines.
+    logging.getLogger("choreo.up").warning("%s", text)
 
 
 @dataclass
