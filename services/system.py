@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -504,8 +505,7 @@ class System:
             grpc={name: f"{self.config.host}:{p}" for name, p in self._grpc_ports.items()}
         )
         if not self.config.nats_url:
-            self._start_broker()
-            self._record_children()
+            await self._start_broker_watched()
         self.lock.update(nats_url=redact_url(self.nats_url))
         self.supervisor = Supervisor(
             self.specs(), self.config.restart_policy, on_start=self._started
@@ -515,6 +515,33 @@ class System:
         self._record_children()
         if self.grpc_client_env:
             grpc_tls.write_system_tls(self.config.data_dir, self.grpc_client_env)
+
+    async def _start_broker_watched(self) -> None:
+        """Start the broker (nodes) while watching for their pids: a node is in the guardian's
+        care from its first moments, not only once it answers (up to seconds later)."""
+        done = threading.Event()
+        failed: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                self._start_broker()
+            except BaseException as exc:  # raised below, in the caller
+                failed.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=start, name="broker-start", daemon=True).start()
+        try:
+            while not done.is_set():
+                self._record_children()
+                await asyncio.sleep(0.02)
+        finally:
+            # Cancelled (Ctrl-C): the start goes on in its thread; wait for it, so that the
+            # stop that follows finds every node it started.
+            done.wait()
+            self._record_children()
+        if failed:
+            raise failed[0]
 
     def _started(self, pid: int | None) -> None:
         """A process was started: the guardian watches it, and the lock file records it."""
