@@ -876,21 +876,25 @@ class Chaos:
         """Why an order's final state is wrong, or None when it is what the run allows.
         ``gave_up_on``: the sagas in which a step gave up and compensated (its letter says so).
         ``failed_at``: when each (provider, order)'s failure event was published (wall clock)."""
-        if item.order_id in self.crash_orders:
-            if item.status == order_pb.ORDER_STATUS_CANCELLED and (
-                item.cancellation_reason == order_events.CANCELLATION_REASON_SHIPPING_FAILED
-            ):
-                return None
-            return f"the order whose message crashes shipping ended as {item.status}"
-        if item.status == item.path.expected_status:
-            return None
         cancelled_by = item.cancellation_reason
         cancelled = item.status == order_pb.ORDER_STATUS_CANCELLED
         # Cancelled by a provider's failure event published while that provider was down or
         # hung: the fault's outcome, whatever reason (or none) the step's letter gives.
         provider = CANCELLED_BY.get(cancelled_by)
         at = (failed_at or {}).get((provider, item.order_id)) if provider else None
-        if cancelled and provider and at is not None and self.in_provider_fault(provider, at):
+        by_provider_fault = bool(
+            cancelled and provider and at is not None and self.in_provider_fault(provider, at)
+        )
+        if item.order_id in self.crash_orders:
+            if cancelled and cancelled_by == order_events.CANCELLATION_REASON_SHIPPING_FAILED:
+                return None
+            if by_provider_fault:  # a payment outage caught it before shipping could crash
+                self.report.caught_by_provider_faults += 1
+                return None
+            return f"the order whose message crashes shipping ended as {item.status}"
+        if item.status == item.path.expected_status:
+            return None
+        if by_provider_fault:
             self.report.caught_by_provider_faults += 1
             return None
         # A step that gave up (a message delivered more often than allowed while its process

@@ -19,7 +19,11 @@ async def test_short_chaos_run_keeps_every_invariant_and_dlq_holds_exactly_the_p
         duration_s=150,
         duplicate_window_s=4,
     )
-    report = await Chaos(config, Console(quiet=True)).run()
+    chaos = Chaos(config, Console(quiet=True))
+    try:
+        report = await chaos.run()
+    finally:
+        await chaos.cleanup()  # its data folder
     kills = sum(
         n
         for kind, n in report.faults.items()
@@ -99,7 +103,11 @@ async def test_a_deliberately_broken_build_is_caught_by_the_checks() -> None:
         duration_s=25,
         ack_before_handling=True,
     )
-    report = await Chaos(config, Console(quiet=True)).run()
+    chaos = Chaos(config, Console(quiet=True))
+    try:
+        report = await chaos.run()
+    finally:
+        await chaos.cleanup()
     assert report.faults["kill_after_ack_before_commit"] >= 1
     assert not report.ok
     assert any("never ended" in violation for violation in report.violations)

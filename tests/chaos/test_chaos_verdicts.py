@@ -24,7 +24,7 @@ def chaos() -> Iterator[Chaos]:
     made = Chaos(ChaosConfig(), Console(quiet=True))
     made.provider_fault_wall = [OUTAGE]
     yield made
-    made.workdir.rmdir()
+    made.workdir.rmdir()  # empty: no system was started
 
 
 def _cancelled(order_id: str, reason: int) -> Placed:
@@ -111,3 +111,20 @@ def test_the_operator_replays_alarms_discards_poison_and_the_crashing_message(
         chaos.operator_choice(_letter(10 + i, "payment", compensated=True)) for i in range(60)
     }
     assert choices == {("replay", "give_up"), ("discard", "give_up"), ("leave", "give_up")}
+
+
+def test_the_crashing_order_caught_by_a_payment_outage_first_is_the_outage(chaos: Chaos) -> None:
+    """Placed just before the payment outage, it never reached shipping (seed 21 did this)."""
+    chaos.crash_orders.add("o-crash")
+    item = _cancelled("o-crash", order_events.CANCELLATION_REASON_PAYMENT_FAILED)
+    assert chaos.accept_outcome(item, set(), {("payment", "o-crash"): 1_005.0}) is None
+    assert chaos.report.caught_by_provider_faults == 1
+    wrong = chaos.accept_outcome(item, set(), {("payment", "o-crash"): 9_000.0})
+    assert wrong is not None and "crashes shipping" in wrong
+
+
+def test_an_expected_cancellation_is_not_counted_as_the_outage(chaos: Chaos) -> None:
+    declined = _cancelled("o-4", order_events.CANCELLATION_REASON_PAYMENT_FAILED)
+    declined.path = SagaPath.PAYMENT_DECLINED
+    assert chaos.accept_outcome(declined, set(), {("payment", "o-4"): 1_005.0}) is None
+    assert chaos.report.caught_by_provider_faults == 0
