@@ -179,6 +179,21 @@ async def wait_until_final(
     return list(pending.values())
 
 
+# A request larger than any valid one may be refused by its size, unread (RESOURCE_EXHAUSTED,
+# choreo.request_limits), instead of INVALID_ARGUMENT naming its field: both leave no trace.
+# Below the smallest receive limit any service has, every refusal must name its field.
+REFUSED_BY_SIZE_ABOVE = 16 * 1024
+
+
+def refused_as_it_should_be(
+    code: grpc.StatusCode, fields: list[str], expected_field: str, size: int
+) -> bool:
+    """Invariant 6 for one bad request: INVALID_ARGUMENT naming the field, or refused unread
+    by its size when it is larger than any valid request."""
+    by_size = code == grpc.StatusCode.RESOURCE_EXHAUSTED and size > REFUSED_BY_SIZE_ABOVE
+    return by_size or (code == grpc.StatusCode.INVALID_ARGUMENT and expected_field in fields)
+
+
 def bad_requests() -> list[tuple[str, order_pb.PlaceOrderRequest, str]]:
     """(what is wrong, the request, the field the error must name)."""
     rng = random.Random(0)
