@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from choreo.errors import ConfigurationError
+from choreo.extras import require
 from choreo.ops_cli import add_ops_commands, run_health, run_secrets
 from choreo.redact import redact_url
 
@@ -476,7 +477,7 @@ def _reference(command: str) -> Any:
             f" not installed here (no module {missing!r}). It runs from a checkout of the choreo"
             " repository: `make venv`, then `.venv/bin/choreo "
             f"{command}`. The runtime alone serves your own services: `choreo serve NAME --app"
-            ' MODULE:FUNCTION` (see the README, "Add a sixth service").'
+            " MODULE:FUNCTION` (see docs/writing-a-service.md)."
         ) from None
     return getattr(module, attribute)
 
@@ -666,6 +667,8 @@ def _letter_detail(letter: Any) -> str:
 async def _dlq_replay_all(js: Any, args: argparse.Namespace) -> int:
     """Replay every open letter matching the filters, with a progress bar on stderr."""
     from nats.js.errors import NotFoundError
+
+    require("rich", "cli")
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -868,6 +871,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "health":
         return asyncio.run(run_health(args))
     if args.command == "console":
+        require("aiohttp", "console")
         from choreo.console.server import run_console
 
         return asyncio.run(run_console(args))

@@ -37,6 +37,7 @@ from choreo.health import HealthMonitor, outbox_backlog
 from choreo.metrics import RpcMetricsInterceptor, ServiceMetrics, Snapshot, start_metrics
 from choreo.outbox import OutboxRelay
 from choreo.permissions import Credentials, inbox_prefix, read_credentials
+from choreo.reactions import check_reactions
 from choreo.redact import redact_url
 from choreo.reflection import enable_server_reflection
 from choreo.request_limits import max_receive_bytes
@@ -209,6 +210,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         settings = self.settings
+        check_reactions(self.name, [*self.definition.handlers, *self.definition.give_ups])
         self.db = await open_database(
             settings.database_url,
             pool_size=settings.database_pool_size,

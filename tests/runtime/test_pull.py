@@ -77,6 +77,7 @@ async def test_a_stopped_pull_hands_back_what_it_had_not_handed_out(nc: Any, js:
     taken = await first.next_batch(3, timeout=2)
     for msg in taken:
         await msg.ack()
+
     # Wait until the rest is in the first pull's hands (arrived, not handed out), so the stop
     # below has something to hand back: otherwise the test would pass without a nak.
     async def rest_arrived() -> bool:
