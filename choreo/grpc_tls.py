@@ -96,9 +96,12 @@ def open_channel(address: str, environ: Mapping[str, str] | None = None) -> grpc
     (a CLIENT span whose context the server continues) when an OpenTelemetry SDK is on."""
     interceptors = None
     if recording():
-        from opentelemetry.instrumentation.grpc import aio_client_interceptors
-
-        interceptors = aio_client_interceptors()
+        try:  # the 'otlp' extra; without it the call is simply not traced
+            from opentelemetry.instrumentation.grpc import aio_client_interceptors
+        except ImportError:
+            pass
+        else:
+            interceptors = aio_client_interceptors()
     credentials = client_credentials(environ)
     if credentials is None:
         return grpc.aio.insecure_channel(address, interceptors=interceptors)

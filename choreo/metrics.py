@@ -36,6 +36,8 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 
+from choreo.extras import require
+
 log = logging.getLogger(__name__)
 
 REFRESH_EVERY_S = 5.0
@@ -195,6 +197,7 @@ class ServiceMetrics:
 def start_metrics(service: str, host: str, port: int) -> tuple[ServiceMetrics, int]:
     """Install a meter provider exporting to Prometheus and serve ``/metrics`` on ``port``
     (0 picks a free one); returns the instruments and the port."""
+    require("opentelemetry.exporter.prometheus", "prometheus")
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import start_http_server
 

@@ -176,6 +176,22 @@ def nats_credentials(settings: RuntimeSettings, default_user: str) -> Credential
     return read_credentials(Path(settings.nats_credentials_file), user)
 
 
+def grpc_server_span_interceptors() -> list[grpc.aio.ServerInterceptor]:
+    """SERVER spans for gRPC calls (the instrumentation package, in the 'otlp' extra); none,
+    with a warning, without it: the events' spans and trace context still work."""
+    try:
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+    except ImportError:
+        log.warning(
+            "tracing is on but gRPC calls make no spans: pip install 'choreo[otlp]' for them"
+        )
+        return []
+    # Health checks are polled every few seconds: spans of them would bury the sagas.
+    health_checks = filters.negate(filters.health_check())
+    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(filter_=health_checks)
+    return [interceptor]
+
+
 class ServiceRuntime:
     def __init__(self, definition: ServiceDefinition, settings: RuntimeSettings) -> None:
         self.definition = definition
@@ -346,11 +362,7 @@ class ServiceRuntime:
         if self.metrics is not None:
             interceptors.append(RpcMetricsInterceptor(self.metrics))
         if configure_tracing(self.name):
-            from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
-
-            # Health checks are polled every few seconds: spans of them would bury the sagas.
-            health_checks = filters.negate(filters.health_check())
-            interceptors.append(aio_server_interceptor(filter_=health_checks))
+            interceptors += grpc_server_span_interceptors()
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[

@@ -28,6 +28,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from choreo.errors import ConfigurationError
+from choreo.extras import require
 from choreo.grpc_tls import open_channel
 from choreo.permissions import OPERATOR, Credentials, read_credentials
 from choreo.redact import redact_url
@@ -230,6 +231,7 @@ class Scraped:
 
 
 def parse_metrics(text: str) -> Scraped:
+    require("prometheus_client", "prometheus")
     from prometheus_client.parser import text_string_to_metric_families
 
     scraped = Scraped()
