@@ -47,6 +47,7 @@ async def run_up(args: argparse.Namespace) -> int:
         secure=args.secure,
         cluster=args.cluster if args.cluster is not None else 1,
         sync_always=args.fsync == "always",
+        tls=args.tls or "",
     )
     try:
         config.restart_policy = RestartPolicy.from_env()
@@ -81,10 +82,12 @@ async def run_up(args: argparse.Namespace) -> int:
     try:
         return await _run_up_until_stopped(args, system, stop, written)
     finally:
+        # system.json goes first, while this `up` still holds the data folder: once stop()
+        # lets go of it, a new `up` may write its own.
+        remove_system_file(args.data_dir)
         # Whatever ended the run (Ctrl-C, a restart that failed for good, a bug), no child
         # process outlives `up`: stopping twice is harmless.
         system.stop()
-        remove_system_file(args.data_dir)
 
 
 async def _run_up_until_stopped(
