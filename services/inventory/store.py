@@ -8,6 +8,11 @@ from datetime import datetime
 
 from choreo.errors import TransientError
 from choreo.store.port import Row, Transaction
+from services import cancellations
+
+# Re-exported: the handlers read every query of the service through its store.
+from services.cancellations import is_cancelled as is_cancelled
+from services.cancellations import remember_cancelled as remember_cancelled
 from services.catalog import Catalog
 from services.inventory.domain import (
     Reservation,
@@ -39,11 +44,7 @@ SCHEMA: list[str] = [
     )""",
     # Orders this service heard were cancelled (any reason): a late OrderCreated reserves
     # nothing and a late ShipmentCreated ships nothing out, so a cancellation wins.
-    """CREATE TABLE IF NOT EXISTS cancelled_orders (
-        order_id TEXT PRIMARY KEY,
-        reason TEXT NOT NULL,
-        cancelled_at TEXT NOT NULL
-    )""",
+    cancellations.TABLE,
 ]
 
 
@@ -220,17 +221,3 @@ async def apply_transition(
         return False
     await apply_adjustments(tx, transition.adjustments)
     return True
-
-
-async def remember_cancelled(tx: Transaction, order_id: str, reason: str, now: datetime) -> None:
-    """The order's tombstone: kept once, whatever the number of OrderCancelled deliveries."""
-    await tx.execute(
-        "INSERT INTO cancelled_orders (order_id, reason, cancelled_at) VALUES (?, ?, ?)"
-        " ON CONFLICT (order_id) DO NOTHING",
-        (order_id, reason, to_iso(now)),
-    )
-
-
-async def is_cancelled(tx: Transaction, order_id: str) -> bool:
-    row = await tx.fetchone("SELECT 1 FROM cancelled_orders WHERE order_id = ?", (order_id,))
-    return row is not None

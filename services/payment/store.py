@@ -5,6 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from choreo.store.port import Row, Transaction
+from services import cancellations
+
+# Re-exported: the handlers read every query of the service through its store.
+from services.cancellations import is_cancelled as is_cancelled
+from services.cancellations import remember_cancelled as remember_cancelled
 from services.paging import KeysetQuery, fetch_page
 from services.payment.domain import Payment, PaymentStatus
 from services.values import Money, to_iso
@@ -26,11 +31,7 @@ SCHEMA: list[str] = [
     "CREATE INDEX IF NOT EXISTS payments_by_customer ON payments (customer_id, order_id)",
     # Orders this service heard were cancelled (any reason): a late or replayed
     # InventoryReserved for one charges nothing, so a cancellation wins against a late step.
-    """CREATE TABLE IF NOT EXISTS cancelled_orders (
-        order_id TEXT PRIMARY KEY,
-        reason TEXT NOT NULL,
-        cancelled_at TEXT NOT NULL
-    )""",
+    cancellations.TABLE,
 ]
 
 _COLUMNS = (
@@ -128,17 +129,3 @@ async def page_of_payments(
     """A page of payments, newest first, and the next page's token ('' on the last)."""
     rows, token = await fetch_page(tx, _PAYMENT_PAGES, page_size, page_token)
     return [_payment(row[:-1]) for row in rows], token
-
-
-async def remember_cancelled(tx: Transaction, order_id: str, reason: str, now: datetime) -> None:
-    """The order's tombstone: kept once, whatever the number of OrderCancelled deliveries."""
-    await tx.execute(
-        "INSERT INTO cancelled_orders (order_id, reason, cancelled_at) VALUES (?, ?, ?)"
-        " ON CONFLICT (order_id) DO NOTHING",
-        (order_id, reason, to_iso(now)),
-    )
-
-
-async def is_cancelled(tx: Transaction, order_id: str) -> bool:
-    row = await tx.fetchone("SELECT 1 FROM cancelled_orders WHERE order_id = ?", (order_id,))
-    return row is not None

@@ -6,6 +6,11 @@ import json
 from datetime import datetime
 
 from choreo.store.port import Row, Transaction
+from services import cancellations
+
+# Re-exported: the handlers read every query of the service through its store.
+from services.cancellations import is_cancelled as is_cancelled
+from services.cancellations import remember_cancelled as remember_cancelled
 from services.paging import KeysetQuery, fetch_page
 from services.shipping.domain import Shipment, ShipmentStatus
 from services.values import Address, to_iso
@@ -23,11 +28,7 @@ SCHEMA: list[str] = [
     )""",
     # Orders this service heard were cancelled (any reason): a late PaymentCompleted for one
     # books nothing, so a cancellation wins against a late step.
-    """CREATE TABLE IF NOT EXISTS cancelled_orders (
-        order_id TEXT PRIMARY KEY,
-        reason TEXT NOT NULL,
-        cancelled_at TEXT NOT NULL
-    )""",
+    cancellations.TABLE,
 ]
 
 _COLUMNS = "order_id, status, destination_json, shipment_id, tracking_id, carrier, failure_reason"
@@ -102,17 +103,3 @@ async def mark_cancelled(tx: Transaction, order_id: str, why: str) -> bool:
         (ShipmentStatus.CANCELLED.value, why, order_id, ShipmentStatus.BOOKED.value),
     )
     return changed == 1
-
-
-async def remember_cancelled(tx: Transaction, order_id: str, reason: str, now: datetime) -> None:
-    """The order's tombstone: kept once, whatever the number of OrderCancelled deliveries."""
-    await tx.execute(
-        "INSERT INTO cancelled_orders (order_id, reason, cancelled_at) VALUES (?, ?, ?)"
-        " ON CONFLICT (order_id) DO NOTHING",
-        (order_id, reason, to_iso(now)),
-    )
-
-
-async def is_cancelled(tx: Transaction, order_id: str) -> bool:
-    row = await tx.fetchone("SELECT 1 FROM cancelled_orders WHERE order_id = ?", (order_id,))
-    return row is not None
