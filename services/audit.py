@@ -315,7 +315,6 @@ NO_OP_WHEN_CANCELLED = {
     ("InventoryReserved", "payment"),
     ("PaymentCompleted", "shipping"),
     ("ShipmentCreated", "inventory"),
-    ("ShipmentCreated", "notification"),
 }
 
 # A failure event for an order that something else had cancelled first (its deadline; a

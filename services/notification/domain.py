@@ -1,6 +1,6 @@
 """Notifications: one message per final state per order, on the customer's preferred channel.
 
-The (order, kind) pair is the identity of a notification, so a redelivered ShipmentCreated or
+The (order, kind) pair is the identity of a notification, so a redelivered OrderShipped or
 OrderCancelled finds the notification already there and sends nothing (invariant 4).
 """
 
@@ -57,7 +57,9 @@ def choose_channel(customer: Customer | None) -> Channel:
 def order_shipped(
     order_id: str, customer_id: str, carrier: str, tracking_id: str, channel: Channel
 ) -> Notification:
-    message = f"Your order {order_id} has shipped with {carrier}. Tracking number: {tracking_id}."
+    # An OrderShipped from an order service older than its carrier field names no carrier.
+    by = f" with {carrier}" if carrier else ""
+    message = f"Your order {order_id} has shipped{by}. Tracking number: {tracking_id}."
     kind = NotificationKind.ORDER_SHIPPED
     return Notification(
         notification_id_for(order_id, kind), order_id, customer_id, kind, channel, message
@@ -65,9 +67,9 @@ def order_shipped(
 
 
 def should_tell_shipped(sent: list[Notification]) -> bool:
-    """A shipment that arrives after the customer was told of the cancellation is a late
-    booking of an order cancelled at its saga deadline (shipping cancels that booking): the
-    customer hears of one final state only."""
+    """ "Shipped" is not told after the customer was told of the cancellation: the customer
+    hears of one final state only. The order service never publishes both OrderCancelled and
+    OrderShipped for one order, so this is a guard, not the rule that keeps it to one."""
     return all(n.kind is not NotificationKind.ORDER_CANCELLED for n in sent)
 
 

@@ -1,6 +1,13 @@
 """Notification reactions: tell the customer once per final state of the order.
 
-The (order, kind) uniqueness in the store is what makes it once: a second ShipmentCreated or
+The customer hears of the final state the order service decided: "shipped" on OrderShipped,
+"cancelled" on OrderCancelled. The order service is the single writer of the order's state, so
+at most one of the two is ever published per order. Shipping's ShipmentCreated is not the
+final state: an order the order service cancelled at its deadline while partitioned from the
+broker may still be booked by shipping (then cancelled by its compensation), and telling the
+customer "shipped" then would make two notifications for one final state (invariant 4).
+
+The (order, kind) uniqueness in the store is what makes it once: a second OrderShipped or
 OrderCancelled for the same order records nothing and emits nothing.
 """
 
@@ -17,7 +24,6 @@ from google.protobuf.message import Message
 
 from choreo.handling import Handler, HandlerContext
 from choreo.order.v1 import events_pb2 as order_events
-from choreo.shipping.v1 import events_pb2 as shipping_events
 from services.catalog import Catalog
 from services.notification import domain, mapping, store
 
@@ -39,11 +45,12 @@ async def _send(ctx: HandlerContext, notification: domain.Notification) -> None:
     ctx.emit(mapping.notification_sent(notification), aggregate_id=notification.order_id)
 
 
-async def on_shipment_created(
-    deps: Dependencies, ctx: HandlerContext, event: shipping_events.ShipmentCreated
+async def on_order_shipped(
+    deps: Dependencies, ctx: HandlerContext, event: order_events.OrderShipped
 ) -> None:
     if not domain.should_tell_shipped(await store.notifications_for(ctx.tx, event.order_id)):
-        log.info("order %s: shipment after its cancellation; not told", event.order_id)
+        # Not expected (the order service publishes one final state), kept as a guard.
+        log.info("order %s: shipped after its cancellation was told; not told", event.order_id)
         return
     notification = domain.order_shipped(
         event.order_id,
@@ -73,7 +80,7 @@ async def on_order_cancelled(
 DependentHandler = Callable[[Dependencies, HandlerContext, Any], Awaitable[None]]
 
 HANDLERS: dict[type[Message], DependentHandler] = {
-    shipping_events.ShipmentCreated: on_shipment_created,
+    order_events.OrderShipped: on_order_shipped,
     order_events.OrderCancelled: on_order_cancelled,
 }
 

@@ -52,12 +52,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def status_event(order: Order, status: OrderStatus) -> Message:
-    """The event that publishes the order's entering ``status``."""
+def status_event(order: Order, status: OrderStatus, *, carrier: str = "") -> Message:
+    """The event that publishes the order's entering ``status``; ``carrier`` is the shipment's
+    (OrderShipped carries it, for the customer's notification)."""
     if status is OrderStatus.CONFIRMED:
         return mapping.order_confirmed(order)
     if status is OrderStatus.SHIPPED:
-        return mapping.order_shipped(order)
+        return mapping.order_shipped(order, carrier)
     if status is OrderStatus.CANCELLED:
         event = mapping.order_cancelled(order)
         # Charged: the order saw the payment, or the failed step named it (and the order
@@ -68,7 +69,12 @@ def status_event(order: Order, status: OrderStatus) -> Message:
 
 
 async def _apply(
-    ctx: HandlerContext, order_id: str, decide: Decide, on_end: SagaEnded | None = None
+    ctx: HandlerContext,
+    order_id: str,
+    decide: Decide,
+    on_end: SagaEnded | None = None,
+    *,
+    carrier: str = "",
 ) -> None:
     before = await store.load_order(ctx.tx, order_id)
     if before is None:
@@ -87,7 +93,7 @@ async def _apply(
     # In the order entered, so the aggregate versions follow the order's path (OrderConfirmed
     # before the OrderShipped or OrderCancelled of a shipment outcome that overtook it).
     for status in transition.entered:
-        ctx.emit(status_event(transition.order, status), aggregate_id=order_id)
+        ctx.emit(status_event(transition.order, status, carrier=carrier), aggregate_id=order_id)
     # Reported before the commit: should the commit fail, the retry reports it again (rare,
     # and a duration is a measurement, not a record).
     _report_end(on_end, before, transition.order, now)
@@ -134,6 +140,7 @@ async def on_shipment_created(
             order, event.shipment_id, event.tracking_id, at, payment_id=event.payment_id
         ),
         on_end,
+        carrier=event.carrier,
     )
 
 

@@ -183,9 +183,15 @@ def order_confirmed(order: Order) -> events_pb2.OrderConfirmed:
     return events_pb2.OrderConfirmed(order_id=order.order_id, payment_id=order.payment_id)
 
 
-def order_shipped(order: Order) -> events_pb2.OrderShipped:
+def order_shipped(order: Order, carrier: str = "") -> events_pb2.OrderShipped:
+    """``carrier``: from the ShipmentCreated that shipped the order (the order does not keep
+    it); the notification service tells the customer from this event, not from shipping's."""
     return events_pb2.OrderShipped(
-        order_id=order.order_id, shipment_id=order.shipment_id, tracking_id=order.tracking_id
+        order_id=order.order_id,
+        shipment_id=order.shipment_id,
+        tracking_id=order.tracking_id,
+        customer_id=order.customer_id,
+        carrier=carrier,
     )
 
 

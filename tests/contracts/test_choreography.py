@@ -58,7 +58,7 @@ DESIGN_FLOW: list[tuple[str, str, set[str]]] = [
     ("PaymentCompleted", "shipping", {"ShipmentCreated", "ShippingFailed"}),
     ("ShipmentCreated", "order", {"OrderShipped"}),
     ("ShipmentCreated", "inventory", {"InventoryShipped"}),
-    ("ShipmentCreated", "notification", {"NotificationSent"}),
+    ("OrderShipped", "notification", {"NotificationSent"}),
     ("NotificationSent", "order", set()),
     ("InventoryReservationFailed", "order", {"OrderCancelled"}),
     ("PaymentFailed", "inventory", {"InventoryReleased"}),

@@ -30,7 +30,10 @@ def test_a_customer_who_prefers_sms_gets_an_sms(catalog: Catalog) -> None:
 def test_the_shipped_message_names_the_carrier_and_tracking_number() -> None:
     n = order_shipped("o1", "c1", "UPS", "UPS123", Channel.EMAIL)
     assert n.kind is NotificationKind.ORDER_SHIPPED
-    assert "o1" in n.message and "UPS123" in n.message
+    assert "o1" in n.message and "UPS123" in n.message and "with UPS" in n.message
+    # An OrderShipped from an order service older than its carrier field: no dangling "with".
+    bare = order_shipped("o1", "c1", "", "T1", Channel.EMAIL).message
+    assert bare == "Your order o1 has shipped. Tracking number: T1."
 
 
 def test_the_cancelled_message_explains_the_reason_in_plain_words() -> None:

@@ -47,7 +47,19 @@ async def stub(
         yield pb_grpc.NotificationServiceStub(ch)
 
 
-def shipped(order_id: str, customer_id: str = "cust-alice") -> ship.ShipmentCreated:
+def shipped(order_id: str, customer_id: str = "cust-alice") -> order_events.OrderShipped:
+    """The order service decided the order shipped: the one event "shipped" is told on."""
+    return order_events.OrderShipped(
+        order_id=order_id,
+        shipment_id="shp-1",
+        tracking_id="DHL000000000042",
+        carrier="DHL",
+        customer_id=customer_id,
+    )
+
+
+def booked(order_id: str, customer_id: str = "cust-alice") -> ship.ShipmentCreated:
+    """Shipping booked the shipment: not a final state of the order, so nobody is told."""
     return ship.ShipmentCreated(
         order_id=order_id,
         shipment_id="shp-1",
@@ -80,15 +92,45 @@ async def test_one_notification_per_final_state_even_when_the_trigger_is_deliver
     await deliver(js, shipped("ord-1"), event_id="evt-ship-1", msg_id="resent-by-relay")
     await deliver(js, shipped("ord-1"))
     await wait_for_count(js, note.NotificationSent, 1)
-    await wait_processed(notification, ship.ShipmentCreated, 3)
+    await wait_processed(notification, order_events.OrderShipped, 3)
     await asyncio.sleep(0.5)
 
     assert await count(js, note.NotificationSent) == 1
     (sent,) = await emitted(js, note.NotificationSent)
     assert sent.order_id == "ord-1"
+    assert sent.customer_id == "cust-alice"
     assert sent.kind == note.NOTIFICATION_KIND_ORDER_SHIPPED
     assert sent.channel == note.CHANNEL_EMAIL
-    assert "DHL000000000042" in sent.message
+    assert "DHL000000000042" in sent.message and "with DHL" in sent.message
+
+
+async def test_a_shipment_booked_for_an_order_the_order_service_cancelled_is_not_told(
+    notification: ServiceRuntime, js: Any
+) -> None:
+    """Invariant 4 under a partition: the order service cancelled the order at its deadline
+    while shipping still booked it. ShipmentCreated is not the order's final state, so only
+    the cancellation is told; the order service never publishes OrderShipped for it."""
+    assert ship.ShipmentCreated not in notification.definition.handlers
+    await deliver(js, booked("ord-part"))
+    await deliver(js, cancelled("ord-part"))
+    await wait_for_count(js, note.NotificationSent, 1)
+    await wait_processed(notification, order_events.OrderCancelled, 1)
+    await asyncio.sleep(0.5)
+
+    (sent,) = await emitted(js, note.NotificationSent)
+    assert (sent.order_id, sent.kind) == ("ord-part", note.NOTIFICATION_KIND_ORDER_CANCELLED)
+
+
+async def test_shipped_is_never_told_after_cancelled(notification: ServiceRuntime, js: Any) -> None:
+    # The order service publishes one final state; should both arrive, the first one told wins.
+    await deliver(js, cancelled("ord-both"))
+    await wait_for_count(js, note.NotificationSent, 1)
+    await deliver(js, shipped("ord-both"))
+    await wait_processed(notification, order_events.OrderShipped, 1)
+    await asyncio.sleep(0.5)
+
+    (sent,) = await emitted(js, note.NotificationSent)
+    assert sent.kind == note.NOTIFICATION_KIND_ORDER_CANCELLED
 
 
 async def test_a_cancellation_is_told_on_the_customers_preferred_channel(

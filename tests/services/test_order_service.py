@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -34,8 +35,10 @@ from choreo.shipping.v1 import events_pb2 as shipping_events
 from choreo.streamread import read_stream
 from choreo.testing import publish_event, stream_count, wait_for
 from services import payment_token
-from services.order.service import build
+from services.notification.service import build as build_notification
+from services.order.service import build, cancel_overdue
 from services.settings import SagaSettings
+from tests.services import emitted, runtime_settings, wait_for_count
 
 ORDER_STREAM = "CHOREO_ORDER"
 CREATED = "choreo.order.v1.OrderCreated"
@@ -381,7 +384,9 @@ async def test_payment_shipment_and_notification_ship_the_order_and_watch_follow
     await wait_status(stub, order_id, pb.ORDER_STATUS_CONFIRMED)
     await publish_event(
         js,
-        shipping_events.ShipmentCreated(order_id=order_id, shipment_id="shp-1", tracking_id="T1"),
+        shipping_events.ShipmentCreated(
+            order_id=order_id, shipment_id="shp-1", tracking_id="T1", carrier="DHL"
+        ),
         aggregate_id=order_id,
         correlation_id=order_id,
     )
@@ -414,6 +419,8 @@ async def test_payment_shipment_and_notification_ship_the_order_and_watch_follow
     assert envelope.correlation_id == order_id and envelope.causation_id == payment.event_id
     _, shipped = await last_event(js, SHIPPED, order_events.OrderShipped)
     assert (shipped.shipment_id, shipped.tracking_id) == ("shp-1", "T1")
+    # What the notification service tells the customer from: the order's, not shipping's.
+    assert (shipped.customer_id, shipped.carrier) == ("cust-1", "DHL")
     await settle()
     assert await count(js) == 3  # created, confirmed, shipped: the notification emits nothing
 
@@ -589,3 +596,94 @@ def test_a_catalog_that_cannot_be_read_stops_the_service_with_the_setting_to_fix
     saga = SagaSettings(catalog_path=tmp_path / "missing.json")
     with pytest.raises(ConfigurationError, match="CHOREO_CATALOG"):
         build(RuntimeSettings(service="order"), saga)
+
+
+# --- The final state the customer is told (invariant 4) ---
+
+
+@pytest.fixture
+async def notification(broker: EmbeddedBroker, tmp_path: Path) -> AsyncIterator[ServiceRuntime]:
+    settings = runtime_settings("notification", broker, tmp_path)
+    service = ServiceRuntime(
+        build_notification(settings, SagaSettings(data_dir=tmp_path)), settings
+    )
+    await service.start()
+    yield service
+    await service.stop(grace_s=1.0)
+
+
+async def wait_notified(stub: Stub, order_id: str) -> pb.Order:
+    async def told() -> bool:
+        return (await status_of(stub, order_id)).customer_notified
+
+    await wait_for(told, timeout=15, what=f"order {order_id} to record its notification")
+    return await status_of(stub, order_id)
+
+
+def booked(order_id: str) -> shipping_events.ShipmentCreated:
+    return shipping_events.ShipmentCreated(
+        order_id=order_id,
+        shipment_id="shp-1",
+        tracking_id="T1",
+        carrier="DHL",
+        customer_id="cust-1",
+        payment_id="pay-1",
+    )
+
+
+async def test_an_order_cancelled_at_its_deadline_is_told_cancelled_only_though_it_was_booked(
+    runtime: ServiceRuntime, stub: Stub, notification: ServiceRuntime, js: Any
+) -> None:
+    """The network-chaos defect: the order service cancels at the saga deadline (partitioned,
+    so its OrderCancelled leaves late) while shipping books the shipment. The order service,
+    the single writer of the order's state, keeps it cancelled and never publishes
+    OrderShipped; notification tells of that final state only, once."""
+    order_id = (await place(stub)).order_id
+    await publish_event(
+        js,
+        payment_events.PaymentCompleted(order_id=order_id, payment_id="pay-1"),
+        aggregate_id=order_id,
+    )
+    await wait_status(stub, order_id, pb.ORDER_STATUS_CONFIRMED)
+    assert await cancel_overdue(runtime, 0.0, datetime.now(UTC) + timedelta(seconds=1)) == 1
+    await publish_event(js, booked(order_id), aggregate_id=order_id)
+    await consumer_drained(js, "CHOREO_SHIPPING", "choreo.shipping.v1.ShipmentCreated")
+    await wait_for_count(js, notification_events.NotificationSent, 1)
+    final = await wait_notified(stub, order_id)
+    await settle()
+
+    assert final.status == pb.ORDER_STATUS_CANCELLED
+    assert final.cancellation_reason == order_events.CANCELLATION_REASON_DEADLINE_EXCEEDED
+    assert await count(js, SHIPPED) == 0
+    (sent,) = await emitted(js, notification_events.NotificationSent)
+    assert (sent.order_id, sent.kind) == (
+        order_id,
+        notification_events.NOTIFICATION_KIND_ORDER_CANCELLED,
+    )
+    assert "refunded" in sent.message  # it was paid for
+
+
+async def test_a_shipped_order_is_told_shipped_once_from_order_shipped(
+    stub: Stub, notification: ServiceRuntime, js: Any
+) -> None:
+    order_id = (await place(stub)).order_id
+    await publish_event(
+        js,
+        payment_events.PaymentCompleted(order_id=order_id, payment_id="pay-1"),
+        aggregate_id=order_id,
+    )
+    await wait_status(stub, order_id, pb.ORDER_STATUS_CONFIRMED)
+    await publish_event(js, booked(order_id), aggregate_id=order_id)
+    await wait_count(js, SHIPPED, 1)
+    await wait_for_count(js, notification_events.NotificationSent, 1)
+    final = await wait_notified(stub, order_id)
+    await settle()
+
+    assert final.status == pb.ORDER_STATUS_SHIPPED
+    (sent,) = await emitted(js, notification_events.NotificationSent)
+    assert (sent.order_id, sent.customer_id, sent.kind) == (
+        order_id,
+        "cust-1",
+        notification_events.NOTIFICATION_KIND_ORDER_SHIPPED,
+    )
+    assert "with DHL" in sent.message and "T1" in sent.message

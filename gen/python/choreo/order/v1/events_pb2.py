@@ -29,7 +29,7 @@ from choreo.common.v1 import order_line_pb2 as choreo_dot_common_dot_v1_dot_orde
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63horeo/order/v1/events.proto\x12\x0f\x63horeo.order.v1\x1a)choreo/choreography/v1/choreography.proto\x1a\x1e\x63horeo/common/v1/address.proto\x1a\x1c\x63horeo/common/v1/money.proto\x1a!choreo/common/v1/order_line.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x02\n\x0cOrderCreated\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12*\n\x05lines\x18\x03 \x03(\x0b\x32\x1b.choreo.common.v1.OrderLine\x12&\n\x05total\x18\x04 \x01(\x0b\x32\x17.choreo.common.v1.Money\x12\x33\n\x10shipping_address\x18\x05 \x01(\x0b\x32\x19.choreo.common.v1.Address\x12\x15\n\rpayment_token\x18\x06 \x01(\t\x12-\n\tplaced_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp::\x8a\xb5\x18\x36\n\x05order\x12-A customer placed an order, which is pending.\"\x80\x01\n\x0eOrderConfirmed\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\npayment_id\x18\x02 \x01(\t:H\x8a\xb5\x18\x44\n\x05order\x12;The order was paid for and moved from pending to confirmed.\"\x98\x01\n\x0cOrderShipped\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0bshipment_id\x18\x02 \x01(\t\x12\x13\n\x0btracking_id\x18\x03 \x01(\t:L\x8a\xb5\x18H\n\x05order\x12?The order\'s shipment was booked and the order moved to shipped.\"\xd6\x01\n\x0eOrderCancelled\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x33\n\x06reason\x18\x03 \x01(\x0e\x32#.choreo.order.v1.CancellationReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0f\n\x07\x63harged\x18\x05 \x01(\x08:G\x8a\xb5\x18\x43\n\x05order\x12:The order was cancelled because a step of the saga failed.*\xe4\x01\n\x12\x43\x61ncellationReason\x12#\n\x1f\x43\x41NCELLATION_REASON_UNSPECIFIED\x10\x00\x12-\n)CANCELLATION_REASON_INVENTORY_UNAVAILABLE\x10\x01\x12&\n\"CANCELLATION_REASON_PAYMENT_FAILED\x10\x02\x12\'\n#CANCELLATION_REASON_SHIPPING_FAILED\x10\x03\x12)\n%CANCELLATION_REASON_DEADLINE_EXCEEDED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63horeo/order/v1/events.proto\x12\x0f\x63horeo.order.v1\x1a)choreo/choreography/v1/choreography.proto\x1a\x1e\x63horeo/common/v1/address.proto\x1a\x1c\x63horeo/common/v1/money.proto\x1a!choreo/common/v1/order_line.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x02\n\x0cOrderCreated\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12*\n\x05lines\x18\x03 \x03(\x0b\x32\x1b.choreo.common.v1.OrderLine\x12&\n\x05total\x18\x04 \x01(\x0b\x32\x17.choreo.common.v1.Money\x12\x33\n\x10shipping_address\x18\x05 \x01(\x0b\x32\x19.choreo.common.v1.Address\x12\x15\n\rpayment_token\x18\x06 \x01(\t\x12-\n\tplaced_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp::\x8a\xb5\x18\x36\n\x05order\x12-A customer placed an order, which is pending.\"\x80\x01\n\x0eOrderConfirmed\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\npayment_id\x18\x02 \x01(\t:H\x8a\xb5\x18\x44\n\x05order\x12;The order was paid for and moved from pending to confirmed.\"\xbe\x01\n\x0cOrderShipped\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0bshipment_id\x18\x02 \x01(\t\x12\x13\n\x0btracking_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61rrier\x18\x05 \x01(\t:L\x8a\xb5\x18H\n\x05order\x12?The order\'s shipment was booked and the order moved to shipped.\"\xd6\x01\n\x0eOrderCancelled\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x33\n\x06reason\x18\x03 \x01(\x0e\x32#.choreo.order.v1.CancellationReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0f\n\x07\x63harged\x18\x05 \x01(\x08:G\x8a\xb5\x18\x43\n\x05order\x12:The order was cancelled because a step of the saga failed.*\xe4\x01\n\x12\x43\x61ncellationReason\x12#\n\x1f\x43\x41NCELLATION_REASON_UNSPECIFIED\x10\x00\x12-\n)CANCELLATION_REASON_INVENTORY_UNAVAILABLE\x10\x01\x12&\n\"CANCELLATION_REASON_PAYMENT_FAILED\x10\x02\x12\'\n#CANCELLATION_REASON_SHIPPING_FAILED\x10\x03\x12)\n%CANCELLATION_REASON_DEADLINE_EXCEEDED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,14 +44,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSHIPPED']._serialized_options = b'\212\265\030H\n\005order\022?The order\'s shipment was booked and the order moved to shipped.'
   _globals['_ORDERCANCELLED']._loaded_options = None
   _globals['_ORDERCANCELLED']._serialized_options = b'\212\265\030C\n\005order\022:The order was cancelled because a step of the saga failed.'
-  _globals['_CANCELLATIONREASON']._serialized_start=1049
-  _globals['_CANCELLATIONREASON']._serialized_end=1277
+  _globals['_CANCELLATIONREASON']._serialized_start=1087
+  _globals['_CANCELLATIONREASON']._serialized_end=1315
   _globals['_ORDERCREATED']._serialized_start=223
   _globals['_ORDERCREATED']._serialized_end=543
   _globals['_ORDERCONFIRMED']._serialized_start=546
   _globals['_ORDERCONFIRMED']._serialized_end=674
   _globals['_ORDERSHIPPED']._serialized_start=677
-  _globals['_ORDERSHIPPED']._serialized_end=829
-  _globals['_ORDERCANCELLED']._serialized_start=832
-  _globals['_ORDERCANCELLED']._serialized_end=1046
+  _globals['_ORDERSHIPPED']._serialized_end=867
+  _globals['_ORDERCANCELLED']._serialized_start=870
+  _globals['_ORDERCANCELLED']._serialized_end=1084
 # @@protoc_insertion_point(module_scope)

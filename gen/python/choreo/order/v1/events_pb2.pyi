@@ -144,22 +144,30 @@ class OrderShipped(_message.Message):
     ORDER_ID_FIELD_NUMBER: _builtins.int
     SHIPMENT_ID_FIELD_NUMBER: _builtins.int
     TRACKING_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CARRIER_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     """The id of the shipped order."""
     shipment_id: _builtins.str
     """The id of the shipment that carries the order."""
     tracking_id: _builtins.str
     """The carrier's tracking id that the customer can follow."""
+    customer_id: _builtins.str
+    """The id of the customer who placed the order, so that they can be told it shipped."""
+    carrier: _builtins.str
+    """The name of the carrier that delivers the shipment, as the shipping service booked it."""
     def __init__(
         self,
         *,
         order_id: _builtins.str = ...,
         shipment_id: _builtins.str = ...,
         tracking_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        carrier: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_id", b"order_id", "shipment_id", b"shipment_id", "tracking_id", b"tracking_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier", b"carrier", "customer_id", b"customer_id", "order_id", b"order_id", "shipment_id", b"shipment_id", "tracking_id", b"tracking_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
