@@ -32,7 +32,8 @@ def test_each_hop_splits_into_the_way_to_the_handler_and_the_way_to_the_broker()
         "OrderCreated -> InventoryReserved",
         "InventoryReserved -> PaymentCompleted",
         "PaymentCompleted -> ShipmentCreated",
-        "ShipmentCreated -> NotificationSent",
+        "ShipmentCreated -> OrderShipped",
+        "OrderShipped -> NotificationSent",
     ]
     assert hops[0].to_handler_ms is None
     for hop in hops:

@@ -34,7 +34,7 @@ from services.system import System, SystemConfig
 from services.workload import SagaPath, request_for
 
 POISON_CUSTOMER = "cust-console-poison"
-POISON_TYPE = "choreo.shipping.v1.ShipmentCreated"
+POISON_TYPE = "choreo.order.v1.OrderShipped"
 
 
 @contextlib.contextmanager
@@ -185,7 +185,7 @@ async def _filed(system: System, order_id: str) -> bool:
 
 
 async def dead_letter_a_saga(system: System) -> str:
-    """Place an order whose ShipmentCreated kills the notification service on every delivery.
+    """Place an order whose OrderShipped kills the notification service on every delivery.
     The first crash is in a batch; the restarted service handles the redelivered event alone,
     and once such a run has crashed too (one attempt allowed), the next start gives the event
     up without running its handler. Notification has no failure event, so the letter is an
@@ -207,7 +207,7 @@ async def dead_letter_a_saga(system: System) -> str:
     crashes = 0
     while not await _filed(system, order_id):
         assert time.monotonic() < deadline, (
-            f"the poisoned ShipmentCreated was not given up ({crashes} crash(es) of notification)"
+            f"the poisoned OrderShipped was not given up ({crashes} crash(es) of notification)"
         )
         if not managed.alive():  # a child process: polled
             crashes += 1
@@ -215,7 +215,7 @@ async def dead_letter_a_saga(system: System) -> str:
             with contextlib.suppress(RuntimeError):  # it may crash again while starting
                 await system.supervisor.restart("notification")
         await asyncio.sleep(0.1)
-    assert crashes >= 1, "the poisoned ShipmentCreated did not crash notification"
+    assert crashes >= 1, "the poisoned OrderShipped did not crash notification"
     managed.spec.env = clean
     await system.supervisor.restart("notification")
     return order_id

@@ -127,7 +127,7 @@ async def test_a_dead_letter_is_listed_and_its_replay_completes_the_saga(
     assert isinstance(body, dict)
     (letter,) = [x for x in body["dead_letters"] if x["order_id"] == order_id]
     assert letter["service"] == "notification"
-    assert letter["event"] == "ShipmentCreated"
+    assert letter["event"] == "OrderShipped"
     assert letter["reason"] == dlq.DELIVERY_LIMIT
     assert letter["alarm"] is True
     seq = letter["seq"]
@@ -164,7 +164,7 @@ async def test_a_dead_letter_is_listed_and_its_replay_completes_the_saga(
     _, saga = await get(console, f"/api/sagas/{order_id}")
     assert isinstance(saga, dict)
     copies = [e for e in saga["events"] if e["copy"]]
-    assert [(e["event"], e["replay_of"]) for e in copies] == [("ShipmentCreated", str(seq))]
+    assert [(e["event"], e["replay_of"]) for e in copies] == [("OrderShipped", str(seq))]
     assert "NotificationSent" in {e["event"] for e in saga["events"]}
     _, detail = await get(console, f"/api/dead-letters/{seq}")
     assert isinstance(detail, dict)

@@ -151,7 +151,7 @@ def test_a_dead_letter_replayed_from_the_page_completes_its_saga(
     (row,) = [
         row for row in browser.find_elements(By.CSS_SELECTOR, "tr.letter") if order_id in row.text
     ]
-    assert "notification" in row.text and "ShipmentCreated" in row.text
+    assert "notification" in row.text and "OrderShipped" in row.text
     assert "ALARM" in row.text and "delivery_limit_exceeded" in row.text
     seq = str(row.get_attribute("data-seq"))
 
@@ -173,7 +173,7 @@ def test_a_dead_letter_replayed_from_the_page_completes_its_saga(
     notice.find_element(By.CSS_SELECTOR, "a.saga-link").click()
     wait(browser, 60).until(lambda b: b.find_element(By.ID, "outcome").text == "shipped")
     events = timeline_events(browser)
-    assert events.count("ShipmentCreated") == 2  # the original and the replayed copy
+    assert events.count("OrderShipped") == 2  # the original and the replayed copy
     assert "NotificationSent" in events
     assert f"replayed copy of dead letter {seq}" in browser.find_element(By.ID, "timeline").text
     order = asyncio.run(get_order(system, order_id))
