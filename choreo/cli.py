@@ -453,6 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="with --network: this many more faults, of random kinds on random services",
     )
+    chaos.add_argument(
+        "--network-cluster",
+        type=int,
+        default=1,
+        metavar="NODES",
+        help="with --network: a JetStream cluster of NODES broker nodes (3), with a service cut"
+        " from its node and a node isolated (its routes too) among the faults",
+    )
 
     add_ops_commands(commands)
     from choreo.console.command import add_console_command

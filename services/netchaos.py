@@ -28,13 +28,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
 import random
+import re
 import socket
+import statistics
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,8 +49,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
 from choreo import natsconn
+from choreo.cluster import EmbeddedCluster, node_name
 from choreo.errors import ConfigurationError
 from choreo.order.v1 import order_service_pb2_grpc as order_grpc
+from choreo.redact import redact_url
 from choreo.supervisor import ProcessSpec
 from services.chaos import Chaos, ChaosConfig, ChaosReport, print_report
 from services.registry import SERVICE_NAMES
@@ -59,6 +65,8 @@ UP = "to_broker"  # service -> broker
 DOWN = "to_service"  # broker -> service
 DIRECTIONS = (UP, DOWN)
 CHUNK = 64 * 1024
+SNIFF_BYTES = 16 * 1024
+_SERVER_NAME = re.compile(rb'"server_name":"([^"]+)"')
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
@@ -79,6 +87,15 @@ class _Link:
     upstream: asyncio.StreamWriter | None = None
     lost_bytes: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # A route's initiating node (its server_name, read from what it sends), on route proxies.
+    peer: str | None = None
+    sniffed: bytes = b""
+    # Cleared while this link alone is blackholed (its peer node is isolated).
+    open: asyncio.Event = field(default_factory=asyncio.Event)
+    target: tuple[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        self.open.set()
 
     def close(self, reset: bool = False) -> None:
         for writer in (self.client, self.upstream):
@@ -103,8 +120,12 @@ class FaultProxy:
         name: str = "",
         host: str = "127.0.0.1",
         port: int = 0,
+        sniff_peers: bool = False,
     ) -> None:
         self.name = name
+        self.sniff_peers = sniff_peers
+        # Route initiators (server names) whose links are held while they are isolated.
+        self._blocked_peers: set[str] = set()
         self.host = host
         self.port = port
         self._upstream = upstream
@@ -118,6 +139,7 @@ class FaultProxy:
         self._dropping = dict.fromkeys(DIRECTIONS, False)
         self._refusing = False
         self.accepted = 0
+        self.bytes_dropped = 0
 
     @property
     def url(self) -> str:
@@ -156,9 +178,36 @@ class FaultProxy:
             link.close(reset=True)
         self._links.clear()
 
+    def block_peer(self, peer: str) -> None:
+        """Blackhole, both ways, the route links that ``peer`` (a node's server name) opened
+        through this proxy, now and as they come, until :meth:`heal`."""
+        self._blocked_peers.add(peer)
+        for link in self._links:
+            if link.peer == peer:
+                link.open.clear()
+
+    def route_links(self, peer: str | None = None) -> int:
+        """Forwarded links opened by ``peer`` (any, if None), as far as they named it."""
+        return sum(
+            1
+            for link in self._links
+            if link.upstream is not None and (peer is None or link.peer == peer)
+        )
+
+    def connected(self, to: tuple[str, int] | None = None) -> int:
+        """How many connections are forwarded to the upstream (to ``to``, if given)."""
+        return sum(
+            1
+            for link in self._links
+            if link.upstream is not None and (to is None or link.target == to)
+        )
+
     def heal(self) -> None:
         self._refusing = False
         self._dropping = dict.fromkeys(DIRECTIONS, False)
+        self._blocked_peers.clear()
+        for link in self._links:
+            link.open.set()
         for link in list(self._links):
             if link.lost_bytes:  # its byte stream has a hole: nothing can resume on it
                 link.close(reset=True)
@@ -189,7 +238,7 @@ class FaultProxy:
             await self._flowing[DOWN].wait()
             if link not in self._links:  # reset while it waited
                 return
-            host, port = self._upstream()
+            link.target = host, port = self._upstream()
             up_reader, link.upstream = await asyncio.open_connection(host, port)
         except (OSError, asyncio.CancelledError):
             link.close(reset=True)
@@ -207,17 +256,19 @@ class FaultProxy:
         writer: asyncio.StreamWriter,
         direction: str,
     ) -> None:
-        flowing = self._flowing[direction]
         try:
             while True:
-                await flowing.wait()  # blackholed: read nothing, so backpressure builds
+                await self._gate(link, direction)  # blackholed: read nothing, backpressure builds
                 data = await reader.read(CHUNK)
                 if not data:
                     break
+                if direction == UP and self.sniff_peers and link.peer is None:
+                    self._sniff(link, data)
                 if self._dropping[direction]:
                     link.lost_bytes = True
+                    self.bytes_dropped += len(data)
                     continue
-                await flowing.wait()  # what was read as the blackhole began is held
+                await self._gate(link, direction)  # what was read as the blackhole began is held
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
@@ -227,18 +278,50 @@ class FaultProxy:
         link.close()
         self._links.discard(link)
 
+    async def _gate(self, link: _Link, direction: str) -> None:
+        flowing = self._flowing[direction]
+        while not (flowing.is_set() and link.open.is_set()):
+            await (flowing.wait() if not flowing.is_set() else link.open.wait())
+
+    def _sniff(self, link: _Link, data: bytes) -> None:
+        """A route's initiator says its server name in the INFO it sends after CONNECT."""
+        link.sniffed = (link.sniffed + data)[:SNIFF_BYTES]
+        found = _SERVER_NAME.search(link.sniffed)
+        if found:
+            link.peer = found.group(1).decode()
+            link.sniffed = b""
+            if link.peer in self._blocked_peers:
+                link.open.clear()
+        elif len(link.sniffed) >= SNIFF_BYTES:
+            link.peer = "?"  # not a route, or not one that names itself: never blocked
+
 
 # --- the run ------------------------------------------------------------------------------
 
-# A fault kind, what it does to the link, and for how long by default (seconds).
-KINDS = ("cut", "silent", "drop", "reset", "flap", "long_partition")
+# The faults of one service's links (to every node it may use), and with a cluster those of a
+# node: a service cut from the node it uses (it must fail over), a node isolated (every link to
+# it: the services', the other nodes' routes, the operator's).
+SERVICE_KINDS = (
+    "cut",
+    "silent",
+    "asymmetric",
+    "drop",
+    "ack_lost",
+    "reset",
+    "flap",
+    "long_partition",
+)
+CLUSTER_KINDS = ("node_cut", "node_isolated")
+FAILOVER_KINDS = CLUSTER_KINDS  # recovery is measured from the fault's start: failing over
+KINDS = SERVICE_KINDS  # a single broker's
 FLAP_PERIOD_S = 2.0  # the link flaps down for this, up for this, again and again
 GAP_S = 4.0  # between two faults of one service, once it is SERVING again
 
 
 def recovery_bound_s() -> float:
-    """The documented bound on a service's time to recover after a fault ends: the ping
-    detection time (``choreo.natsconn``) plus 5 s."""
+    """The documented bound on a service's time to recover after a fault ends, and on its
+    failover to a healthy node from the start of a cut: the ping detection time
+    (``choreo.natsconn``) plus 5 s."""
     return natsconn.user_timeout_s() + 5.0
 
 
@@ -254,21 +337,46 @@ class NetworkChaosConfig:
     saga_deadline_s: float = 30.0
     cut_s: float = 24.0
     silent_s: float = 22.0
+    asymmetric_s: float = 22.0  # the service's side blackholed, the broker's gets through
     drop_s: float = 6.0
+    # Broker -> service bytes discarded while the order service publishes: acks of messages
+    # the broker stored are lost; the outbox publishes them again (deduplicated).
+    ack_lost_s: float = 1.5
     reset_s: float = 3.0  # new connections refused (reset) this long
     flap_s: float = 16.0
+    # With a cluster: a service cut from its node for this long (it must fail over within the
+    # bound), and a node isolated for this long.
+    node_cut_s: float = 30.0
+    node_isolation_s: float = 40.0
+    node_isolations: int = 1
     # Partitions of the order service longer than the saga deadline (0: none).
     long_partitions: int = 1
+    # The kinds of the first round (None: every kind the broker set-up allows).
+    kinds: tuple[str, ...] | None = None
     # Faults beyond the first round of one of each kind: more of them, on random services.
     extra_faults: int = 0
     duration_s: float = 150.0  # how long sagas may take to end once the faults are over
     store: str = "sqlite"
     database_url: str = ""
+    cluster: int = 1  # broker nodes: 1, or a JetStream cluster (3)
 
     @property
     def long_partition_s(self) -> float:
         """The order service cut for longer than the saga deadline."""
         return self.saga_deadline_s + 10.0
+
+    @property
+    def first_round(self) -> tuple[str, ...]:
+        allowed = SERVICE_KINDS + (CLUSTER_KINDS if self.cluster > 1 else ())
+        if self.kinds is None:
+            return allowed
+        unknown = set(self.kinds) - set(allowed)
+        if unknown:
+            raise ConfigurationError(
+                f"network fault kinds {sorted(unknown)} are not known here (known: {allowed};"
+                " node_cut and node_isolated need a cluster)"
+            )
+        return self.kinds
 
 
 @dataclass
@@ -277,38 +385,126 @@ class FaultRecord:
     service: str
     started: float  # seconds since the run's faults began
     lasted_s: float
+    node: str = ""  # the node cut or isolated (cluster kinds)
+    # The service used that node when the fault began, so it had to fail over (cluster kinds).
+    affected: bool = True
     # Fault start -> the service said NOT_SERVING (None: it never did, the fault was short).
     detected_s: float | None = None
+    # Fault start -> SERVING through a healthy node while the fault still lasts (cluster kinds).
+    failover_s: float | None = None
     # Fault end -> the service SERVING again (None: not within the bound's double).
     recovered_s: float | None = None
     # Fault end -> the first saga completed after it.
     first_saga_s: float | None = None
+    # Bytes discarded by the fault (drop, ack_lost): the publish acks among them.
+    bytes_lost: int = 0
+    # A node isolation: the route links between the node and its peers that it held.
+    routes_cut: int = 0
 
     def line(self) -> str:
         def show(value: float | None) -> str:
             return "-" if value is None else f"{value:.1f}s"
 
+        where = f"{self.service}@{self.node}" if self.node else self.service
+        if self.routes_cut:
+            where += f" ({self.routes_cut} routes)"
+        failover = (
+            f"  failed over {show(self.failover_s):>6} after the start"
+            if self.kind in FAILOVER_KINDS and self.affected
+            else ""
+        )
         return (
-            f"t+{self.started:6.1f}s {self.kind:15} {self.service:13} {self.lasted_s:5.1f}s"
-            f"  NOT_SERVING after {show(self.detected_s):>6}"
+            f"t+{self.started:6.1f}s {self.kind:15} {where:16} {self.lasted_s:5.1f}s"
+            f"  NOT_SERVING after {show(self.detected_s):>6}{failover}"
             f"  SERVING {show(self.recovered_s):>6} after the end"
             f"  first saga done {show(self.first_saga_s):>6} after"
         )
 
 
-class ProxiedSystem(System):
-    """The reference system, each service reaching the broker through its own fault proxy."""
+def _stats(values: list[float | None]) -> dict[str, Any]:
+    known = [v for v in values if v is not None]
+    return {
+        "count": len(values),
+        "unknown": len(values) - len(known),
+        "max": max(known) if known else None,
+        "median": round(statistics.median(known), 2) if known else None,
+    }
 
-    def __init__(self, config: SystemConfig, proxies: Mapping[str, FaultProxy]) -> None:
+
+class ProxiedSystem(System):
+    """The reference system, each service reaching each broker node through a fault proxy of
+    its own, the operator's tools through one more; with a cluster, every route between two
+    nodes goes through the accepting node's route proxy (each node advertises its proxy to
+    its peers, and no client URLs to clients, so nothing learns a way around the proxies)."""
+
+    def __init__(
+        self,
+        config: SystemConfig,
+        proxies: Mapping[str, Mapping[str, FaultProxy]],
+        tool: FaultProxy,
+        routes: Mapping[str, FaultProxy],
+    ) -> None:
         super().__init__(config)
         self.proxies = proxies
+        self.tool_proxy = tool
+        self.route_proxies = routes
+        self.route_targets: dict[str, tuple[str, int]] = {}
+
+    @property
+    def nats_url(self) -> str:
+        """What the run's own connection uses (one URL: ``Chaos`` passes it to nats-py as is):
+        a proxy to a node that is not isolated."""
+        return self.tool_proxy.url
+
+    def node_address(self, node: str) -> tuple[str, int]:
+        if self.cluster is not None:
+            broker = self.cluster.node_named(node)
+        else:
+            assert self.broker is not None, "the broker is not started"
+            broker = self.broker
+        return broker.host, broker.port
 
     def _spec(
         self, name: str, process: str, port: int, databases: Mapping[str, str], data: Path
     ) -> ProcessSpec:
         spec = super()._spec(name, process, port, databases, data)
-        spec.env["CHOREO_NATS_URL"] = self.proxies[name].url
+        spec.env["CHOREO_NATS_URL"] = ",".join(p.url for p in self.proxies[name].values())
         return spec
+
+    def _start_broker(self) -> None:
+        if self.config.cluster == 1:
+            super()._start_broker()
+            return
+        if self.config.secure:
+            raise ConfigurationError("chaos --network with a cluster runs without --secure")
+        data = self.config.data_dir
+        self.cluster = EmbeddedCluster(
+            store_root=data / "cluster",
+            size=self.config.cluster,
+            sync_always=self.config.sync_always,
+            log_dir=data / "logs",
+        )
+        for index, node in enumerate(self.cluster.nodes):
+            node.extra_config = self._through_proxies(node_name(index), node.extra_config)
+        self.cluster.start()
+
+    def _through_proxies(self, name: str, config: str) -> str:
+        """A node's cluster block with its routes to the others' route proxies, its own route
+        proxy advertised to its peers, and no client URLs advertised to clients."""
+        listen = re.search(r"^\s*listen: (\S+):(\d+)$", config, re.MULTILINE)
+        assert listen is not None, config
+        self.route_targets[name] = (listen.group(1), int(listen.group(2)))
+        routes = ", ".join(
+            f"nats-route://{proxy.host}:{proxy.port}"
+            for other, proxy in self.route_proxies.items()
+            if other != name
+        )
+        own = self.route_proxies[name]
+        config = re.sub(r"^(\s*)routes: \[.*\]$", rf"\1routes: [{routes}]", config, flags=re.M)
+        return config.replace(
+            listen.group(0),
+            f"{listen.group(0)}\n  advertise: {own.host}:{own.port}\n  no_advertise: true",
+        )
 
 
 class NetworkChaos(Chaos):
@@ -339,32 +535,97 @@ class NetworkChaos(Chaos):
             chaos_config.database_url = config.database_url
         super().__init__(chaos_config, console)
         self.net = config
-        self.proxies = {name: FaultProxy(self._broker_address, name=name) for name in SERVICE_NAMES}
-        self.system = ProxiedSystem(self.system.config, self.proxies)
+        config.first_round  # unknown kinds: said now  # noqa: B018
+        self.nodes = [node_name(index) for index in range(config.cluster)]
+        self.proxies = {
+            service: {
+                node: FaultProxy(functools.partial(self._node_address, node), name=service)
+                for node in self.nodes
+            }
+            for service in SERVICE_NAMES
+        }
+        self.tool_proxy = FaultProxy(self._tool_address, name="chaos")
+        self.route_proxies = (
+            {
+                node: FaultProxy(
+                    functools.partial(self._route_address, node),
+                    name=f"route-{node}",
+                    sniff_peers=True,
+                )
+                for node in self.nodes
+            }
+            if config.cluster > 1
+            else {}
+        )
+        system_config = self.system.config
+        system_config.cluster = config.cluster
+        self.system: ProxiedSystem = ProxiedSystem(
+            system_config, self.proxies, self.tool_proxy, self.route_proxies
+        )
         self.fault_log: list[FaultRecord] = []
         self._fault_ends: list[tuple[FaultRecord, float]] = []
         self._began = 0.0
         self.orders_refused = 0
+        self.isolated: set[str] = set()
+        # A node isolation runs alone: lanes hold their next fault while it waits and lasts.
+        self._turn = asyncio.Condition()
+        self._active = 0
+        self._exclusive = False
 
-    def _broker_address(self) -> tuple[str, int]:
-        broker = self.system.broker
-        assert broker is not None, "the broker is not started"
-        return broker.host, broker.port
+    def _node_address(self, node: str) -> tuple[str, int]:
+        return self.system.node_address(node)
+
+    def _route_address(self, node: str) -> tuple[str, int]:
+        return self.system.route_targets[node]
+
+    def _tool_address(self) -> tuple[str, int]:
+        healthy = [node for node in self.nodes if node not in self.isolated] or self.nodes
+        return self._node_address(healthy[0])
+
+    def all_proxies(self) -> list[FaultProxy]:
+        return [
+            *(p for group in self.proxies.values() for p in group.values()),
+            self.tool_proxy,
+            *self.route_proxies.values(),
+        ]
+
+    def current_node(self, service: str) -> str | None:
+        """The node the service's connection goes to now (None: it has none)."""
+        for node, proxy in self.proxies[service].items():
+            if proxy.connected():
+                return node
+        return None
+
+    def connected_elsewhere(self, service: str, away_from: str) -> bool:
+        return any(
+            proxy.connected() and node != away_from and node not in self.isolated
+            for node, proxy in self.proxies[service].items()
+        )
 
     # --- the plan -------------------------------------------------------------------------
 
     def plan(self) -> dict[str, list[str]]:
         """Each service's faults, in order: one of each kind first (the order service cut
-        under load, and cut again for longer than the saga deadline), then the extras."""
+        under load, its acks lost, cut from its node, and cut for longer than the saga
+        deadline), then the extras. Node isolations run in a lane of their own."""
+        first = self.net.first_round
         others = [name for name in SERVICE_NAMES if name != "order"]
         shuffled = self.rng.sample(others, len(others))
         lanes: dict[str, list[str]] = {name: [] for name in SERVICE_NAMES}
-        lanes["order"] += ["cut"] + ["long_partition"] * self.net.long_partitions
-        for kind, name in zip(("silent", "drop", "reset", "flap"), shuffled, strict=False):
-            lanes[name].append(kind)
-        lanes[self.rng.choice(others)].append("cut")
+        for kind in ("cut", "ack_lost", "node_cut"):
+            if kind in first:
+                lanes["order"].append(kind)
+        if "long_partition" in first:
+            lanes["order"] += ["long_partition"] * self.net.long_partitions
+        spread = [k for k in ("silent", "asymmetric", "drop", "reset", "flap") if k in first]
+        for index, kind in enumerate(spread):
+            lanes[shuffled[index % len(shuffled)]].append(kind)
+        for kind in ("cut", "node_cut"):
+            if kind in first:
+                lanes[self.rng.choice(others)].append(kind)
+        pool = [k for k in first if k not in ("long_partition", "node_isolated", "ack_lost")]
         for _ in range(self.net.extra_faults):
-            kind = self.rng.choice(("cut", "silent", "drop", "reset", "flap"))
+            kind = self.rng.choice(pool)
             lanes[self.rng.choice(SERVICE_NAMES)].append(kind)
         return {name: kinds for name, kinds in lanes.items() if kinds}
 
@@ -373,9 +634,13 @@ class NetworkChaos(Chaos):
         return {
             "cut": n.cut_s,
             "silent": n.silent_s,
+            "asymmetric": n.asymmetric_s,
             "drop": n.drop_s,
+            "ack_lost": n.ack_lost_s,
             "reset": n.reset_s,
             "flap": n.flap_s,
+            "node_cut": n.node_cut_s,
+            "node_isolated": n.node_isolation_s,
             "long_partition": n.long_partition_s,
         }[kind]
 
@@ -388,12 +653,18 @@ class NetworkChaos(Chaos):
         stop = asyncio.Event()
         trickle = asyncio.create_task(self.trickle(stub, stop))
         lanes = self.plan()
+        isolations = (
+            self.net.node_isolations
+            if "node_isolated" in self.net.first_round and self.net.cluster > 1
+            else 0
+        )
         try:
             await asyncio.gather(
                 *(
                     self.lane(name, kinds, first_at=1.0 + 2.0 * index)
                     for index, (name, kinds) in enumerate(lanes.items())
-                )
+                ),
+                self.isolation_lane(isolations, first_at=12.0),
             )
         finally:
             stop.set()
@@ -403,54 +674,172 @@ class NetworkChaos(Chaos):
         """One service's faults, one after the other, each once the last has healed."""
         await asyncio.sleep(first_at)
         for kind in kinds:
-            await self.one_fault(kind, service)
+            async with self._turn:
+                await self._turn.wait_for(lambda: not self._exclusive)
+                self._active += 1
+            try:
+                await self.one_fault(kind, service)
+            finally:
+                async with self._turn:
+                    self._active -= 1
+                    self._turn.notify_all()
             await asyncio.sleep(GAP_S)
 
+    async def isolation_lane(self, count: int, first_at: float) -> None:
+        """Node isolations, each alone (the lanes' faults done, the next ones held)."""
+        await asyncio.sleep(first_at)
+        for _ in range(count):
+            async with self._turn:
+                self._exclusive = True
+                await self._turn.wait_for(lambda: self._active == 0)
+            try:
+                await asyncio.sleep(GAP_S)  # every service SERVING, orders flowing
+                await self.isolate_node()
+            finally:
+                async with self._turn:
+                    self._exclusive = False
+                    self._turn.notify_all()
+            await asyncio.sleep(GAP_S * 4)
+
     async def one_fault(self, kind: str, service: str) -> None:
-        proxy = self.proxies[service]
+        proxies = list(self.proxies[service].values())
         lasted = self.duration_of(kind)
         started = time.monotonic()
         record = FaultRecord(kind, service, started - self._began, lasted)
         ended: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        following = asyncio.create_task(self.follow_health(service, record, started, ended))
+        away_from = ""
+        if kind == "node_cut":
+            # The node the service uses now: only that link is cut; it must fail over.
+            away_from = record.node = self.current_node(service) or self.nodes[0]
+            proxies = [self.proxies[service][away_from]]
+        following = asyncio.create_task(
+            self.follow_health(service, record, started, ended, away_from)
+        )
+        dropped_before = sum(proxy.bytes_dropped for proxy in proxies)
         try:
-            if kind in ("cut", "long_partition"):
-                proxy.blackhole()
+            if kind in ("cut", "long_partition", "node_cut"):
+                for proxy in proxies:
+                    proxy.blackhole()
                 await asyncio.sleep(lasted)
             elif kind == "silent":  # the broker's side goes quiet; the service's gets through
-                proxy.blackhole(DOWN)
+                for proxy in proxies:
+                    proxy.blackhole(DOWN)
+                await asyncio.sleep(lasted)
+            elif kind == "asymmetric":  # the service's side goes nowhere; the broker's arrives
+                for proxy in proxies:
+                    proxy.blackhole(UP)
                 await asyncio.sleep(lasted)
             elif kind == "drop":
-                proxy.drop()
+                for proxy in proxies:
+                    proxy.drop()
+                await asyncio.sleep(lasted)
+            elif kind == "ack_lost":  # what the broker sends back is lost, publish acks too
+                for proxy in proxies:
+                    proxy.drop(DOWN)
                 await asyncio.sleep(lasted)
             elif kind == "reset":
-                proxy.reset(refuse=True)
+                for proxy in proxies:
+                    proxy.reset(refuse=True)
                 await asyncio.sleep(lasted)
             elif kind == "flap":
                 while time.monotonic() - started < lasted:
-                    proxy.blackhole()
+                    for proxy in proxies:
+                        proxy.blackhole()
                     await asyncio.sleep(FLAP_PERIOD_S)
-                    proxy.heal()
+                    for proxy in proxies:
+                        proxy.heal()
                     await asyncio.sleep(FLAP_PERIOD_S)
         finally:
-            proxy.heal()
+            record.bytes_lost = sum(proxy.bytes_dropped for proxy in proxies) - dropped_before
+            for proxy in proxies:
+                proxy.heal()
             ended.set_result(time.monotonic())
         await following
-        self.fault_log.append(record)
-        self._fault_ends.append((record, ended.result()))
         self.report.faults[f"network_{kind}"] += 1
+        self._done(record, ended.result())
+
+    async def isolate_node(self) -> None:
+        """Every link to one node cut: the services' (those on it must fail over), the
+        routes to and from its peers, the operator's. The node is the one the order service,
+        the busiest publisher, uses: the issue's stuck failover."""
+        node = self.current_node("order") or self.nodes[0]
+        lasted = self.net.node_isolation_s
+        started = time.monotonic()
+        ended: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        records = {
+            service: FaultRecord(
+                "node_isolated",
+                service,
+                started - self._began,
+                lasted,
+                node=node,
+                affected=bool(self.proxies[service][node].connected()),
+            )
+            for service in SERVICE_NAMES
+        }
+        following = [
+            asyncio.create_task(
+                self.follow_health(service, record, started, ended, node if record.affected else "")
+            )
+            for service, record in records.items()
+        ]
+        self.isolated.add(node)
+        try:
+            for service in SERVICE_NAMES:
+                self.proxies[service][node].blackhole()
+            if node in self.route_proxies:
+                self.route_proxies[node].blackhole()
+            for other, proxy in self.route_proxies.items():
+                if other != node:
+                    proxy.block_peer(node)
+            if self.tool_proxy.connected(to=self._node_address(node)):
+                self.tool_proxy.reset(refuse=False)  # it comes back through a healthy node
+            routes_cut = sum(
+                proxy.route_links(None if other == node else node)
+                for other, proxy in self.route_proxies.items()
+            )
+            for record in records.values():
+                record.routes_cut = routes_cut
+            await asyncio.sleep(lasted)
+        finally:
+            self.isolated.discard(node)
+            for proxy in self.all_proxies():
+                if proxy is not self.tool_proxy:
+                    proxy.heal()
+            ended.set_result(time.monotonic())
+        await asyncio.gather(*following)
+        self.report.faults["network_node_isolated"] += 1
+        for record in records.values():
+            self._done(record, ended.result())
+
+    def _done(self, record: FaultRecord, ended_at: float) -> None:
+        self.fault_log.append(record)
+        self._fault_ends.append((record, ended_at))
         self.console.print(record.line())
-        if record.recovered_s is None or record.recovered_s > recovery_bound_s():
+        bound = recovery_bound_s()
+        if record.recovered_s is None or record.recovered_s > bound:
             self.report.violations.append(
-                f"{service} not SERVING within {recovery_bound_s():.0f}s after a {kind} of"
-                f" {lasted:.0f}s ended (recovered: {record.recovered_s})"
+                f"{record.service} not SERVING within {bound:.0f}s after a {record.kind} of"
+                f" {record.lasted_s:.0f}s ended (recovered: {record.recovered_s})"
+            )
+        failed_over = record.failover_s is not None and record.failover_s <= bound
+        if record.kind in FAILOVER_KINDS and record.affected and not failed_over:
+            self.report.violations.append(
+                f"{record.service} did not fail over from {record.node} within"
+                f" {bound:.0f}s of a {record.kind} (failed over: {record.failover_s})"
             )
 
     async def follow_health(
-        self, service: str, record: FaultRecord, started: float, ended: asyncio.Future[float]
+        self,
+        service: str,
+        record: FaultRecord,
+        started: float,
+        ended: asyncio.Future[float],
+        away_from: str = "",
     ) -> None:
-        """Note when the service first says NOT_SERVING, and when, after the fault, it is
-        SERVING again (and stays so for 2 s)."""
+        """Note when the service first says NOT_SERVING; with ``away_from`` (a node cut from
+        it), when it is SERVING through another node while the fault lasts; and when, after
+        the fault, it is SERVING again (and stays so for 2 s)."""
         stable_s = 2.0
         serving_since: float | None = None
         async with grpc.aio.insecure_channel(self.system.addresses[service]) as channel:
@@ -460,6 +849,14 @@ class NetworkChaos(Chaos):
                 now = time.monotonic()
                 if not serving and record.detected_s is None and not ended.done():
                     record.detected_s = round(now - started, 2)
+                if (
+                    away_from
+                    and record.failover_s is None
+                    and serving
+                    and not ended.done()
+                    and self.connected_elsewhere(service, away_from)
+                ):
+                    record.failover_s = round(now - started, 2)
                 if ended.done():
                     end = ended.result()
                     if serving:
@@ -507,20 +904,20 @@ class NetworkChaos(Chaos):
 
     async def run(self) -> ChaosReport:
         began = time.monotonic()
-        for proxy in self.proxies.values():
+        for proxy in self.all_proxies():
             await proxy.start()
         try:
             await self.system.start()
             try:
                 await self._run()
             finally:
-                for proxy in self.proxies.values():
+                for proxy in self.all_proxies():
                     proxy.heal()
                 # In a thread: the services' last words to the broker go through the proxies,
                 # which run on this loop.
                 await asyncio.to_thread(self.system.stop)
         finally:
-            for proxy in self.proxies.values():
+            for proxy in self.all_proxies():
                 await proxy.stop()
             self.report.seconds = time.monotonic() - began
         for record, end in self._fault_ends:
@@ -528,34 +925,56 @@ class NetworkChaos(Chaos):
             record.first_saga_s = round(after[0] - end, 2) if after else None
         return self.report
 
-    def recovery_by_kind(self) -> dict[str, float | None]:
-        """The longest time to SERVING after the end of a fault, per fault kind."""
-        worst: dict[str, float | None] = {}
-        for record in self.fault_log:
-            key = f"{record.kind}:{'order' if record.service == 'order' else 'other'}"
-            if record.recovered_s is None or worst.get(key, 0.0) is None:
-                worst[key] = None
-            else:
-                worst[key] = max(worst.get(key) or 0.0, record.recovered_s)
-        return worst
+    def recovery_by_kind(self) -> dict[str, dict[str, Any]]:
+        """Per fault kind: how many, and the time to recover (max, median): from the fault's
+        end to SERVING for every kind; from its start to SERVING through a healthy node for a
+        node cut or isolation (the services that used the node)."""
+        summary: dict[str, dict[str, Any]] = {}
+        for kind in dict.fromkeys(r.kind for r in self.fault_log):
+            records = [r for r in self.fault_log if r.kind == kind]
+            entry: dict[str, Any] = {
+                "faults": self.report.faults.get(f"network_{kind}", 0),
+                "serving_after_end_s": _stats([r.recovered_s for r in records]),
+            }
+            if kind in FAILOVER_KINDS:
+                entry["failover_from_start_s"] = _stats(
+                    [r.failover_s for r in records if r.affected]
+                )
+            if "order" in {r.service for r in records}:
+                entry["order_serving_after_end_s"] = _stats(
+                    [r.recovered_s for r in records if r.service == "order"]
+                )
+            summary[kind] = entry
+        return summary
+
+    def violations_by_invariant(self) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for violation in self.report.violations:
+            found = re.match(r"invariant (\d+)", violation)
+            counts[f"invariant {found.group(1)}" if found else "other"] += 1
+        return dict(sorted(counts.items()))
 
     def as_json(self) -> dict[str, Any]:
         return {
             **self.report.as_json(),
+            "config": asdict(self.net) | {"database_url": redact_url(self.net.database_url)},
+            "violations_by_invariant": self.violations_by_invariant(),
             "network_faults": [asdict(record) for record in self.fault_log],
             "recovery_bound_s": recovery_bound_s(),
-            "worst_recovery_s_by_kind": self.recovery_by_kind(),
+            "recovery_by_kind": self.recovery_by_kind(),
             "orders_refused": self.orders_refused,
         }
 
     def print_fault_log(self) -> None:
         self.console.print(
-            f"network faults (saga deadline {self.net.saga_deadline_s:.0f}s, recovery bound"
-            f" {recovery_bound_s():.0f}s after a fault ends):"
+            f"network faults ({self.net.cluster} broker node(s), {self.net.store}; saga deadline"
+            f" {self.net.saga_deadline_s:.0f}s, recovery bound {recovery_bound_s():.0f}s):"
         )
         for record in sorted(self.fault_log, key=lambda r: r.started):
             self.console.print("  " + record.line())
-        self.console.print(f"worst time to SERVING per kind: {self.recovery_by_kind()}")
+        for kind, entry in self.recovery_by_kind().items():
+            self.console.print(f"  {kind}: {json.dumps(entry)}")
+        self.console.print(f"violations by invariant: {self.violations_by_invariant()}")
 
 
 async def _serving(stub: health_pb2_grpc.HealthStubAsync) -> bool:
@@ -580,6 +999,7 @@ async def run_network_chaos(args: argparse.Namespace) -> int:
         extra_faults=args.network_faults,
         store=store,
         database_url=args.database_url or "",
+        cluster=args.network_cluster,
     )
     chaos = NetworkChaos(config, console)
     try:
@@ -592,5 +1012,5 @@ async def run_network_chaos(args: argparse.Namespace) -> int:
     print_report(console, report)
     chaos.print_fault_log()
     if args.output:
-        args.output.write_text(json.dumps(chaos.as_json(), indent=2))
+        args.output.write_text(json.dumps(chaos.as_json(), indent=2) + "\n")
     return 0 if report.ok else 1
