@@ -219,7 +219,11 @@ def saga_events(request: order_service_pb2.PlaceOrderRequest) -> Iterator[Messag
     # order (services/order/handlers.py): the cancellation carries the longest failure detail.
     yield order_events.OrderConfirmed(order_id=order_id, payment_id=payment_id)
     yield order_events.OrderShipped(
-        order_id=order_id, shipment_id=SERVER_TEXT, tracking_id=SERVER_TEXT
+        order_id=order_id,
+        shipment_id=SERVER_TEXT,
+        tracking_id=SERVER_TEXT,
+        customer_id=created.customer_id,
+        carrier=SERVER_TEXT,
     )
     longest_failure = max(failures, key=lambda f: len(f.detail))
     yield order_events.OrderCancelled(
