@@ -67,8 +67,8 @@ def order_shipped(
 
 
 def should_tell_shipped(sent: list[Notification]) -> bool:
-    """ "Shipped" is not told after the customer was told of the cancellation: the customer
-    hears of one final state only. The order service never publishes both OrderCancelled and
+    """No "shipped" after the customer was told of the cancellation: the customer hears of
+    one final state only. The order service never publishes both OrderCancelled and
     OrderShipped for one order, so this is a guard, not the rule that keeps it to one."""
     return all(n.kind is not NotificationKind.ORDER_CANCELLED for n in sent)
 
