@@ -12,15 +12,32 @@ proxy in this process, which the run tells to:
   its byte stream is broken;
 - **reset** every connection (RST), and refuse new ones with a reset while the fault lasts.
 
-While mixed orders flow (the workload of ``choreo chaos``), a seeded schedule injects: a
-service cut from its broker (both directions blackholed; the order service, the busiest
+While mixed orders flow (the workload of ``choreo chaos``), a seeded schedule injects, per
+service: a cut from the broker (both directions blackholed; the order service, the busiest
 publisher, is always among them), a silent connection (the broker's side goes quiet, the
-service's still gets through), a dropped link, connections reset, a flapping link, and a
-partition of the order service longer than the saga deadline. Then the checks of
-``choreo chaos`` (every saga ends, invariants 1-6, the dead letters, the saga time bound), and
-per fault: the time from its end to the service being SERVING again (its gRPC health, which is
-NOT_SERVING while its broker connection is down) and to the first saga completed after it.
-The run reuses :class:`services.chaos.Chaos` for all of it; only the faults are new.
+service's still gets through), an asymmetric partition (the service's side goes nowhere, the
+broker's still arrives), a dropped link, publish acknowledgements lost (the broker's side of
+the order service's link discarded for a moment while it publishes: the broker stored the
+messages, the acks never arrive, the outbox publishes them again inside the dedup window),
+connections reset, a flapping link, and a partition of the order service longer than the saga
+deadline.
+
+With a JetStream cluster (``cluster=3``, ``choreo chaos --network --network-cluster 3``), each
+service has a proxy per node and gets them all as its seed list; every route between two nodes
+goes through the accepting node's route proxy (each node advertises its route proxy to its
+peers, and ``no_advertise`` keeps the nodes' own client URLs from the clients, so nothing finds
+a way around the proxies). Two more faults then: a service cut from the node it uses (it must
+fail over to a healthy node), and a node isolated: every link to it, the services', the
+operator's and the routes both ways (a route's initiator is told by the ``server_name`` of the
+INFO it sends). The isolated node is the one the order service uses.
+
+Then the checks of ``choreo chaos`` (every saga ends, invariants 1-6, the dead letters, the saga
+time bound), and per fault: the time from its end to the service being SERVING again (its gRPC
+health, which is NOT_SERVING while its broker connection is down), from its start to the
+service SERVING through a healthy node (a node cut or isolated), and from its end to the first
+saga completed after it. All of it must be within :func:`recovery_bound_s`. The run reuses
+:class:`services.chaos.Chaos` for the workload, the audit and the report; only the faults are
+new. It runs on SQLite files or, with ``store="postgres"``, on fresh Postgres databases.
 """
 
 from __future__ import annotations
@@ -307,6 +324,7 @@ SERVICE_KINDS = (
     "asymmetric",
     "drop",
     "ack_lost",
+    "ack_lost_late",
     "reset",
     "flap",
     "long_partition",
@@ -314,6 +332,7 @@ SERVICE_KINDS = (
 CLUSTER_KINDS = ("node_cut", "node_isolated")
 FAILOVER_KINDS = CLUSTER_KINDS  # recovery is measured from the fault's start: failing over
 KINDS = SERVICE_KINDS  # a single broker's
+LATE_WINDOW_S = 15.0  # the longest duplicate window with which acks are lost past it
 FLAP_PERIOD_S = 2.0  # the link flaps down for this, up for this, again and again
 GAP_S = 4.0  # between two faults of one service, once it is SERVING again
 
@@ -342,6 +361,10 @@ class NetworkChaosConfig:
     # Broker -> service bytes discarded while the order service publishes: acks of messages
     # the broker stored are lost; the outbox publishes them again (deduplicated).
     ack_lost_s: float = 1.5
+    # The stream's duplicate window. A short one (at most LATE_WINDOW_S) adds ack_lost_late:
+    # the acks lost for longer than the window, so the outbox's next publish is stored again
+    # and the consumers' inbox must keep its effects single.
+    duplicate_window_s: float = 120.0
     reset_s: float = 3.0  # new connections refused (reset) this long
     flap_s: float = 16.0
     # With a cluster: a service cut from its node for this long (it must fail over within the
@@ -366,15 +389,25 @@ class NetworkChaosConfig:
         return self.saga_deadline_s + 10.0
 
     @property
+    def ack_lost_late_s(self) -> float:
+        """Past the duplicate window and the outbox's publish timeout (5 s) and sweep."""
+        return self.duplicate_window_s + 8.0
+
+    @property
     def first_round(self) -> tuple[str, ...]:
-        allowed = SERVICE_KINDS + (CLUSTER_KINDS if self.cluster > 1 else ())
+        allowed = tuple(
+            kind
+            for kind in SERVICE_KINDS + (CLUSTER_KINDS if self.cluster > 1 else ())
+            if kind != "ack_lost_late" or self.duplicate_window_s <= LATE_WINDOW_S
+        )
         if self.kinds is None:
             return allowed
         unknown = set(self.kinds) - set(allowed)
         if unknown:
             raise ConfigurationError(
                 f"network fault kinds {sorted(unknown)} are not known here (known: {allowed};"
-                " node_cut and node_isolated need a cluster)"
+                " node_cut and node_isolated need a cluster, ack_lost_late a duplicate window"
+                f" of at most {LATE_WINDOW_S:.0f}s)"
             )
         return self.kinds
 
@@ -517,6 +550,7 @@ class NetworkChaos(Chaos):
             seed=config.seed,
             saga_deadline_s=config.saga_deadline_s,
             duration_s=config.duration_s,
+            duplicate_window_s=config.duplicate_window_s,
             store=config.store,
             # No process faults: the network's are the subject (schedule() is replaced).
             kills=0,
@@ -612,7 +646,7 @@ class NetworkChaos(Chaos):
         others = [name for name in SERVICE_NAMES if name != "order"]
         shuffled = self.rng.sample(others, len(others))
         lanes: dict[str, list[str]] = {name: [] for name in SERVICE_NAMES}
-        for kind in ("cut", "ack_lost", "node_cut"):
+        for kind in ("cut", "ack_lost", "ack_lost_late", "node_cut"):
             if kind in first:
                 lanes["order"].append(kind)
         if "long_partition" in first:
@@ -623,7 +657,11 @@ class NetworkChaos(Chaos):
         for kind in ("cut", "node_cut"):
             if kind in first:
                 lanes[self.rng.choice(others)].append(kind)
-        pool = [k for k in first if k not in ("long_partition", "node_isolated", "ack_lost")]
+        pool = [
+            k
+            for k in first
+            if k not in ("long_partition", "node_isolated", "ack_lost", "ack_lost_late")
+        ]
         for _ in range(self.net.extra_faults):
             kind = self.rng.choice(pool)
             lanes[self.rng.choice(SERVICE_NAMES)].append(kind)
@@ -637,6 +675,7 @@ class NetworkChaos(Chaos):
             "asymmetric": n.asymmetric_s,
             "drop": n.drop_s,
             "ack_lost": n.ack_lost_s,
+            "ack_lost_late": n.ack_lost_late_s,
             "reset": n.reset_s,
             "flap": n.flap_s,
             "node_cut": n.node_cut_s,
@@ -733,7 +772,7 @@ class NetworkChaos(Chaos):
                 for proxy in proxies:
                     proxy.drop()
                 await asyncio.sleep(lasted)
-            elif kind == "ack_lost":  # what the broker sends back is lost, publish acks too
+            elif kind in ("ack_lost", "ack_lost_late"):  # what the broker sends back is lost
                 for proxy in proxies:
                     proxy.drop(DOWN)
                 await asyncio.sleep(lasted)
@@ -997,6 +1036,7 @@ async def run_network_chaos(args: argparse.Namespace) -> int:
         seed=args.seed,
         duration_s=args.duration,
         extra_faults=args.network_faults,
+        duplicate_window_s=args.duplicate_window,
         store=store,
         database_url=args.database_url or "",
         cluster=args.network_cluster,
