@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from choreo import permissions
 from choreo.errors import ConfigurationError
 from choreo.grpc_tls import open_channel
+from choreo.service_credentials import write_per_user_credentials
 
 CREDENTIALS_FILE = "nats-credentials.json"
 AUTH_CONFIG_FILE = "nats-auth.conf"
@@ -101,9 +102,16 @@ def run_secrets(args: argparse.Namespace) -> int:
     if not services:
         raise ConfigurationError("--services names no service: pass e.g. order,inventory")
     credentials_file, auth_file = write_secrets(args.out, services)
+    # Each container gets only its own user (docker-compose.yml mounts these), never the file
+    # with every password.
+    own_files = write_per_user_credentials(credentials_file, [*services, permissions.OPERATOR])
     write_postgres_secrets(args.out, args.postgres_user)
     private_key, public_key = write_payment_token_keys(args.out)
     print(f"wrote {credentials_file} (mode 0600; give processes its path, not its content)")
+    print(
+        f"wrote {', '.join(path.name for path in own_files)} (mode 0600, one user each: give"
+        " each container only its own)"
+    )
     print(f"wrote {auth_file} (include it in nats-server's configuration)")
     print(f"wrote {args.out / POSTGRES_PASSWORD_FILE} and {args.out / PGPASS_FILE} (mode 0600)")
     print(

@@ -4,6 +4,7 @@ health checks are built from."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import grpc
@@ -25,6 +26,14 @@ async def test_secrets_give_every_service_a_login_the_broker_accepts(tmp_path: P
         assert (out / name).stat().st_mode & 0o777 == 0o600, name
     password = (out / "postgres-password").read_text()
     assert (out / "pgpass").read_text() == f"*:*:*:choreo:{password}\n"
+    # One file per user for containers (docker-compose mounts each service's own): each holds
+    # that user alone, with the same password as the full file.
+    full = json.loads((out / "nats-credentials.json").read_text())
+    for user in full:
+        own = out / f"nats-credentials-{user}.json"
+        assert own.stat().st_mode & 0o777 == 0o600, own
+        assert json.loads(own.read_text()) == {user: full[user]}
+    assert {"order", permissions.OPERATOR} <= set(full)
     auth = (out / "nats-auth.conf").read_text()
     broker = EmbeddedBroker(store_dir=tmp_path / "js", extra_config=auth)
     await broker.astart()
