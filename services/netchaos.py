@@ -65,11 +65,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
-from choreo import natsconn
+from choreo import natsconn, subjects
 from choreo.cluster import EmbeddedCluster, node_name
 from choreo.errors import ConfigurationError
 from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.redact import redact_url
+from choreo.streamread import read_stream
 from choreo.supervisor import ProcessSpec
 from services.chaos import Chaos, ChaosConfig, ChaosReport, print_report
 from services.registry import SERVICE_NAMES
@@ -601,6 +602,9 @@ class NetworkChaos(Chaos):
         self._began = 0.0
         self.orders_refused = 0
         self.isolated: set[str] = set()
+        # Per stream: events stored more than once (the same Nats-Msg-Id, re-sent after the
+        # duplicate window): the inbox had to keep their effects single.
+        self.stored_twice: dict[str, int] = {}
         # A node isolation runs alone: lanes hold their next fault while it waits and lasts.
         self._turn = asyncio.Condition()
         self._active = 0
@@ -949,6 +953,7 @@ class NetworkChaos(Chaos):
             await self.system.start()
             try:
                 await self._run()
+                self.stored_twice = await self.events_stored_twice()
             finally:
                 for proxy in self.all_proxies():
                     proxy.heal()
@@ -963,6 +968,25 @@ class NetworkChaos(Chaos):
             after = [t for t in self.completions if t >= end]
             record.first_saga_s = round(after[0] - end, 2) if after else None
         return self.report
+
+    async def events_stored_twice(self) -> dict[str, int]:
+        """Per event stream, how many messages repeat an earlier one's ``Nats-Msg-Id``."""
+        nc = await self.system.connect()
+        counts: dict[str, int] = {}
+        try:
+            js = nc.jetstream()
+            for context in SERVICE_NAMES:
+                stream = subjects.stream_name(context)
+                try:
+                    messages = await read_stream(js, stream)
+                except Exception as exc:  # a context without a stream of events
+                    log.debug("no stream %s: %r", stream, exc)
+                    continue
+                ids = Counter(m.headers.get("Nats-Msg-Id", "") for m in messages)
+                counts[stream] = sum(n - 1 for msg_id, n in ids.items() if msg_id and n > 1)
+        finally:
+            await nc.close()
+        return counts
 
     def recovery_by_kind(self) -> dict[str, dict[str, Any]]:
         """Per fault kind: how many, and the time to recover (max, median): from the fault's
@@ -1002,6 +1026,7 @@ class NetworkChaos(Chaos):
             "recovery_bound_s": recovery_bound_s(),
             "recovery_by_kind": self.recovery_by_kind(),
             "orders_refused": self.orders_refused,
+            "events_stored_twice": self.stored_twice,
         }
 
     def print_fault_log(self) -> None:
@@ -1013,6 +1038,9 @@ class NetworkChaos(Chaos):
             self.console.print("  " + record.line())
         for kind, entry in self.recovery_by_kind().items():
             self.console.print(f"  {kind}: {json.dumps(entry)}")
+        self.console.print(
+            f"events stored twice (acks lost past the duplicate window): {self.stored_twice}"
+        )
         self.console.print(f"violations by invariant: {self.violations_by_invariant()}")
 
 
