@@ -1,14 +1,15 @@
 """CI-sized ``choreo chaos --network`` runs (issue 22).
 
 On SQLite with a single broker: each service's broker link goes through a fault proxy; the
-order service is cut under load, loses the acks of what it publishes, and is cut for longer
-than the saga deadline; other services' links go silent, one way only (asymmetric), drop,
+order service is cut under load, loses the acks of what it publishes (for a moment, and past
+an 8 s duplicate window, so events are stored twice), and is cut for longer than the saga
+deadline; other services' links go silent, one way only (asymmetric), drop,
 reset and flap, while orders flow.
 
 On Postgres with a 3-node JetStream cluster: the order service and another are cut from the
 node they use (they must fail over to a healthy one within the ping detection time plus 5 s),
 the order service's node is isolated (its routes too), a link is cut one way, and acks are
-lost after the broker stored the message.
+lost after the broker stored the message, for a moment and past the duplicate window.
 
 Every saga must end and every invariant hold, and each service must be SERVING again within
 the ping detection time plus 5 s of each fault's end. Invariant-4 violations (what the
@@ -17,8 +18,10 @@ customer is told) are asserted on their own, after the others, so that a failure
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -82,6 +85,9 @@ async def test_network_faults_while_orders_flow_keep_every_invariant() -> None:
     order_faults = [r for r in chaos.fault_log if r.service == "order"]
     assert {r.kind for r in order_faults} == {"cut", "ack_lost", "ack_lost_late", "long_partition"}
     assert all(r.bytes_lost > 0 for r in order_faults if r.kind.startswith("ack_lost"))
+    # Acks lost past the window: the order service's events were stored twice, and yet no
+    # effect doubled (the invariants above).
+    assert chaos.stored_twice.get("CHOREO_ORDER", 0) > 0, chaos.stored_twice
     _assert_recovered(chaos)
     assert report.sagas >= config.sagas + 50  # orders kept coming while the faults lasted
     assert sum(report.final_states.values()) == report.sagas
@@ -96,7 +102,8 @@ async def test_cluster_on_postgres_fails_over_and_keeps_every_invariant() -> Non
         store="postgres",
         database_url=url_of("netchaos"),
         cluster=3,
-        kinds=(*CLUSTER_KINDS, "asymmetric", "ack_lost"),
+        kinds=(*CLUSTER_KINDS, "asymmetric", "ack_lost", "ack_lost_late"),
+        duplicate_window_s=8.0,
         long_partitions=0,
         node_cut_s=28.0,
         node_isolation_s=30.0,
@@ -111,3 +118,26 @@ async def test_cluster_on_postgres_fails_over_and_keeps_every_invariant() -> Non
     assert {r.kind for r in order if r.affected} == set(CLUSTER_KINDS)
     _assert_recovered(chaos)
     assert sum(report.final_states.values()) == report.sagas
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "report", ["chaos-network-run-sqlite.json", "chaos-network-run-cluster-postgres.json"]
+)
+def test_the_docs_figures_are_the_long_runs_reports(report: str) -> None:
+    """docs/chaos-network.md quotes its long runs' JSON reports, which must pass the bar."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    data = json.loads((docs / report).read_text())
+    page = (docs / "chaos-network.md").read_text()
+    section = page[page.index(f"]({report})") :]
+    faults = sum(v for k, v in data["faults"].items() if k.startswith("network_"))
+    assert data["violations"] == [] and data["ok"]
+    assert data["sagas"] >= 1000 and faults >= 20
+    assert f"**{data['sagas']} sagas**" in section
+    assert f"**{faults} network faults**" in section
+    assert f"**Violations: {len(data['violations'])}**" in section
+    bound = data["recovery_bound_s"]
+    for fault in data["network_faults"]:
+        assert fault["recovered_s"] is not None and fault["recovered_s"] <= bound, fault
+        if fault["kind"] in FAILOVER_KINDS and fault["affected"]:
+            assert fault["failover_s"] is not None and fault["failover_s"] <= bound, fault
