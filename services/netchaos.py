@@ -60,6 +60,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -331,6 +332,9 @@ SERVICE_KINDS = (
     "long_partition",
 )
 CLUSTER_KINDS = ("node_cut", "node_isolated")
+# Postgres: a service's link to its database, reset in the middle of transactions (and new
+# connections refused a moment), or blackholed (transactions stall, then go on).
+DATABASE_KINDS = ("db_reset", "db_cut")
 FAILOVER_KINDS = CLUSTER_KINDS  # recovery is measured from the fault's start: failing over
 KINDS = SERVICE_KINDS  # a single broker's
 LATE_WINDOW_S = 15.0  # the longest duplicate window with which acks are lost past it
@@ -372,7 +376,9 @@ class NetworkChaosConfig:
     # bound), and a node isolated for this long.
     node_cut_s: float = 30.0
     node_isolation_s: float = 40.0
-    node_isolations: int = 1
+    db_reset_s: float = 3.0
+    db_cut_s: float = 8.0
+    node_isolations: int = 2  # the order service's node, then the order stream's leader
     # Partitions of the order service longer than the saga deadline (0: none).
     long_partitions: int = 1
     # The kinds of the first round (None: every kind the broker set-up allows).
@@ -398,7 +404,9 @@ class NetworkChaosConfig:
     def first_round(self) -> tuple[str, ...]:
         allowed = tuple(
             kind
-            for kind in SERVICE_KINDS + (CLUSTER_KINDS if self.cluster > 1 else ())
+            for kind in SERVICE_KINDS
+            + (CLUSTER_KINDS if self.cluster > 1 else ())
+            + (DATABASE_KINDS if self.store == "postgres" else ())
             if kind != "ack_lost_late" or self.duplicate_window_s <= LATE_WINDOW_S
         )
         if self.kinds is None:
@@ -407,7 +415,8 @@ class NetworkChaosConfig:
         if unknown:
             raise ConfigurationError(
                 f"network fault kinds {sorted(unknown)} are not known here (known: {allowed};"
-                " node_cut and node_isolated need a cluster, ack_lost_late a duplicate window"
+                " node_cut and node_isolated need a cluster, db_* Postgres,"
+                " ack_lost_late a duplicate window"
                 f" of at most {LATE_WINDOW_S:.0f}s)"
             )
         return self.kinds
@@ -432,8 +441,10 @@ class FaultRecord:
     first_saga_s: float | None = None
     # Bytes discarded by the fault (drop, ack_lost): the publish acks among them.
     bytes_lost: int = 0
-    # A node isolation: the route links between the node and its peers that it held.
+    # A node isolation: the route links between the node and its peers that it held, and
+    # the leader of the order stream when it began.
     routes_cut: int = 0
+    order_stream_leader: str = ""
 
     def line(self) -> str:
         def show(value: float | None) -> str:
@@ -441,7 +452,7 @@ class FaultRecord:
 
         where = f"{self.service}@{self.node}" if self.node else self.service
         if self.routes_cut:
-            where += f" ({self.routes_cut} routes)"
+            where += f" ({self.routes_cut} routes, order stream leader {self.order_stream_leader})"
         failover = (
             f"  failed over {show(self.failover_s):>6} after the start"
             if self.kind in FAILOVER_KINDS and self.affected
@@ -477,8 +488,10 @@ class ProxiedSystem(System):
         proxies: Mapping[str, Mapping[str, FaultProxy]],
         tool: FaultProxy,
         routes: Mapping[str, FaultProxy],
+        databases: Mapping[str, FaultProxy],
     ) -> None:
         super().__init__(config)
+        self.db_proxies = databases
         self.proxies = proxies
         self.tool_proxy = tool
         self.route_proxies = routes
@@ -503,6 +516,14 @@ class ProxiedSystem(System):
     ) -> ProcessSpec:
         spec = super()._spec(name, process, port, databases, data)
         spec.env["CHOREO_NATS_URL"] = ",".join(p.url for p in self.proxies[name].values())
+        if name in self.db_proxies:  # Postgres: through the service's database proxy
+            parts = urlsplit(databases[name])
+            proxy = self.db_proxies[name]
+            userinfo = parts.netloc.rpartition("@")[0]
+            netloc = f"{userinfo}@" if userinfo else ""
+            spec.env["CHOREO_DATABASE_URL"] = urlunsplit(
+                parts._replace(netloc=f"{netloc}{proxy.host}:{proxy.port}")
+            )
         return spec
 
     def _start_broker(self) -> None:
@@ -594,8 +615,20 @@ class NetworkChaos(Chaos):
         )
         system_config = self.system.config
         system_config.cluster = config.cluster
+        database = urlsplit(system_config.database_url)
+        self.db_proxies = (
+            {
+                service: FaultProxy(
+                    functools.partial(_address, database.hostname or "127.0.0.1", database.port),
+                    name=f"{service}-db",
+                )
+                for service in SERVICE_NAMES
+            }
+            if config.store == "postgres"
+            else {}
+        )
         self.system: ProxiedSystem = ProxiedSystem(
-            system_config, self.proxies, self.tool_proxy, self.route_proxies
+            system_config, self.proxies, self.tool_proxy, self.route_proxies, self.db_proxies
         )
         self.fault_log: list[FaultRecord] = []
         self._fault_ends: list[tuple[FaultRecord, float]] = []
@@ -625,6 +658,7 @@ class NetworkChaos(Chaos):
             *(p for group in self.proxies.values() for p in group.values()),
             self.tool_proxy,
             *self.route_proxies.values(),
+            *self.db_proxies.values(),
         ]
 
     def current_node(self, service: str) -> str | None:
@@ -658,13 +692,16 @@ class NetworkChaos(Chaos):
         spread = [k for k in ("silent", "asymmetric", "drop", "reset", "flap") if k in first]
         for index, kind in enumerate(spread):
             lanes[shuffled[index % len(shuffled)]].append(kind)
-        for kind in ("cut", "node_cut"):
+        # Not the order service's database: a reset there fails PlaceOrder with UNKNOWN
+        # (not UNAVAILABLE), which the workload does not retry (see docs/chaos-network.md).
+        for kind in ("cut", "node_cut", *DATABASE_KINDS):
             if kind in first:
                 lanes[self.rng.choice(others)].append(kind)
         pool = [
             k
             for k in first
-            if k not in ("long_partition", "node_isolated", "ack_lost", "ack_lost_late")
+            if k
+            not in ("long_partition", "node_isolated", "ack_lost", "ack_lost_late", *DATABASE_KINDS)
         ]
         for _ in range(self.net.extra_faults):
             kind = self.rng.choice(pool)
@@ -684,6 +721,8 @@ class NetworkChaos(Chaos):
             "flap": n.flap_s,
             "node_cut": n.node_cut_s,
             "node_isolated": n.node_isolation_s,
+            "db_reset": n.db_reset_s,
+            "db_cut": n.db_cut_s,
             "long_partition": n.long_partition_s,
         }[kind]
 
@@ -731,13 +770,15 @@ class NetworkChaos(Chaos):
     async def isolation_lane(self, count: int, first_at: float) -> None:
         """Node isolations, each alone (the lanes' faults done, the next ones held)."""
         await asyncio.sleep(first_at)
-        for _ in range(count):
+        for index in range(count):
             async with self._turn:
                 self._exclusive = True
                 await self._turn.wait_for(lambda: self._active == 0)
             try:
                 await asyncio.sleep(GAP_S)  # every service SERVING, orders flowing
-                await self.isolate_node()
+                # The order service's node first, then the order stream's leader (alone: a
+                # minority), and so on.
+                await self.isolate_node(leader=index % 2 == 1)
             finally:
                 async with self._turn:
                     self._exclusive = False
@@ -755,12 +796,14 @@ class NetworkChaos(Chaos):
             # The node the service uses now: only that link is cut; it must fail over.
             away_from = record.node = self.current_node(service) or self.nodes[0]
             proxies = [self.proxies[service][away_from]]
+        elif kind in DATABASE_KINDS:
+            proxies = [self.db_proxies[service]]
         following = asyncio.create_task(
             self.follow_health(service, record, started, ended, away_from)
         )
         dropped_before = sum(proxy.bytes_dropped for proxy in proxies)
         try:
-            if kind in ("cut", "long_partition", "node_cut"):
+            if kind in ("cut", "long_partition", "node_cut", "db_cut"):
                 for proxy in proxies:
                     proxy.blackhole()
                 await asyncio.sleep(lasted)
@@ -780,7 +823,7 @@ class NetworkChaos(Chaos):
                 for proxy in proxies:
                     proxy.drop(DOWN)
                 await asyncio.sleep(lasted)
-            elif kind == "reset":
+            elif kind in ("reset", "db_reset"):
                 for proxy in proxies:
                     proxy.reset(refuse=True)
                 await asyncio.sleep(lasted)
@@ -801,11 +844,13 @@ class NetworkChaos(Chaos):
         self.report.faults[f"network_{kind}"] += 1
         self._done(record, ended.result())
 
-    async def isolate_node(self) -> None:
+    async def isolate_node(self, leader: bool = False) -> None:
         """Every link to one node cut: the services' (those on it must fail over), the
         routes to and from its peers, the operator's. The node is the one the order service,
-        the busiest publisher, uses: the issue's stuck failover."""
-        node = self.current_node("order") or self.nodes[0]
+        the busiest publisher, uses (the issue's stuck failover), or with ``leader`` the
+        leader of the order stream."""
+        stream_leader = await self.order_stream_leader()
+        node = (stream_leader if leader else None) or self.current_node("order") or self.nodes[0]
         lasted = self.net.node_isolation_s
         started = time.monotonic()
         ended: asyncio.Future[float] = asyncio.get_running_loop().create_future()
@@ -817,6 +862,7 @@ class NetworkChaos(Chaos):
                 lasted,
                 node=node,
                 affected=bool(self.proxies[service][node].connected()),
+                order_stream_leader=stream_leader or "",
             )
             for service in SERVICE_NAMES
         }
@@ -969,6 +1015,24 @@ class NetworkChaos(Chaos):
             record.first_saga_s = round(after[0] - end, 2) if after else None
         return self.report
 
+    async def order_stream_leader(self) -> str | None:
+        """The node that leads the order stream now (None: unknown, or a single broker)."""
+        if self.net.cluster == 1:
+            return None
+        try:
+            nc = await self.system.connect()
+        except Exception as exc:
+            log.warning("cannot ask for the order stream's leader: %r", exc)
+            return None
+        try:
+            info = await nc.jetstream().stream_info(subjects.stream_name("order"))
+            return info.cluster.leader if info.cluster is not None else None
+        except Exception as exc:
+            log.warning("cannot ask for the order stream's leader: %r", exc)
+            return None
+        finally:
+            await nc.close()
+
     async def events_stored_twice(self) -> dict[str, int]:
         """Per event stream, how many messages repeat an earlier one's ``Nats-Msg-Id``."""
         nc = await self.system.connect()
@@ -1042,6 +1106,10 @@ class NetworkChaos(Chaos):
             f"events stored twice (acks lost past the duplicate window): {self.stored_twice}"
         )
         self.console.print(f"violations by invariant: {self.violations_by_invariant()}")
+
+
+def _address(host: str, port: int | None) -> tuple[str, int]:
+    return host, port or 5432
 
 
 async def _serving(stub: health_pb2_grpc.HealthStubAsync) -> bool:
