@@ -9,7 +9,8 @@ reset and flap, while orders flow.
 On Postgres with a 3-node JetStream cluster: the order service and another are cut from the
 node they use (they must fail over to a healthy one within the ping detection time plus 5 s),
 the order service's node is isolated (its routes too), a link is cut one way, and acks are
-lost after the broker stored the message, for a moment and past the duplicate window.
+lost after the broker stored the message, for a moment and past the duplicate window; two
+services' database connections are reset mid-transaction, or blackholed.
 
 Every saga must end and every invariant hold, and each service must be SERVING again within
 the ping detection time plus 5 s of each fault's end. Invariant-4 violations (what the
@@ -28,6 +29,7 @@ from rich.console import Console
 
 from services.netchaos import (
     CLUSTER_KINDS,
+    DATABASE_KINDS,
     FAILOVER_KINDS,
     KINDS,
     NetworkChaos,
@@ -102,7 +104,7 @@ async def test_cluster_on_postgres_fails_over_and_keeps_every_invariant() -> Non
         store="postgres",
         database_url=url_of("netchaos"),
         cluster=3,
-        kinds=(*CLUSTER_KINDS, "asymmetric", "ack_lost", "ack_lost_late"),
+        kinds=(*CLUSTER_KINDS, "asymmetric", "ack_lost", "ack_lost_late", *DATABASE_KINDS),
         duplicate_window_s=8.0,
         long_partitions=0,
         node_cut_s=28.0,
