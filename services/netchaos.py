@@ -985,6 +985,8 @@ class NetworkChaos(Chaos):
                     self.report.faults[f"order_refused_{exc.code().name}"] += 1
                     return
                 await asyncio.sleep(0.5 * (attempt + 1))
+            except grpc.aio.UsageError:  # the run ended early (it failed): its channel is closed
+                return
             else:
                 self.extra_orders.append(Placed(response.order.order_id, path, started))
                 return
