@@ -44,6 +44,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from choreo.errors import TransientError
 from choreo.grpc_errors import abort_invalid
 
 log = logging.getLogger(__name__)
@@ -268,6 +269,11 @@ def add_servicer(server: grpc.aio.Server, service: ServiceDescriptor, servicer: 
     server.add_registered_method_handlers(service.full_name, handlers)
 
 
+# Failures of a connection, not of the request (a Postgres connection reset in a transaction,
+# a pool that timed out, a store's own TransientError).
+RETRYABLE: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, TransientError)
+
+
 def _handler(method: MethodDescriptor, servicer: object) -> grpc.RpcMethodHandler[Any, Any]:
     request_type = message_factory.GetMessageClass(method.input_type)
     response_type = message_factory.GetMessageClass(method.output_type)
@@ -295,7 +301,13 @@ def _handler(method: MethodDescriptor, servicer: object) -> grpc.RpcMethodHandle
 
     async def serve(request: Message | Undecodable, context: Context) -> Message:
         await admit(request, context)
-        return await unary(request, context)
+        try:
+            return await unary(request, context)
+        except RETRYABLE as exc:
+            # A database or broker connection lost mid-call: the client may try again (with
+            # its idempotency key), which UNKNOWN would not tell it.
+            log.warning("%s: %r; answered UNAVAILABLE", method.full_name, exc)
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"try again: {exc!r}")
 
     return grpc.unary_unary_rpc_method_handler(serve, deserialize, response_type.SerializeToString)
 

@@ -62,6 +62,7 @@ from rich.console import Console
 from rich.table import Table
 
 from choreo import contracts, dlq, faults, grpc_errors, sealing, subjects
+from choreo.cluster import seed_urls
 from choreo.envelope import H_CORRELATION_ID, H_ID, H_MSG_ID, H_SUBJECT, H_TIME, H_TYPE
 from choreo.errors import ConfigurationError
 from choreo.order.v1 import events_pb2 as order_events
@@ -1016,7 +1017,7 @@ class Chaos:
             """The broker is restarted on purpose; reconnecting is the point."""
 
         nc = await nats.connect(
-            self.system.nats_url,
+            seed_urls(self.system.nats_url),  # one URL, or a cluster's seeds
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.2,
             error_cb=quiet,
