@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 
 from choreo import subjects
 from choreo.broker import EmbeddedBroker
+from choreo.health import outbox_backlog
 from choreo.service import ServiceDefinition, ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import stream_count, wait_for
@@ -84,3 +85,14 @@ async def wait_processed(runtime: ServiceRuntime, cls: type[Message], n: int) ->
         return processed(runtime, cls) >= n
 
     await wait_for(done, timeout=15, what=f"{n} deliveries of {cls.DESCRIPTOR.name} processed")
+
+
+async def wait_published(runtime: ServiceRuntime, timeout: float = 15.0) -> None:
+    """Until the service's outbox is empty: everything its handlers committed so far is on the
+    broker. After ``wait_processed``, a count of what it emitted is then final, with no sleep."""
+
+    async def drained() -> bool:
+        backlog, _ = await outbox_backlog(runtime.db)
+        return backlog == 0
+
+    await wait_for(drained, timeout=timeout, what=f"{runtime.name}'s outbox published")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from tests.services import (
     runtime_settings,
     wait_for_count,
     wait_processed,
+    wait_published,
 )
 
 
@@ -93,7 +93,7 @@ async def test_one_notification_per_final_state_even_when_the_trigger_is_deliver
     await deliver(js, shipped("ord-1"))
     await wait_for_count(js, note.NotificationSent, 1)
     await wait_processed(notification, order_events.OrderShipped, 3)
-    await asyncio.sleep(0.5)
+    await wait_published(notification)
 
     assert await count(js, note.NotificationSent) == 1
     (sent,) = await emitted(js, note.NotificationSent)
@@ -113,12 +113,11 @@ async def test_a_shipment_booked_for_an_order_the_order_service_cancelled_is_not
     assert ship.ShipmentCreated not in notification.definition.handlers
     # Shipping's event gets through first (the order service is the one cut off); before the
     # fix, notification told "shipped" here, then "cancelled" on the heal.
-    await deliver(js, booked("ord-part"))
-    await asyncio.sleep(0.5)
+    await deliver(js, booked("ord-part"))  # stored on the broker before the next publish
     await deliver(js, cancelled("ord-part"))
     await wait_for_count(js, note.NotificationSent, 1)
     await wait_processed(notification, order_events.OrderCancelled, 1)
-    await asyncio.sleep(0.5)
+    await wait_published(notification)
 
     (sent,) = await emitted(js, note.NotificationSent)
     assert (sent.order_id, sent.kind) == ("ord-part", note.NOTIFICATION_KIND_ORDER_CANCELLED)
@@ -130,7 +129,7 @@ async def test_shipped_is_never_told_after_cancelled(notification: ServiceRuntim
     await wait_for_count(js, note.NotificationSent, 1)
     await deliver(js, shipped("ord-both"))
     await wait_processed(notification, order_events.OrderShipped, 1)
-    await asyncio.sleep(0.5)
+    await wait_published(notification)
 
     (sent,) = await emitted(js, note.NotificationSent)
     assert sent.kind == note.NOTIFICATION_KIND_ORDER_CANCELLED
@@ -143,7 +142,7 @@ async def test_a_cancellation_is_told_on_the_customers_preferred_channel(
     await deliver(js, cancelled("ord-2"))
     await wait_for_count(js, note.NotificationSent, 1)
     await wait_processed(notification, order_events.OrderCancelled, 2)
-    await asyncio.sleep(0.5)
+    await wait_published(notification)
 
     (sent,) = await emitted(js, note.NotificationSent)
     assert sent.kind == note.NOTIFICATION_KIND_ORDER_CANCELLED

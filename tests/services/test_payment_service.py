@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ from tests.services import (
     runtime_settings,
     wait_for_count,
     wait_processed,
+    wait_published,
 )
 
 Start = Callable[..., Any]
@@ -179,7 +179,7 @@ async def test_shipping_failed_twice_refunds_exactly_once(payment: ServiceRuntim
         await deliver(js, shipping_events.ShippingFailed(order_id=event.order_id, detail="AQ"))
     await wait_for_count(js, pay.PaymentRefunded, 1)
     await wait_processed(payment, shipping_events.ShippingFailed, 2)
-    await asyncio.sleep(0.5)
+    await wait_published(payment)
 
     assert await count(js, pay.PaymentRefunded) == 1
     (refund,) = await emitted(js, pay.PaymentRefunded)
@@ -199,7 +199,7 @@ async def test_shipping_failed_without_a_charge_refunds_nothing(
 ) -> None:
     await deliver(js, shipping_events.ShippingFailed(order_id="ord-never-charged"))
     await wait_processed(payment, shipping_events.ShippingFailed, 1)
-    await asyncio.sleep(0.3)
+    await wait_published(payment)
     assert await count(js, pay.PaymentRefunded) == 0
 
 
