@@ -187,8 +187,8 @@ async def _run(console: Console, system: System, args: argparse.Namespace, data:
         console.print("[bold]One saga that failed at shipping, rebuilt by correlation id:[/bold]")
         console.print(story)
     console.print(
-        f"bad requests: {len(bad_requests())} sent, all refused with INVALID_ARGUMENT naming"
-        " the field"
+        f"bad requests: {len(bad_requests())} sent, all refused: INVALID_ARGUMENT naming the"
+        " field, or RESOURCE_EXHAUSTED unread when larger than any valid request"
         if not bad_input_problems
         else f"bad requests: {bad_input_problems}"
     )
