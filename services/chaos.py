@@ -1235,14 +1235,20 @@ async def run_chaos(args: argparse.Namespace) -> int:
             redact_url(url).rsplit("/", 1)[-1] for url in chaos.system.database_urls.values()
         )
         console.print(f"Postgres databases for this run: {names}")
+    report = await run_to_report(chaos, console, keep=args.keep)
+    if args.output:
+        args.output.write_text(json.dumps(report.as_json(), indent=2))
+    return 0 if report.ok else 1
+
+
+async def run_to_report(chaos: Chaos, console: Console, *, keep: bool) -> ChaosReport:
+    """Run ``chaos``, clean up after it (unless ``keep``), print and return its report."""
     try:
         report = await chaos.run()
     finally:
-        if args.keep:
+        if keep:
             console.print(f"kept {chaos.workdir}")
         else:
             await chaos.cleanup()
     print_report(console, report)
-    if args.output:
-        args.output.write_text(json.dumps(report.as_json(), indent=2))
-    return 0 if report.ok else 1
+    return report

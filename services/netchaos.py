@@ -73,7 +73,7 @@ from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.redact import redact_url
 from choreo.streamread import read_stream
 from choreo.supervisor import ProcessSpec
-from services.chaos import Chaos, ChaosConfig, ChaosReport, print_report
+from services.chaos import Chaos, ChaosConfig, ChaosReport, run_to_report
 from services.registry import SERVICE_NAMES
 from services.system import System, SystemConfig
 from services.workload import Placed, mixed_paths, request_for
@@ -1140,14 +1140,7 @@ async def run_network_chaos(args: argparse.Namespace) -> int:
         cluster=args.network_cluster,
     )
     chaos = NetworkChaos(config, console)
-    try:
-        report = await chaos.run()
-    finally:
-        if args.keep:
-            console.print(f"kept {chaos.workdir}")
-        else:
-            await chaos.cleanup()
-    print_report(console, report)
+    report = await run_to_report(chaos, console, keep=args.keep)
     chaos.print_fault_log()
     if args.output:
         args.output.write_text(json.dumps(chaos.as_json(), indent=2) + "\n")
