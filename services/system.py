@@ -358,10 +358,21 @@ class System:
         )
         self.broker.start()
 
+    def _spare_port(self) -> int:
+        """A free port for a process of this system, never one it was told to use: free_port
+        only knows what is bound now, and the gRPC base range and the broker's port are bound
+        later (a /metrics server once took a service's gRPC port that way)."""
+        told = {self.config.nats_port} if self.config.nats_port else set()
+        if self.config.grpc_base_port is not None:
+            told |= {self.config.grpc_base_port + offset for offset in PORT_OFFSETS.values()}
+        while (port := free_port(self.config.host)) in told:
+            pass  # free_port hands out each port once per process: this loop ends
+        return port
+
     def _ports(self) -> dict[str, int]:
         base = self.config.grpc_base_port
         if base is None:
-            return {name: free_port(self.config.host) for name in SERVICE_NAMES}
+            return {name: self._spare_port() for name in SERVICE_NAMES}
         ports = {name: base + PORT_OFFSETS[name] for name in SERVICE_NAMES}
         for name, port in ports.items():
             if not port_is_free(port, self.config.host):
@@ -384,7 +395,7 @@ class System:
                 # the others listen on free ports. All share the durable consumers (so they
                 # compete for events) and the database (whose inbox key keeps an event from
                 # being applied twice).
-                port = first_port if replica == 0 else free_port(self.config.host)
+                port = first_port if replica == 0 else self._spare_port()
                 specs.append(self._spec(name, replica_name(name, replica), port, databases, data))
         return specs
 
@@ -395,7 +406,7 @@ class System:
         self.replica_addresses[process] = address
         if process == name:
             self.addresses[name] = address
-        metrics_port = free_port(self.config.host)
+        metrics_port = self._spare_port()
         self.metrics_addresses[process] = f"{self.config.host}:{metrics_port}"
         env = {
             "CHOREO_NATS_URL": self.nats_url,
