@@ -2,13 +2,13 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY requirements ./requirements
+COPY requirements-dev.txt ./
 COPY choreo ./choreo
 COPY services ./services
 COPY gen ./gen
 COPY catalog ./catalog
 # The same locked versions as CI: every package from the lock with its hashes, nothing resolved.
-RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/dev.lock \
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements-dev.txt \
  && pip install --no-cache-dir --no-deps --no-build-isolation -e .
 ENV CHOREO_GRPC_HOST=0.0.0.0 \
     CHOREO_GRPC_PORT=50051 \

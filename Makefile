@@ -9,7 +9,7 @@ STAMP_NPM := node_modules/.installed
 
 .PHONY: lock wheel venv npm gen gen-check lint-proto breaking compose-check browser lint typecheck docs pytest test demo bench chaos clean
 
-LOCK := requirements/dev.lock
+LOCK := requirements-dev.txt
 
 # Every Python package comes from the lock, checked against its hashes, so the same commit
 # installs the same versions on every machine; the project itself goes in editable, without
@@ -28,7 +28,7 @@ $(STAMP_NPM): package.json package-lock.json
 venv: $(STAMP_PY)
 npm: $(STAMP_NPM)
 
-## Re-resolve requirements/dev.lock from pyproject.toml (newest versions its ranges allow).
+## Re-resolve requirements-dev.txt from pyproject.toml (newest versions its ranges allow).
 lock: venv
 	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --universal \
 	  --python-version 3.11 --quiet -o $(LOCK)

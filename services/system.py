@@ -365,8 +365,10 @@ class System:
         told = {self.config.nats_port} if self.config.nats_port else set()
         if self.config.grpc_base_port is not None:
             told |= {self.config.grpc_base_port + offset for offset in PORT_OFFSETS.values()}
-        while (port := free_port(self.config.host)) in told:
-            pass  # free_port hands out each port once per process: this loop ends
+        # free_port hands out each port once per process, so this ends within len(told) + 1.
+        port = free_port(self.config.host)
+        while port in told:
+            port = free_port(self.config.host)
         return port
 
     def _ports(self) -> dict[str, int]:

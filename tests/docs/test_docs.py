@@ -142,7 +142,7 @@ REPO_FOLDERS = (
     "deploy/",
     "examples/",
     "proto/",
-    "requirements/",
+    "requirements-dev.txt",
     "scripts/",
     "services/",
     "tests/",

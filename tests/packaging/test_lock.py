@@ -1,4 +1,4 @@
-"""requirements/dev.lock decides what this repository develops and tests with.
+"""requirements-dev.txt decides what this repository develops and tests with.
 
 `pyproject.toml` keeps ranges for the runtime's users; the lock pins one version of every
 package, with hashes. These tests fail when the two disagree (a dependency added to one and not
@@ -18,7 +18,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
-LOCK = REPO / "requirements" / "dev.lock"
+LOCK = REPO / "requirements-dev.txt"
 PIN = re.compile(
     r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)(?: ; (?P<marker>.+?))? \\$"
 )

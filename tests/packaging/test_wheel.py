@@ -41,8 +41,8 @@ def run(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[s
 
 
 def locked_constraints() -> str:
-    """requirements/dev.lock's pins with their markers, without the hashes."""
-    lock = (REPO / "requirements" / "dev.lock").read_text()
+    """requirements-dev.txt's pins with their markers, without the hashes."""
+    lock = (REPO / "requirements-dev.txt").read_text()
     return "".join(
         line.removesuffix("\\").rstrip() + "\n"
         for line in lock.splitlines()
