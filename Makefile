@@ -14,10 +14,10 @@ LOCK := requirements-dev.txt
 # Every Python package comes from the lock, checked against its hashes, so the same commit
 # installs the same versions on every machine; the project itself goes in editable, without
 # resolving anything (the build backend, hatchling, is in the lock too).
-$(STAMP_PY): pyproject.toml $(LOCK)
+$(STAMP_PY): pyproject.toml contracts/pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . -e contracts
 	$(PY) -m pip check
 	touch $@
 
@@ -50,7 +50,7 @@ lint-proto: npm
 
 ## Fail on a breaking change against the released schema (proto-baseline/).
 breaking: npm
-	$(NPM_BIN)/buf breaking --against proto-baseline/choreo-v1.binpb
+	$(NPM_BIN)/buf breaking --against proto-baseline/released.binpb
 
 ## docker-compose.yml must stay valid; Debian's docker-compose checks it without an engine.
 compose-check:

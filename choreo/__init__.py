@@ -1,7 +1,9 @@
 """choreo: a runtime for choreographed sagas over NATS JetStream.
 
-The generated Protobuf modules (``choreo.order.v1`` and friends) live in ``gen/python/choreo``;
-extending ``__path__`` lets them share this top-level package name with the runtime.
+In a checkout, the runtime's own generated module (``choreo.choreography.v1``, the options a
+contract is written with) lives in ``gen/python/choreo``; extending ``__path__`` finds it there.
+The wheel carries it inside this package. Contracts of a system (the reference shop's
+``shop.order.v1`` and friends) are packages of their own.
 """
 
 import pkgutil

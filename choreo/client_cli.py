@@ -9,13 +9,13 @@ from typing import cast
 
 import grpc
 
-from choreo.common.v1 import address_pb2, order_line_pb2
 from choreo.errors import ConfigurationError
 from choreo.grpc_tls import open_channel
-from choreo.order.v1 import order_service_pb2 as pb
-from choreo.order.v1 import order_service_pb2_grpc as pb_grpc
 from choreo.status import resolve_address
 from choreo.telemetry import configure_tracing, shutdown_tracing
+from shop.common.v1 import address_pb2, order_line_pb2
+from shop.order.v1 import order_service_pb2 as pb
+from shop.order.v1 import order_service_pb2_grpc as pb_grpc
 
 
 def tls_refused(exc: grpc.aio.AioRpcError) -> bool:

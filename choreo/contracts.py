@@ -6,12 +6,13 @@ and which RPCs emit events are all written in ``.proto`` files as custom options
 tool in any other language can rebuild the same graph from the same descriptors.
 
 Nothing is listed by hand. The contracts are every generated module (``*_pb2``) found in the
-*contract packages*: ``choreo`` (this project's, when they are installed), the packages named in
-``CHOREO_CONTRACTS`` (comma-separated, e.g. ``acme.loyalty.v1``), and those added with
+*contract packages*: those an installed distribution declares in the ``choreo.contracts``
+entry-point group (the reference system's contracts wheel declares ``shop``), the packages named
+in ``CHOREO_CONTRACTS`` (comma-separated, e.g. ``acme.loyalty.v1``), and those added with
 :func:`use` (a service's composition root adds its own). A context exists because a file
 declares events or a service in its package (``choreo.subjects`` says how packages map to
 contexts, streams and subjects), so another team's package (``acme.loyalty.v1``) takes part like
-``choreo.order.v1`` does.
+``shop.order.v1`` does.
 
 Everything here is pure: the generated modules are imported on first use, never at import time.
 """
@@ -24,6 +25,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
+from importlib.metadata import entry_points
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any
@@ -36,8 +38,9 @@ from choreo import subjects
 from choreo.choreography.v1 import choreography_pb2
 from choreo.errors import ConfigurationError
 
-#: Always searched: this project's own contracts, wherever ``choreo`` is installed.
-DEFAULT_PACKAGES: tuple[str, ...] = (subjects.PREFIX,)
+#: The entry-point group where an installed contracts distribution names its package, e.g.
+#: ``[project.entry-points."choreo.contracts"] shop = "shop"``: installing it is enough.
+ENTRY_POINT_GROUP = "choreo.contracts"
 #: More contract packages, comma-separated (e.g. ``acme.loyalty.v1``).
 PACKAGES_VARIABLE = "CHOREO_CONTRACTS"
 
@@ -61,7 +64,12 @@ def contract_packages() -> tuple[str, ...]:
     from_env = [
         name.strip() for name in os.environ.get(PACKAGES_VARIABLE, "").split(",") if name.strip()
     ]
-    return tuple(dict.fromkeys([*DEFAULT_PACKAGES, *from_env, *_used]))
+    return tuple(dict.fromkeys([*installed_packages(), *from_env, *_used]))
+
+
+def installed_packages() -> list[str]:
+    """The contract packages installed distributions declare (``choreo.contracts``), by name."""
+    return sorted(entry.value for entry in entry_points(group=ENTRY_POINT_GROUP))
 
 
 class ContractsError(ConfigurationError):
@@ -118,7 +126,7 @@ def refresh() -> None:
 class Edge:
     """One reaction of the saga: ``service`` handles ``trigger`` and emits one of ``emits``.
 
-    Event names are full Protobuf names (``choreo.order.v1.OrderCreated``); ``emits`` is empty
+    Event names are full Protobuf names (``shop.order.v1.OrderCreated``); ``emits`` is empty
     when the service only records what happened. ``catch_up``: events the reaction publishes
     first when the trigger overtook the event that normally causes them.
     """
@@ -296,7 +304,7 @@ def _command_emits() -> Mapping[str, tuple[str, ...]]:
 def command_emits() -> dict[str, tuple[str, ...]]:
     """The events each RPC emits, by the RPC's full name.
 
-    For example ``{"choreo.order.v1.OrderService.PlaceOrder": ("choreo.order.v1.OrderCreated",)}``;
+    For example ``{"shop.order.v1.OrderService.PlaceOrder": ("shop.order.v1.OrderCreated",)}``;
     RPCs that emit nothing (queries) are left out.
     """
     return dict(_command_emits())

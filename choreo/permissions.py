@@ -11,7 +11,7 @@ context it owns, so the broker's permissions are derived from them, not written 
 - it creates, reads and pulls only its own durable consumers, by name, on the streams it
   reacts to: it cannot open a consumer on a stream it does not react to, nor pull from another
   service's durable. (The broker cannot pin a durable's filter: a wildcard filter such as
-  ``choreo.order.v1.OrderCreated.>`` cannot appear in the consumer-create subject. The stream
+  ``shop.order.v1.OrderCreated.>`` cannot appear in the consumer-create subject. The stream
   and the name are what is enforced.);
 - replies come back on a private inbox prefix (``_INBOX_<service>.>``), so no one else can read
   another service's request replies.

@@ -2,22 +2,21 @@
 
 - An event's subject is its full Protobuf name followed by the saga's correlation id (the order
   id in the reference system): ``<namespace>.v<N>.<EventType>.<correlation id>``, e.g.
-  ``choreo.order.v1.OrderCreated.<order id>`` or ``acme.loyalty.v1.PointsAwarded.<order id>``.
+  ``shop.order.v1.OrderCreated.<order id>`` or ``acme.loyalty.v1.PointsAwarded.<order id>``.
   So a subject carries the context, the schema version and the event type, and one saga's
   events are read with a filter on the last token instead of a scan of whole streams.
   Consumers filter on ``<full name>.>``; permissions are granted per context
   (``<namespace>.>``).
-- The *namespace* is the Protobuf package without its version (``choreo.order``,
-  ``acme.loyalty``); it has at least two tokens, an organisation and a context. The *context*
-  names it for short: this project's own packages drop the ``choreo.`` prefix (``order``), any
-  other package keeps its namespace whole (``acme.loyalty``). So a context without a dot is
-  ``choreo.<context>``, and every name below is a pure function of an event's full name.
+- The *namespace* is the Protobuf package without its version (``shop.order``,
+  ``acme.loyalty``); it has at least two tokens, an organisation and a context, and it is the
+  *context*'s name, whole. No organisation is special, the runtime's own included, so every
+  name below is a pure function of an event's full name.
 - The service that owns a context, and publishes its events, is named by the context's last
   token (``order``, ``loyalty``): its durables, dead letters and broker user carry that name.
 - A correlation id that is not a safe subject token (``[A-Za-z0-9_-]``, at most 128 long) is
   replaced by ``h-`` and a hash of it: the header still carries it exactly, the subject only
   has to narrow a look-up.
-- One stream per context: the namespace in capitals with ``_`` for ``.`` (``CHOREO_ORDER``,
+- One stream per context: the namespace in capitals with ``_`` for ``.`` (``SHOP_ORDER``,
   ``ACME_LOYALTY``), holding ``<namespace>.>``.
 - Dead letters: stream ``CHOREO_DLQ`` holding ``choreo.dlq.<service>.<original subject>``.
   The service token is the letter's origin: each service's broker user may publish only under
@@ -52,7 +51,7 @@ def subject_token(correlation_id: str) -> str:
 
 
 def event_subject(full_name: str, correlation_id: str) -> str:
-    """``choreo.order.v1.OrderCreated.<order id>``: the Protobuf name, then the saga."""
+    """``shop.order.v1.OrderCreated.<order id>``: the Protobuf name, then the saga."""
     parse_event_name(full_name)  # validates the shape
     return f"{full_name}.{subject_token(correlation_id)}"
 
@@ -68,7 +67,7 @@ def saga_filter(context: str, correlation_id: str) -> str:
 
 
 def event_type_of_subject(subject: str) -> str:
-    """``choreo.order.v1.OrderCreated.<id>`` -> ``choreo.order.v1.OrderCreated`` (a bare event
+    """``shop.order.v1.OrderCreated.<id>`` -> ``shop.order.v1.OrderCreated`` (a bare event
     name is returned as it is)."""
     tokens = subject.split(".")
     if len(tokens) >= 2 and _VERSION.fullmatch(tokens[-2]):
@@ -93,29 +92,34 @@ def parse_event_name(full_name: str) -> tuple[str, str, str]:
         raise ValueError(
             f"event name {full_name!r} is not of the form <organisation>.<context>.v<N>.<EventType>"
             " (a message in a versioned Protobuf package of at least two names, e.g."
-            " choreo.order.v1.OrderCreated or acme.loyalty.v1.PointsAwarded)"
+            " shop.order.v1.OrderCreated or acme.loyalty.v1.PointsAwarded)"
         )
     return ".".join(tokens[:-2]), tokens[-2], tokens[-1]
 
 
 def context_of(full_name: str) -> str:
-    """The context of an event: ``choreo.order.v1.OrderCreated`` -> ``order``,
-    ``acme.loyalty.v1.PointsAwarded`` -> ``acme.loyalty``."""
+    """The context of an event: ``shop.order.v1.OrderCreated`` -> ``shop.order``."""
     namespace, _, _ = parse_event_name(full_name)
     return context_of_namespace(namespace)
 
 
 def context_of_namespace(namespace: str) -> str:
-    """``choreo.order`` -> ``order``; any other namespace is its own context."""
-    organisation, _, rest = namespace.partition(".")
-    if organisation == PREFIX and rest and "." not in rest:
-        return rest
+    """A namespace is its own context: ``shop.order`` -> ``shop.order``."""
     return namespace
 
 
 def namespace_of(context: str) -> str:
-    """``order`` -> ``choreo.order``; ``acme.loyalty`` -> ``acme.loyalty``."""
-    return context if "." in context else f"{PREFIX}.{context}"
+    """A context is its namespace: ``shop.order`` -> ``shop.order``.
+
+    Raises ``ValueError`` for a name of one token (``order``): a context names its
+    organisation too, so two teams' ``order`` contexts never share a stream.
+    """
+    if "." not in context:
+        raise ValueError(
+            f"context {context!r} has no organisation: write it as the Protobuf package"
+            f" without its version, e.g. 'shop.{context}'"
+        )
+    return context
 
 
 def service_of(context: str) -> str:
@@ -124,7 +128,7 @@ def service_of(context: str) -> str:
 
 
 def version_of(full_name: str) -> int:
-    """The schema version of an event: ``choreo.order.v1.OrderCreated`` -> ``1``."""
+    """The schema version of an event: ``shop.order.v1.OrderCreated`` -> ``1``."""
     _, version, _ = parse_event_name(full_name)
     return int(version.removeprefix("v"))
 
@@ -161,8 +165,8 @@ def dlq_subject(service: str, original_subject: str) -> str:
 
 
 def parse_dlq_subject(subject: str) -> tuple[str, str]:
-    """``choreo.dlq.payment.choreo.inventory.v1.InventoryReserved.o-1`` ->
-    ``("payment", "choreo.inventory.v1.InventoryReserved.o-1")``; ``("", "")`` for a subject
+    """``choreo.dlq.payment.shop.inventory.v1.InventoryReserved.o-1`` ->
+    ``("payment", "shop.inventory.v1.InventoryReserved.o-1")``; ``("", "")`` for a subject
     that is not a dead letter's."""
     prefix = f"{DLQ_PREFIX}."
     if not subject.startswith(prefix):

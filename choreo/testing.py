@@ -79,7 +79,7 @@ async def wait_for(
 
 
 async def stream_count(js: Any, stream: str, subject: str | None = None) -> int:
-    """Messages in a stream (optionally of one event type, e.g. ``choreo.order.v1.OrderCreated``,
+    """Messages in a stream (optionally of one event type, e.g. ``shop.order.v1.OrderCreated``,
     or on one exact subject)."""
     if subject:
         wanted = subject if subject.count(".") >= 4 else subjects.event_type_filter(subject)

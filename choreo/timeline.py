@@ -32,7 +32,7 @@ class Step:
     event_type: str  # the short name: OrderCreated
     event_id: str
     causation_id: str
-    full_type: str = ""  # choreo.order.v1.OrderCreated
+    full_type: str = ""  # shop.order.v1.OrderCreated
     payload: dict[str, Any] | None = None  # None: not decodable (see payload_error)
     payload_error: str = ""
     stream: str = ""

@@ -44,10 +44,10 @@ async def measure(levels: list[int], seconds: float, rate: float) -> dict[str, A
     import grpc
     import nats
 
-    from choreo.order.v1 import order_service_pb2_grpc as order_grpc
     from services import bench
     from services.system import System, SystemConfig
     from services.workload import SagaPath, request_for
+    from shop.order.v1 import order_service_pb2_grpc as order_grpc
 
     workdir = Path(tempfile.mkdtemp(prefix="choreo-before-after-"))
     env = {"CHOREO_CATALOG": str(bench.BENCH_CATALOG), "CHOREO_METRICS_PORT": "0"}

@@ -30,11 +30,6 @@ from choreo.envelope import (
     H_SUBJECT,
     H_TYPE,
 )
-from choreo.inventory.v1 import inventory_service_pb2 as inventory_pb
-from choreo.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.order.v1 import order_service_pb2 as order_pb
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.store.sqlite import path_of as sqlite_path_of
 from choreo.streamread import StoredMessage, read_stream
 from choreo.streams import CONTEXTS
@@ -43,6 +38,11 @@ from services.payment.gateway import FakePaymentGateway
 from services.registry import SERVICE_NAMES
 from services.settings import SagaSettings
 from services.shipping.provider import FakeShippingProvider
+from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
+from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from shop.order.v1 import events_pb2 as order_events
+from shop.order.v1 import order_service_pb2 as order_pb
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 
 SHIPPED = order_pb.ORDER_STATUS_SHIPPED
 CANCELLED = order_pb.ORDER_STATUS_CANCELLED

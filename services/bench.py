@@ -52,8 +52,6 @@ from rich.table import Table
 
 from choreo import subjects
 from choreo.broker import EmbeddedBroker
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.settings import RuntimeSettings
 from choreo.streams import ensure_streams
 from choreo.supervisor import ProcessSpec, Supervisor
@@ -62,6 +60,8 @@ from services.registry import SERVICE_NAMES
 from services.settings import REPO_ROOT
 from services.system import System, SystemConfig
 from services.workload import SagaPath, request_for
+from shop.order.v1 import events_pb2 as order_events
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 
 BENCH_CATALOG = REPO_ROOT / "catalog" / "bench.json"
 SERVE_ARGV = ("-m", "choreo.cli", "serve")
@@ -69,7 +69,7 @@ SERVE_ARGV = ("-m", "choreo.cli", "serve")
 FASTSTREAM_ARGV = ("-m", "services.faststream_build")
 # The serial naive build: plain nats-py, one message at a time per consumer, asyncio's loop.
 NAIVE_ARGV = ("-m", "services.naive")
-DONE_SUBJECT = "choreo.notification.v1.NotificationSent"
+DONE_SUBJECT = "shop.notification.v1.NotificationSent"
 
 
 # What each line runs; "faststream" is the FastStream build (no inbox, outbox or dedup).

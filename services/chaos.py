@@ -65,9 +65,6 @@ from choreo import contracts, dlq, faults, grpc_errors, sealing, subjects
 from choreo.cluster import seed_urls
 from choreo.envelope import H_CORRELATION_ID, H_ID, H_MSG_ID, H_SUBJECT, H_TIME, H_TYPE
 from choreo.errors import ConfigurationError
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.order.v1 import order_service_pb2 as order_pb
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.redact import redact_url
 from choreo.settings import RuntimeSettings
 from choreo.streamread import StoredMessage, read_stream
@@ -94,18 +91,21 @@ from services.workload import (
     request_for,
     wait_until_final,
 )
+from shop.order.v1 import events_pb2 as order_events
+from shop.order.v1 import order_service_pb2 as order_pb
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 
 CHAOS_CATALOG = REPO_ROOT / "catalog" / "chaos.json"
 CRASH_CUSTOMER = "cust-crash"  # its PaymentCompleted kills shipping on every delivery
-CRASH_EVENT = "choreo.payment.v1.PaymentCompleted"
+CRASH_EVENT = "shop.payment.v1.PaymentCompleted"
 CRASH_POINTS = {
     "kill_after_commit_before_ack": faults.AFTER_COMMIT_BEFORE_ACK,
     "kill_after_publish_before_mark": faults.AFTER_PUBLISH_BEFORE_MARK,
 }
 POISON_SUBJECTS = (
-    "choreo.order.v1.OrderCreated",
-    "choreo.payment.v1.PaymentCompleted",
-    "choreo.shipping.v1.ShipmentCreated",
+    "shop.order.v1.OrderCreated",
+    "shop.payment.v1.PaymentCompleted",
+    "shop.shipping.v1.ShipmentCreated",
 )
 
 
@@ -123,8 +123,8 @@ PROBES_PER_OUTAGE = 3
 OPERATOR = "chaos-operator"
 # Each provider's failure event: a cancellation it caused, and the moment it did.
 FAILURE_EVENTS = {
-    "payment": "choreo.payment.v1.PaymentFailed",
-    "shipping": "choreo.shipping.v1.ShippingFailed",
+    "payment": "shop.payment.v1.PaymentFailed",
+    "shipping": "shop.shipping.v1.ShippingFailed",
 }
 CANCELLED_BY: dict[int, str] = {
     order_events.CANCELLATION_REASON_PAYMENT_FAILED: "payment",
@@ -567,8 +567,8 @@ class Chaos:
             self.busy.subtract({"order", "inventory"})
         self.report.faults["schema_migration_window"] += 1
         # What the window put on the wire: orders told in v2, and in both versions at once.
-        v2 = await self._orders_with(js, "choreo.order.v2.OrderCreated")
-        v1 = await self._orders_with(js, "choreo.order.v1.OrderCreated")
+        v2 = await self._orders_with(js, "shop.order.v2.OrderCreated")
+        v1 = await self._orders_with(js, "shop.order.v1.OrderCreated")
         self.report.faults["schema_migration_orders_in_v2"] += len(v2)
         self.report.faults["schema_migration_orders_in_both"] += len(v2 & v1)
 
@@ -1028,7 +1028,7 @@ class Chaos:
             self.completions.append(time.monotonic())
 
         await nc.subscribe(
-            subjects.event_type_filter("choreo.notification.v1.NotificationSent"), cb=completed
+            subjects.event_type_filter("shop.notification.v1.NotificationSent"), cb=completed
         )
         paths = mixed_paths(c.sagas, seed=c.seed)
         await self.arm_processes()

@@ -21,8 +21,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from choreo import grpc_errors, timeline
-from choreo.order.v1 import order_service_pb2 as order_pb
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from services.audit import AuditReport, audit, read_ledgers, wait_for_quiescence
 from services.catalog import load_catalog
 from services.settings import SagaSettings
@@ -36,6 +34,8 @@ from services.workload import (
     refused_as_it_should_be,
     wait_until_final,
 )
+from shop.order.v1 import order_service_pb2 as order_pb
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 
 INVARIANTS = {
     1: "every saga ends in exactly one final state, with its compensations",

@@ -69,7 +69,6 @@ from rich.console import Console
 from choreo import natsconn, subjects
 from choreo.cluster import EmbeddedCluster, node_name
 from choreo.errors import ConfigurationError
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.redact import redact_url
 from choreo.streamread import read_stream
 from choreo.supervisor import ProcessSpec
@@ -77,6 +76,7 @@ from services.chaos import Chaos, ChaosConfig, ChaosReport, run_to_report
 from services.registry import SERVICE_NAMES
 from services.system import System, SystemConfig
 from services.workload import Placed, mixed_paths, request_for
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 
 log = logging.getLogger(__name__)
 
@@ -1027,7 +1027,7 @@ class NetworkChaos(Chaos):
             log.warning("cannot ask for the order stream's leader: %r", exc)
             return None
         try:
-            info = await nc.jetstream().stream_info(subjects.stream_name("order"))
+            info = await nc.jetstream().stream_info(subjects.stream_name("shop.order"))
             return info.cluster.leader if info.cluster is not None else None
         except Exception as exc:
             log.warning("cannot ask for the order stream's leader: %r", exc)

@@ -39,14 +39,14 @@ from choreo.store.schema import runtime_schema
 # Body sizes of each event on the happy path, as the real services serialise them (measured
 # from a demo run's streams, rounded up): the raw chain sends as many bytes as the saga.
 BODY_SIZES = {
-    "choreo.order.v1.OrderCreated": 190,
-    "choreo.inventory.v1.InventoryReserved": 230,
-    "choreo.payment.v1.PaymentCompleted": 200,
-    "choreo.order.v1.OrderConfirmed": 80,
-    "choreo.shipping.v1.ShipmentCreated": 170,
-    "choreo.order.v1.OrderShipped": 110,
-    "choreo.inventory.v1.InventoryShipped": 150,
-    "choreo.notification.v1.NotificationSent": 190,
+    "shop.order.v1.OrderCreated": 190,
+    "shop.inventory.v1.InventoryReserved": 230,
+    "shop.payment.v1.PaymentCompleted": 200,
+    "shop.order.v1.OrderConfirmed": 80,
+    "shop.shipping.v1.ShipmentCreated": 170,
+    "shop.order.v1.OrderShipped": 110,
+    "shop.inventory.v1.InventoryShipped": 150,
+    "shop.notification.v1.NotificationSent": 190,
 }
 
 

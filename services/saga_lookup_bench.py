@@ -108,7 +108,7 @@ async def run_saga_lookup_bench(args: argparse.Namespace) -> int:
                 raise AssertionError(f"saga {order_id}: {len(steps)} steps found, expected 8")
         # The old way, on one stream only: read it whole and filter by header.
         started = time.perf_counter()
-        whole = await read_stream(js, subjects.stream_name("order"))
+        whole = await read_stream(js, subjects.stream_name("shop.order"))
         whole_stream_s = time.perf_counter() - started
         await nc.close()
     finally:

@@ -22,7 +22,7 @@ NANOS_PER_UNIT = 1_000_000_000
 
 def minor_to_decimal(amount_minor: int, currency: str) -> tuple[int, int]:
     """Minor units -> (whole units, billionths): 1050 USD -> (10, 500000000), 1050 JPY ->
-    (1050, 0). The shape of choreo.common.v2.Money."""
+    (1050, 0). The shape of shop.common.v2.Money."""
     per_unit = 10 ** MINOR_UNIT_DIGITS[currency]
     units, fraction = divmod(amount_minor, per_unit)
     return units, fraction * (NANOS_PER_UNIT // per_unit)

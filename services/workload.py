@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from choreo.common.v1 import address_pb2, order_line_pb2
-from choreo.order.v1 import order_service_pb2 as order_pb
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
+from shop.common.v1 import address_pb2, order_line_pb2
+from shop.order.v1 import order_service_pb2 as order_pb
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 
 FINAL = (order_pb.ORDER_STATUS_SHIPPED, order_pb.ORDER_STATUS_CANCELLED)
 EVERYDAY_SKUS = ("SKU-MUG", "SKU-TEE", "SKU-CAP", "SKU-BOOK", "SKU-PEN", "SKU-BAG")

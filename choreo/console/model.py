@@ -32,16 +32,16 @@ from choreo.streamread import StoredMessage
 
 # The command starts a saga with this event (``PlaceOrder`` emits it; checked against the
 # contracts by the tests), and these events of the order service move the order along.
-START_EVENT = "choreo.order.v1.OrderCreated"
+START_EVENT = "shop.order.v1.OrderCreated"
 # Every schema version of it that may be on the wire (during a migration both are, see
 # docs/evolution.md): a saga is listed by whichever comes first.
-START_EVENTS = (START_EVENT, "choreo.order.v2.OrderCreated")
+START_EVENTS = (START_EVENT, "shop.order.v2.OrderCreated")
 STATUS_EVENTS = {
-    "choreo.order.v1.OrderConfirmed": "confirmed",
-    "choreo.order.v1.OrderShipped": "shipped",
-    "choreo.order.v1.OrderCancelled": "cancelled",
+    "shop.order.v1.OrderConfirmed": "confirmed",
+    "shop.order.v1.OrderShipped": "shipped",
+    "shop.order.v1.OrderCancelled": "cancelled",
 }
-NOTIFIED_EVENT = "choreo.notification.v1.NotificationSent"
+NOTIFIED_EVENT = "shop.notification.v1.NotificationSent"
 FINAL_STATUSES = ("shipped", "cancelled")
 # A cancellation wins over everything; a shipment over a confirmation.
 _STATUS_RANK = {"pending": 0, "confirmed": 1, "shipped": 2, "cancelled": 3}
@@ -106,7 +106,7 @@ class TimelineEvent:
     seq: int
     at: datetime
     service: str
-    event_type: str  # full name, e.g. choreo.order.v1.OrderCreated
+    event_type: str  # full name, e.g. shop.order.v1.OrderCreated
     event_id: str
     causation_id: str
     cause_type: str  # full name of the cause within this saga, "" for the command

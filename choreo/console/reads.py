@@ -2,14 +2,14 @@
 
 Each read is a throwaway consumer filtered on subjects, so it costs what it returns, not the
 size of the streams (subjects are ``<namespace>.v<N>.<Event>.<order id>``, e.g.
-``choreo.order.v1.OrderCreated.<order id>``, ``acme.loyalty.v1.PointsAwarded.<order id>``):
+``shop.order.v1.OrderCreated.<order id>``, ``acme.loyalty.v1.PointsAwarded.<order id>``):
 
 - the sagas list reads the newest ``OrderCreated`` events (growing a window back from the end
   of the order stream until it holds enough), then, from the oldest of them on, the order
   service's status events and ``NotificationSent``;
 - a saga is read per stream with the per-saga filter ``<namespace>.*.*.<order id>`` (as
   ``choreo saga`` does), and its dead letters with ``choreo.dlq.*.<namespace>.*.*.<order id>``,
-  one filter per namespace of the contract packages (``choreo.order``, ``acme.loyalty`` ...).
+  one filter per namespace of the contract packages (``shop.order``, ``acme.loyalty`` ...).
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ async def replays_of(js: Any, letter: dlq.DeadLetter) -> list[Replayed]:
     """Where a dead letter was replayed: messages on its original subject that name it.
 
     The subject is ``<namespace>.v<N>.<EventType>.<correlation id>`` of any contract package
-    (``choreo.order.v1.OrderCreated.<id>``, ``acme.loyalty.v1.PointsAwarded.<id>``); its
+    (``shop.order.v1.OrderCreated.<id>``, ``acme.loyalty.v1.PointsAwarded.<id>``); its
     stream is the namespace's."""
     if letter.is_parked_notice:
         return []

@@ -16,9 +16,9 @@ import nats
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from choreo.payment.v1 import events_pb2
+from shop.payment.v1 import events_pb2
 
-EVENT_TYPE = "choreo.payment.v1.PaymentCompleted"
+EVENT_TYPE = "shop.payment.v1.PaymentCompleted"
 
 
 async def consume(nats_url: str, durable: str, until: str | None) -> None:
@@ -27,7 +27,7 @@ async def consume(nats_url: str, durable: str, until: str | None) -> None:
     sub = await js.pull_subscribe(
         f"{EVENT_TYPE}.>",  # every PaymentCompleted, whatever the order
         durable=durable,  # your team's name: it keeps its position across restarts
-        stream="CHOREO_PAYMENT",
+        stream="SHOP_PAYMENT",
         config=ConsumerConfig(
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,  # or NEW / BY_START_TIME for no history
@@ -68,7 +68,7 @@ async def consume(nats_url: str, durable: str, until: str | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nats", default="nats://127.0.0.1:4222")
-    parser.add_argument("--durable", default="billing__payment_v1_PaymentCompleted")
+    parser.add_argument("--durable", default="billing__shop_payment_v1_PaymentCompleted")
     parser.add_argument("--until", help="stop after the payment of this order")
     args = parser.parse_args()
     asyncio.run(consume(args.nats, args.durable, args.until))

@@ -36,16 +36,16 @@ import {
 } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 
-import { file_choreo_inventory_v1_events } from "../../gen/ts/choreo/inventory/v1/events_pb.js";
-import { file_choreo_notification_v1_events } from "../../gen/ts/choreo/notification/v1/events_pb.js";
-import { file_choreo_order_v1_events } from "../../gen/ts/choreo/order/v1/events_pb.js";
+import { file_choreo_inventory_v1_events } from "../../gen/ts/shop/inventory/v1/events_pb.js";
+import { file_choreo_notification_v1_events } from "../../gen/ts/shop/notification/v1/events_pb.js";
+import { file_choreo_order_v1_events } from "../../gen/ts/shop/order/v1/events_pb.js";
 import {
   type Order,
   OrderService,
   OrderStatus,
-} from "../../gen/ts/choreo/order/v1/order_service_pb.js";
-import { file_choreo_payment_v1_events } from "../../gen/ts/choreo/payment/v1/events_pb.js";
-import { file_choreo_shipping_v1_events } from "../../gen/ts/choreo/shipping/v1/events_pb.js";
+} from "../../gen/ts/shop/order/v1/order_service_pb.js";
+import { file_choreo_payment_v1_events } from "../../gen/ts/shop/payment/v1/events_pb.js";
+import { file_choreo_shipping_v1_events } from "../../gen/ts/shop/shipping/v1/events_pb.js";
 import { BadRequestSchema } from "../../gen/ts/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/ts/google/rpc/status_pb.js";
 
@@ -190,7 +190,7 @@ const EVENT_FILES = [
   file_choreo_notification_v1_events,
 ];
 const EVENTS = createRegistry(...EVENT_FILES);
-// One stream per bounded context, named after the package: choreo.order.v1 -> CHOREO_ORDER.
+// One stream per bounded context, named after the package: shop.order.v1 -> SHOP_ORDER.
 const STREAMS = EVENT_FILES.map((file) => `CHOREO_${file.proto.package.split(".")[1].toUpperCase()}`);
 
 type SeenEvent = { id: string; type: string; subject: string; correlationId: string };

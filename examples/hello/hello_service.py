@@ -9,9 +9,9 @@ from google.protobuf.message import Message
 
 from choreo import contracts
 from choreo.handling import Handler, HandlerContext
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceDefinition
 from choreo.settings import RuntimeSettings
+from shop.order.v1 import events_pb2 as order_events
 
 log = logging.getLogger("hello")
 

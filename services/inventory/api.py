@@ -6,13 +6,13 @@ import grpc
 
 from choreo import validation
 from choreo.grpc_errors import abort_not_found
-from choreo.inventory.v1 import inventory_service_pb2 as pb
-from choreo.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from choreo.service import ServiceRuntime
 from services.inventory import domain, mapping, store
 from services.paging import read_page
+from shop.inventory.v1 import inventory_service_pb2 as pb
+from shop.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 
-SERVICE_NAME = "choreo.inventory.v1.InventoryService"
+SERVICE_NAME = "shop.inventory.v1.InventoryService"
 
 
 class InventoryApi(pb_grpc.InventoryServiceServicer):

@@ -15,12 +15,12 @@ from google.protobuf.message import Message
 
 from choreo.errors import PermanentError, TransientError
 from choreo.handling import Handler, HandlerContext
-from choreo.inventory.v1 import events_pb2 as inventory_events
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.order.v2 import events_pb2 as order_events_v2
-from choreo.payment.v1 import events_pb2 as payment_events
-from choreo.shipping.v1 import events_pb2 as shipping_events
 from services.inventory import domain, mapping, store
+from shop.inventory.v1 import events_pb2 as inventory_events
+from shop.order.v1 import events_pb2 as order_events
+from shop.order.v2 import events_pb2 as order_events_v2
+from shop.payment.v1 import events_pb2 as payment_events
+from shop.shipping.v1 import events_pb2 as shipping_events
 
 log = logging.getLogger(__name__)
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from choreo.common.v1 import money_pb2, order_line_pb2
-from choreo.common.v2 import money_pb2 as money_v2_pb2
-from choreo.inventory.v1 import events_pb2, inventory_service_pb2
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.order.v2 import events_pb2 as order_events_v2
 from services.inventory import domain
 from services.values import decimal_to_minor
+from shop.common.v1 import money_pb2, order_line_pb2
+from shop.common.v2 import money_pb2 as money_v2_pb2
+from shop.inventory.v1 import events_pb2, inventory_service_pb2
+from shop.order.v1 import events_pb2 as order_events
+from shop.order.v2 import events_pb2 as order_events_v2
 
 REJECTION_REASONS = {
     domain.RejectionReason.UNKNOWN_SKU: events_pb2.RESERVATION_FAILURE_REASON_UNKNOWN_SKU,

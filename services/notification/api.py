@@ -6,12 +6,12 @@ import grpc
 
 from choreo import validation
 from choreo.grpc_errors import abort_invalid
-from choreo.notification.v1 import notification_service_pb2 as pb
-from choreo.notification.v1 import notification_service_pb2_grpc as pb_grpc
 from choreo.service import ServiceRuntime
 from services.notification import mapping, store
+from shop.notification.v1 import notification_service_pb2 as pb
+from shop.notification.v1 import notification_service_pb2_grpc as pb_grpc
 
-SERVICE_NAME = "choreo.notification.v1.NotificationService"
+SERVICE_NAME = "shop.notification.v1.NotificationService"
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 

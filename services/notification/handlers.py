@@ -23,9 +23,9 @@ from typing import Any
 from google.protobuf.message import Message
 
 from choreo.handling import Handler, HandlerContext
-from choreo.order.v1 import events_pb2 as order_events
 from services.catalog import Catalog
 from services.notification import domain, mapping, store
+from shop.order.v1 import events_pb2 as order_events
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ import json
 
 from google.protobuf import timestamp_pb2
 
-from choreo.notification.v1 import events_pb2, notification_service_pb2
-from choreo.order.v1 import events_pb2 as order_events
 from services.notification import domain
 from services.values import from_iso
+from shop.notification.v1 import events_pb2, notification_service_pb2
+from shop.order.v1 import events_pb2 as order_events
 
 KINDS = {
     domain.NotificationKind.ORDER_SHIPPED: events_pb2.NOTIFICATION_KIND_ORDER_SHIPPED,

@@ -30,8 +30,6 @@ from google.protobuf.message import Message
 
 from choreo import validation
 from choreo.grpc_errors import abort_invalid, abort_not_found
-from choreo.order.v1 import order_service_pb2 as pb
-from choreo.order.v1 import order_service_pb2_grpc as pb_grpc
 from choreo.request_limits import count_violations, repeated_limits
 from choreo.sealing import SealingKey
 from choreo.service import ServiceRuntime
@@ -49,6 +47,8 @@ from services.order.domain import (
     new_order,
     validate_place_order,
 )
+from shop.order.v1 import order_service_pb2 as pb
+from shop.order.v1 import order_service_pb2_grpc as pb_grpc
 
 DEFAULT_PAGE_SIZE = 50
 WATCH_POLL_S = 0.05

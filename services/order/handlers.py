@@ -15,12 +15,12 @@ from google.protobuf.message import Message
 
 from choreo.errors import PermanentError, TransientError
 from choreo.handling import Handler, HandlerContext
-from choreo.inventory.v1 import events_pb2 as inventory_events
-from choreo.notification.v1 import events_pb2 as notification_events
-from choreo.payment.v1 import events_pb2 as payment_events
-from choreo.shipping.v1 import events_pb2 as shipping_events
 from services.order import domain, mapping, store
 from services.order.domain import CancellationReason, Order, OrderStatus, Transition
+from shop.inventory.v1 import events_pb2 as inventory_events
+from shop.notification.v1 import events_pb2 as notification_events
+from shop.payment.v1 import events_pb2 as payment_events
+from shop.shipping.v1 import events_pb2 as shipping_events
 
 Decide = Callable[[Order, datetime], Transition]
 # Told when a saga ends: (outcome "shipped" or "cancelled", seconds since the order was placed).

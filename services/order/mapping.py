@@ -7,10 +7,6 @@ from datetime import datetime
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from choreo.common.v1 import address_pb2, money_pb2, order_line_pb2
-from choreo.common.v2 import money_pb2 as money_v2_pb2
-from choreo.order.v1 import events_pb2, order_service_pb2
-from choreo.order.v2 import events_pb2 as events_v2_pb2
 from services.order.domain import (
     CancellationReason,
     Order,
@@ -19,6 +15,10 @@ from services.order.domain import (
     PlaceOrderLine,
 )
 from services.values import Address, Line, Money, minor_to_decimal
+from shop.common.v1 import address_pb2, money_pb2, order_line_pb2
+from shop.common.v2 import money_pb2 as money_v2_pb2
+from shop.order.v1 import events_pb2, order_service_pb2
+from shop.order.v2 import events_pb2 as events_v2_pb2
 
 _STATUS_TO_PROTO: dict[OrderStatus, order_service_pb2.OrderStatus.ValueType] = {
     OrderStatus.PENDING: order_service_pb2.ORDER_STATUS_PENDING,

@@ -18,7 +18,7 @@ from services.catalog import CatalogError, load_catalog
 from services.order import api, domain, handlers, store
 from services.settings import SagaSettings
 
-GRPC_SERVICE = "choreo.order.v1.OrderService"
+GRPC_SERVICE = "shop.order.v1.OrderService"
 DEADLINE_BATCH = 100
 
 log = logging.getLogger(__name__)

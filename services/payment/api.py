@@ -6,13 +6,13 @@ import grpc
 
 from choreo import validation
 from choreo.grpc_errors import abort_not_found
-from choreo.payment.v1 import payment_service_pb2 as pb
-from choreo.payment.v1 import payment_service_pb2_grpc as pb_grpc
 from choreo.service import ServiceRuntime
 from services.paging import read_page
 from services.payment import mapping, store
+from shop.payment.v1 import payment_service_pb2 as pb
+from shop.payment.v1 import payment_service_pb2_grpc as pb_grpc
 
-SERVICE_NAME = "choreo.payment.v1.PaymentService"
+SERVICE_NAME = "shop.payment.v1.PaymentService"
 
 
 class PaymentApi(pb_grpc.PaymentServiceServicer):

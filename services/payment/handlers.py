@@ -36,11 +36,7 @@ from google.protobuf.message import Message
 from choreo import dlq
 from choreo.errors import PermanentError, TransientError
 from choreo.handling import GaveUp, GiveUpHandler, Handler, HandlerContext
-from choreo.inventory.v1 import events_pb2 as inventory_events
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.payment.v1 import events_pb2 as payment_events
 from choreo.sealing import Opener
-from choreo.shipping.v1 import events_pb2 as shipping_events
 from choreo.store.port import Database
 from services import payment_token
 from services.payment import domain, mapping, store
@@ -52,6 +48,10 @@ from services.payment.gateway import (
     UnknownCharge,
 )
 from services.values import Money
+from shop.inventory.v1 import events_pb2 as inventory_events
+from shop.order.v1 import events_pb2 as order_events
+from shop.payment.v1 import events_pb2 as payment_events
+from shop.shipping.v1 import events_pb2 as shipping_events
 
 log = logging.getLogger(__name__)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from choreo.common.v1 import money_pb2
 from choreo.errors import PermanentError
-from choreo.payment.v1 import events_pb2, payment_service_pb2
 from services.payment import domain
 from services.values import Money
+from shop.common.v1 import money_pb2
+from shop.payment.v1 import events_pb2, payment_service_pb2
 
 FAILURE_REASONS = {
     domain.DeclineReason.CREDIT_LIMIT_EXCEEDED.value: (

@@ -7,12 +7,12 @@ import grpc
 from choreo import validation
 from choreo.grpc_errors import abort_not_found
 from choreo.service import ServiceRuntime
-from choreo.shipping.v1 import shipping_service_pb2 as pb
-from choreo.shipping.v1 import shipping_service_pb2_grpc as pb_grpc
 from services.paging import read_page
 from services.shipping import mapping, store
+from shop.shipping.v1 import shipping_service_pb2 as pb
+from shop.shipping.v1 import shipping_service_pb2_grpc as pb_grpc
 
-SERVICE_NAME = "choreo.shipping.v1.ShippingService"
+SERVICE_NAME = "shop.shipping.v1.ShippingService"
 
 
 class ShippingApi(pb_grpc.ShippingServiceServicer):

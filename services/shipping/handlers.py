@@ -30,9 +30,6 @@ from google.protobuf.message import Message
 
 from choreo.errors import PermanentError, TransientError
 from choreo.handling import GaveUp, GiveUpHandler, Handler, HandlerContext
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.payment.v1 import events_pb2 as payment_events
-from choreo.shipping.v1 import events_pb2 as shipping_events
 from choreo.store.port import Database
 from services.shipping import domain, mapping, store
 from services.shipping.provider import (
@@ -42,6 +39,9 @@ from services.shipping.provider import (
     ProviderUnavailable,
     Unserviceable,
 )
+from shop.order.v1 import events_pb2 as order_events
+from shop.payment.v1 import events_pb2 as payment_events
+from shop.shipping.v1 import events_pb2 as shipping_events
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from choreo.common.v1 import address_pb2
-from choreo.shipping.v1 import events_pb2, shipping_service_pb2
 from services.shipping import domain
 from services.values import Address
+from shop.common.v1 import address_pb2
+from shop.shipping.v1 import events_pb2, shipping_service_pb2
 
 STATUSES = {
     domain.ShipmentStatus.BOOKED: shipping_service_pb2.SHIPMENT_STATUS_CREATED,

@@ -9,13 +9,13 @@ from pathlib import Path
 import grpc
 import nats
 
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from services.bench import FASTSTREAM_ARGV
 from services.faststream_build import DURABLE_PREFIX, durable_name
 from services.registry import SERVICE_NAMES
 from services.system import System, SystemConfig
 from services.workload import SagaPath, place_all, wait_until_final
+from shop.order.v1 import events_pb2 as order_events
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 
 PATHS = [
     SagaPath.HAPPY,
@@ -74,9 +74,9 @@ async def test_the_faststream_build_runs_each_saga_to_its_final_state(tmp_path: 
         assert sum(durables.values()) > 2 * len(PATHS), durables
         # Notification tells "shipped" from the order's OrderShipped (the order service decides
         # the final state), not from shipping's ShipmentCreated; both happy sagas were told.
-        shipped = durable_name("notification", "choreo.order.v1.OrderShipped")
+        shipped = durable_name("notification", "shop.order.v1.OrderShipped")
         assert durables.get(shipped, 0) >= PATHS.count(SagaPath.HAPPY), durables
-        assert durable_name("notification", "choreo.shipping.v1.ShipmentCreated") not in durables
+        assert durable_name("notification", "shop.shipping.v1.ShipmentCreated") not in durables
         # FastStream's per-message access lines ("Received", "Processed") are below the
         # services' log level: the benchmark does not time two log lines per message.
         for process in system.supervisor.processes.values():

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 
 from choreo.broker import EmbeddedBroker
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.settings import RuntimeSettings
 from choreo.streams import ensure_streams
 from choreo.testing import envelope_for, wait_for
 from services.bench import percentiles
 from services.rawchain import BODY_SIZES, happy_reactions
 from services.registry import SERVICE_NAMES
+from shop.order.v1 import events_pb2 as order_events
 
 SAGAS = 5
 
@@ -38,7 +38,7 @@ def test_each_happy_event_has_one_service_that_emits_it() -> None:
         if trigger in BODY_SIZES and emit is not None
     ]
     # OrderCreated starts the saga (the client publishes it); the seven others are reactions.
-    assert sorted(emitted) == sorted(set(BODY_SIZES) - {"choreo.order.v1.OrderCreated"})
+    assert sorted(emitted) == sorted(set(BODY_SIZES) - {"shop.order.v1.OrderCreated"})
 
 
 def test_percentiles_pick_from_the_sorted_latencies() -> None:
@@ -84,7 +84,7 @@ async def test_a_started_saga_runs_the_eight_events_to_notification_sent(
         await js.publish(envelope.subject, b"\x00" * 190, headers=envelope.to_headers())
 
     async def all_done() -> bool:
-        info = await js.stream_info("CHOREO_NOTIFICATION")
+        info = await js.stream_info("SHOP_NOTIFICATION")
         return bool(info.state.messages == SAGAS)
 
     await wait_for(all_done, timeout=30, what=f"{SAGAS} NotificationSent")

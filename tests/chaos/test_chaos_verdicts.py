@@ -11,10 +11,10 @@ from rich.console import Console
 
 from choreo import dlq
 from choreo.envelope import H_CORRELATION_ID, H_TYPE
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.order.v1 import order_service_pb2 as order_pb
 from services.chaos import CRASH_EVENT, Chaos, ChaosConfig
 from services.workload import Placed, SagaPath
+from shop.order.v1 import events_pb2 as order_events
+from shop.order.v1 import order_service_pb2 as order_pb
 
 OUTAGE = ("payment", 1_000.0, 1_030.0)  # wall clock, as the events' ce-time
 
@@ -75,7 +75,7 @@ def _letter(
     alarm: bool = False,
     compensated: bool = False,
     order: str = "o-9",
-    event_type: str = "choreo.inventory.v1.InventoryReserved",
+    event_type: str = "shop.inventory.v1.InventoryReserved",
 ) -> dlq.DeadLetter:
     headers = {H_CORRELATION_ID: order, H_TYPE: event_type}
     if alarm:

@@ -89,7 +89,7 @@ async def test_network_faults_while_orders_flow_keep_every_invariant() -> None:
     assert all(r.bytes_lost > 0 for r in order_faults if r.kind.startswith("ack_lost"))
     # Acks lost past the window: the order service's events were stored twice, and yet no
     # effect doubled (the invariants above).
-    assert chaos.stored_twice.get("CHOREO_ORDER", 0) > 0, chaos.stored_twice
+    assert chaos.stored_twice.get("SHOP_ORDER", 0) > 0, chaos.stored_twice
     _assert_recovered(chaos)
     assert report.sagas >= config.sagas + 50  # orders kept coming while the faults lasted
     assert sum(report.final_states.values()) == report.sagas

@@ -13,11 +13,11 @@ import pytest
 
 from choreo import dlq, subjects
 from choreo.broker import EmbeddedBroker
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.payment.v1 import events_pb2 as payment_events
 from choreo.settings import RuntimeSettings
 from choreo.streams import ensure_streams
 from choreo.testing import envelope_for, wait_for
+from shop.order.v1 import events_pb2 as order_events
+from shop.payment.v1 import events_pb2 as payment_events
 from tests.cli import choreo
 
 LONG_DETAIL = "card processor said: " + "declined because the issuer is unreachable; " * 5
@@ -91,7 +91,7 @@ async def test_list_filters_and_shows_the_whole_detail(letters: str) -> None:
     assert seqs(url, "--service", "inventory") == [1, 3]
     assert seqs(url, "--service", "shipping") == [2]
     assert seqs(url, "--event", "OrderCreated") == [1, 3]
-    assert seqs(url, "--event", "choreo.payment.v1.PaymentCompleted") == [2]
+    assert seqs(url, "--event", "shop.payment.v1.PaymentCompleted") == [2]
     assert seqs(url, "--reason", dlq.REJECTED) == [3]
     assert seqs(url, "--order", "o-2") == [2]
     assert seqs(url, "--order", "o-2", "--service", "inventory") == []
@@ -114,10 +114,10 @@ async def test_show_prints_headers_reason_error_and_the_decoded_payload(letters:
     out = shown.stdout
     assert "dead letter 1: open" in out
     assert dlq.RETRIES_EXHAUSTED in out and LONG_DETAIL.strip() in out
-    assert "ce-type: choreo.order.v1.OrderCreated" in out
+    assert "ce-type: shop.order.v1.OrderCreated" in out
     assert "ce-correlationid: o-1" in out
     payload = json.loads(
-        out[out.index("payload (choreo.order.v1.OrderCreated):") :].split("\n", 1)[1]
+        out[out.index("payload (shop.order.v1.OrderCreated):") :].split("\n", 1)[1]
     )
     assert payload["order_id"] == "o-1" and payload["customer_id"] == "c-42"
 
@@ -130,7 +130,7 @@ async def test_show_prints_headers_reason_error_and_the_decoded_payload(letters:
 
 async def test_replay_closes_the_letter_and_records_who(letters: str, js: Any) -> None:
     url = letters
-    stream = subjects.stream_name("order")
+    stream = subjects.stream_name("shop.order")
     before = (await js.stream_info(stream)).state.messages
 
     replayed = choreo(
@@ -252,7 +252,7 @@ async def test_a_normal_replay_publishes_the_event_as_its_producer_did(
     """What goes back on the bus is the event read from its stream: same subject, body and
     ce-id as the original, the derived Nats-Msg-Id, and a header naming the letter."""
     letter = await dlq.get_dead_letter(js, 2)
-    stream = subjects.stream_name("payment")
+    stream = subjects.stream_name("shop.payment")
     original_seq = int(letter.headers[dlq.H_STREAM_SEQ])
     original = await js.get_msg(stream, original_seq)
 
@@ -285,7 +285,7 @@ async def test_replay_all_refuses_a_suspect_letter_and_replays_the_others(
             dlq.H_SERVICE: "payment",
             dlq.H_SUBJECT: envelope.subject,
             dlq.H_REASON: dlq.RETRIES_EXHAUSTED,
-            dlq.H_STREAM: "CHOREO_ORDER",
+            dlq.H_STREAM: "SHOP_ORDER",
             dlq.H_STREAM_SEQ: "1",
         },
     )
@@ -294,7 +294,7 @@ async def test_replay_all_refuses_a_suspect_letter_and_replays_the_others(
     assert every[4]["service"] == "notification" and every[4]["suspect"] is True
     shown = choreo("dlq", "show", "4", "--nats-url", letters)
     assert "SUSPECT:" in shown.stdout and "claims the service 'payment'" in shown.stdout
-    orders_before = (await js.stream_info("CHOREO_ORDER")).state.messages
+    orders_before = (await js.stream_info("SHOP_ORDER")).state.messages
 
     result = choreo("dlq", "replay", "--all", "--nats-url", letters)
 
@@ -302,7 +302,7 @@ async def test_replay_all_refuses_a_suspect_letter_and_replays_the_others(
     assert "replayed 3 of 4" in result.stdout
     assert "4: dead letter 4 is suspect" in result.stderr
     assert seqs(letters) == [4], "the suspect letter stays open, for a discard"
-    assert (await js.stream_info("CHOREO_ORDER")).state.messages == orders_before + 2
+    assert (await js.stream_info("SHOP_ORDER")).state.messages == orders_before + 2
 
 
 async def test_a_replay_after_the_source_event_aged_out_is_refused(
@@ -321,18 +321,18 @@ async def test_a_replay_after_the_source_event_aged_out_is_refused(
     )
 
     async def aged_out() -> bool:
-        return int((await js.stream_info("CHOREO_ORDER")).state.messages) == 0
+        return int((await js.stream_info("SHOP_ORDER")).state.messages) == 0
 
-    await wait_for(aged_out, timeout=15, what="the event to age out of CHOREO_ORDER")
+    await wait_for(aged_out, timeout=15, what="the event to age out of SHOP_ORDER")
 
     replayed = choreo("dlq", "replay", "1", "--nats-url", broker.url)
     assert replayed.returncode == 1, replayed.stdout + replayed.stderr
     assert "is gone from its stream" in replayed.stderr
     assert "inbox" in replayed.stderr and "max_age of 1s" in replayed.stderr
     assert "Traceback" not in replayed.stderr
-    assert (await js.stream_info("CHOREO_ORDER")).state.messages == 0, "nothing republished"
+    assert (await js.stream_info("SHOP_ORDER")).state.messages == 0, "nothing republished"
     (letter,) = listed(broker.url)
     assert letter["status"] == "open" and letter["suspect"] is False
     assert "is gone from its stream" in letter["source_gone"]
     table = choreo("dlq", "list", "--nats-url", broker.url).stdout
-    assert "not replayable: its source event CHOREO_ORDER #1 is gone" in table
+    assert "not replayable: its source event SHOP_ORDER #1 is gone" in table

@@ -14,14 +14,14 @@ from google.protobuf.message import Message
 
 from choreo import dlq, subjects, timeline
 from choreo.broker import EmbeddedBroker
-from choreo.common.v1 import money_pb2
 from choreo.envelope import Envelope
-from choreo.inventory.v1 import events_pb2 as inventory_events
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.payment.v1 import events_pb2 as payment_events
 from choreo.settings import RuntimeSettings
 from choreo.streams import ensure_streams
 from choreo.testing import envelope_for
+from shop.common.v1 import money_pb2
+from shop.inventory.v1 import events_pb2 as inventory_events
+from shop.order.v1 import events_pb2 as order_events
+from shop.payment.v1 import events_pb2 as payment_events
 from tests.cli import choreo
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -78,7 +78,7 @@ async def failed_saga(broker: EmbeddedBroker, js: Any) -> str:
         body=failed_message.SerializeToString(),
         reason=dlq.RETRIES_EXHAUSTED,
         detail="smtp relay refused the message",
-        stream=subjects.stream_name("payment"),
+        stream=subjects.stream_name("shop.payment"),
         stream_seq=2,
         deliveries=5,
     )

@@ -109,7 +109,7 @@ def test_operator_commands_log_in_through_system_json_alone(secured: Path) -> No
     saga = choreo("saga", order_id, "--json", *data)
     assert saga.returncode == 0, saga.stderr
     events = [step["event_type"] for step in json.loads(saga.stdout)["steps"]]
-    assert "choreo.order.v1.OrderCreated" in events or "choreo.order.v2.OrderCreated" in events
+    assert "shop.order.v1.OrderCreated" in events or "shop.order.v2.OrderCreated" in events
     assert any(event.endswith("NotificationSent") for event in events)
 
     (dlq_code, dlq_out, dlq_err), (lag_code, lag_out, lag_err), (st_code, st_out, st_err) = (

@@ -27,14 +27,14 @@ import nats
 from nats.js.errors import NotFoundError
 
 from choreo import dlq, timeline
-from choreo.order.v1 import order_service_pb2 as order_pb
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.testing import wait_for
 from services.system import System, SystemConfig
 from services.workload import SagaPath, request_for
+from shop.order.v1 import order_service_pb2 as order_pb
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 
 POISON_CUSTOMER = "cust-console-poison"
-POISON_TYPE = "choreo.order.v1.OrderShipped"
+POISON_TYPE = "shop.order.v1.OrderShipped"
 
 
 @contextlib.contextmanager

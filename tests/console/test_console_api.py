@@ -11,9 +11,9 @@ import nats
 import pytest
 
 from choreo import dlq, timeline
-from choreo.order.v1 import order_service_pb2 as order_pb
 from choreo.testing import wait_for
 from services.system import System
+from shop.order.v1 import order_service_pb2 as order_pb
 from tests.console.harness import (
     Console,
     dead_letter_a_saga,

@@ -12,13 +12,13 @@ from choreo import contracts, dlq
 from choreo.console import model, svg, views
 from choreo.console.reads import SagaDetail
 from choreo.envelope import Envelope
-from choreo.inventory.v1 import events_pb2 as inventory_events
-from choreo.notification.v1 import events_pb2 as notification_events
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.payment.v1 import events_pb2 as payment_events
-from choreo.shipping.v1 import events_pb2 as shipping_events
 from choreo.streamread import StoredMessage
 from services.audit import REQUIRED_COMPENSATIONS
+from shop.inventory.v1 import events_pb2 as inventory_events
+from shop.notification.v1 import events_pb2 as notification_events
+from shop.order.v1 import events_pb2 as order_events
+from shop.payment.v1 import events_pb2 as payment_events
+from shop.shipping.v1 import events_pb2 as shipping_events
 
 T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 
@@ -194,8 +194,8 @@ def test_a_replayed_copy_is_shown_once_more_and_measured_from_the_first_copy_of_
 
 
 def test_the_state_follows_the_order_events_and_the_saga_ends_with_the_notification() -> None:
-    created, confirmed = "choreo.order.v1.OrderCreated", "choreo.order.v1.OrderConfirmed"
-    shipped, cancelled = "choreo.order.v1.OrderShipped", "choreo.order.v1.OrderCancelled"
+    created, confirmed = "shop.order.v1.OrderCreated", "shop.order.v1.OrderConfirmed"
+    shipped, cancelled = "shop.order.v1.OrderShipped", "shop.order.v1.OrderCancelled"
     assert model.saga_state([created]) == model.SagaState("pending", False)
     assert model.saga_state([created, confirmed]).outcome == "in progress"
     waiting = model.saga_state([created, confirmed, shipped])
@@ -252,7 +252,7 @@ def test_the_vocabulary_is_the_one_of_the_contracts_and_the_audit() -> None:
     } == model.COMPENSATION_EVENTS
     # PlaceOrder emits OrderCreated in each schema version on the wire; the console lists a
     # saga by any of them.
-    emits = contracts.command_emits()["choreo.order.v1.OrderService.PlaceOrder"]
+    emits = contracts.command_emits()["shop.order.v1.OrderService.PlaceOrder"]
     assert model.START_EVENT in emits
     assert set(emits) == set(model.START_EVENTS)
     known = contracts.event_classes()
@@ -260,10 +260,10 @@ def test_the_vocabulary_is_the_one_of_the_contracts_and_the_audit() -> None:
 
 
 def test_a_body_that_is_not_its_event_says_so() -> None:
-    unknown = model.decode_payload("choreo.order.v1.NoSuchEvent", b"\x01")
+    unknown = model.decode_payload("shop.order.v1.NoSuchEvent", b"\x01")
     assert "unknown event type" in unknown["_error"]
     broken = model.decode_payload(model.START_EVENT, b"\xff\xff\xff")
-    assert "not a valid choreo.order.v1.OrderCreated body" in broken["_error"]
+    assert "not a valid shop.order.v1.OrderCreated body" in broken["_error"]
 
 
 def test_the_svg_is_well_formed_with_one_node_per_event_type_and_arrows_in_order() -> None:
@@ -317,8 +317,8 @@ def test_the_pages_escape_what_the_streams_hold_and_post_replays() -> None:
         service="notification",
         reason=dlq.DELIVERY_LIMIT,
         detail=hostile,
-        subject="choreo.shipping.v1.ShipmentCreated.o-1",
-        headers={"ce-correlationid": "o-1", "ce-type": "choreo.shipping.v1.ShipmentCreated"},
+        subject="shop.shipping.v1.ShipmentCreated.o-1",
+        headers={"ce-correlationid": "o-1", "ce-type": "shop.shipping.v1.ShipmentCreated"},
         body=b"",
         deliveries=2,
         dead_lettered_at=0.0,

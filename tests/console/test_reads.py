@@ -7,10 +7,10 @@ from typing import Any
 
 from choreo import subjects
 from choreo.console import reads
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.settings import RuntimeSettings
 from choreo.streams import context_stream_config, create_if_absent
 from choreo.testing import publish_event
+from shop.order.v1 import events_pb2 as order_events
 
 
 async def test_an_empty_system_has_no_sagas_and_no_dead_letters(js: Any) -> None:
@@ -56,5 +56,5 @@ async def test_the_newest_sagas_are_found_behind_many_later_events(js: Any) -> N
     assert all(s.state.status == "confirmed" and not s.state.done for s in sagas)
     assert sagas[0].customer_id == f"c-{order_ids[-1]}"
     # Every throwaway consumer is gone (they would expire anyway, after 30 s).
-    info = await js.stream_info(subjects.stream_name("order"))
+    info = await js.stream_info(subjects.stream_name("shop.order"))
     assert info.state.consumer_count == 0

@@ -1,5 +1,5 @@
 """The console finds a dead letter's replays, and a saga's dead letters, whatever contract
-package the event is from: this project's (``choreo.order.v1...`` in ``CHOREO_ORDER``) or another
+package the event is from: this project's (``shop.order.v1...`` in ``SHOP_ORDER``) or another
 team's (``acme.loyalty.v1...`` in ``ACME_LOYALTY``), on a real nats-server."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ async def file_letter(js: Any, context: str, subject: str) -> int:
 @pytest.mark.parametrize(
     ("context", "subject"),
     [
-        ("order", "choreo.order.v1.OrderCreated.o-1"),
+        ("order", "shop.order.v1.OrderCreated.o-1"),
         ("acme.loyalty", "acme.loyalty.v1.PointsAwarded.o-1"),
     ],
 )
@@ -75,14 +75,14 @@ async def test_a_replay_is_found_on_the_letters_own_stream(
 
     replays = await reads.replays_of(js, letter)
     stream = subjects.stream_name(context)
-    assert stream == ("ACME_LOYALTY" if context == "acme.loyalty" else "CHOREO_ORDER")
+    assert stream == ("ACME_LOYALTY" if context == "acme.loyalty" else "SHOP_ORDER")
     assert [(r.stream, r.msg_id) for r in replays] == [(stream, msg_id)]
     stored = await js.get_msg(stream, replays[0].seq)
     assert stored.subject == subject and stored.headers[dlq.H_REPLAY_OF] == str(seq)
 
 
 async def test_a_letter_whose_subject_is_no_event_has_no_replays(js: Any) -> None:
-    seq = await file_letter(js, "order", "choreo.order.v1.OrderCreated.o-2")
+    seq = await file_letter(js, "order", "shop.order.v1.OrderCreated.o-2")
     letter = await dlq.get_dead_letter(js, seq)
     odd = dataclasses.replace(letter, subject="not-an-event")
     assert await reads.replays_of(js, odd) == []
@@ -104,7 +104,7 @@ def loyalty_contracts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 async def test_a_sagas_dead_letters_are_found_in_every_package(
     js: Any, loyalty_contracts: None
 ) -> None:
-    ours = await file_letter(js, "order", "choreo.order.v1.OrderCreated.o-7")
+    ours = await file_letter(js, "order", "shop.order.v1.OrderCreated.o-7")
     theirs = await file_letter(js, "acme.loyalty", "acme.loyalty.v1.PointsAwarded.o-7")
     await file_letter(js, "acme.loyalty", "acme.loyalty.v1.PointsAwarded.o-8")  # another saga
 
@@ -121,7 +121,7 @@ async def test_dlq_list_by_order_finds_the_letters_of_every_package(
     settings = RuntimeSettings()
     await create_if_absent(js, dlq_stream_config(settings))
     for service, subject, order_id in (
-        ("inventory", "choreo.order.v1.OrderCreated.o-7", "o-7"),
+        ("inventory", "shop.order.v1.OrderCreated.o-7", "o-7"),
         ("loyalty", "acme.loyalty.v1.PointsAwarded.o-7", "o-7"),
         ("loyalty", "acme.loyalty.v1.PointsAwarded.o-8", "o-8"),
     ):
@@ -141,7 +141,7 @@ async def test_dlq_list_by_order_finds_the_letters_of_every_package(
     found = await dlq.find_dead_letters(js, dlq.LetterFilter(order_id="o-7"))
     assert sorted(letter.subject for letter in found) == [
         "acme.loyalty.v1.PointsAwarded.o-7",
-        "choreo.order.v1.OrderCreated.o-7",
+        "shop.order.v1.OrderCreated.o-7",
     ]
     theirs = await dlq.find_dead_letters(js, dlq.LetterFilter(order_id="o-7", service="loyalty"))
     assert [letter.subject for letter in theirs] == ["acme.loyalty.v1.PointsAwarded.o-7"]

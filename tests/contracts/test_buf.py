@@ -13,9 +13,9 @@ from .conftest import PROTO_ROOT, REPO_ROOT, run
 # Runs the npm tools (buf, protobufjs, the AsyncAPI parser): not a unit test.
 pytestmark = pytest.mark.integration
 
-BASELINE = REPO_ROOT / "proto-baseline" / "choreo-v1.binpb"
-SHIPPING_EVENTS = Path("choreo/shipping/v1/events.proto")
-ORDER_LINE = Path("choreo/common/v1/order_line.proto")
+BASELINE = REPO_ROOT / "proto-baseline" / "released.binpb"
+SHIPPING_EVENTS = Path("shop/shipping/v1/events.proto")
+ORDER_LINE = Path("shop/common/v1/order_line.proto")
 
 
 def test_buf_lint_passes_on_the_real_tree(buf: Path) -> None:

@@ -6,13 +6,13 @@ import pytest
 
 from choreo import contracts
 from choreo.choreography.v1 import choreography_pb2
-from choreo.common.v1 import money_pb2
-from choreo.inventory.v1 import inventory_service_pb2
-from choreo.notification.v1 import notification_service_pb2
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.order.v1 import order_service_pb2
-from choreo.payment.v1 import payment_service_pb2
-from choreo.shipping.v1 import shipping_service_pb2
+from shop.common.v1 import money_pb2
+from shop.inventory.v1 import inventory_service_pb2
+from shop.notification.v1 import notification_service_pb2
+from shop.order.v1 import events_pb2 as order_events
+from shop.order.v1 import order_service_pb2
+from shop.payment.v1 import payment_service_pb2
+from shop.shipping.v1 import shipping_service_pb2
 
 SERVICE_MODULES = (
     order_service_pb2,
@@ -46,7 +46,7 @@ def full(name: str) -> str:
     """choreo.<context>.v<N>.<Event>, the event's full Protobuf name and NATS subject; a name
     without a ``v<N>/`` prefix is v1."""
     version, _, event = name.rpartition("/")
-    return f"choreo.{EVENTS[name][0]}.{version or 'v1'}.{event}"
+    return f"shop.{EVENTS[name][0]}.{version or 'v1'}.{event}"
 
 
 # The README's flow table ("The saga"), row by row: trigger, reacting service, emits.
@@ -120,9 +120,9 @@ def test_every_event_in_the_graph_is_a_known_event_and_every_event_is_in_the_gra
 
 def test_place_order_is_the_only_command_and_emits_order_created_in_either_version() -> None:
     assert contracts.command_emits() == {
-        "choreo.order.v1.OrderService.PlaceOrder": (
-            "choreo.order.v1.OrderCreated",
-            "choreo.order.v2.OrderCreated",
+        "shop.order.v1.OrderService.PlaceOrder": (
+            "shop.order.v1.OrderCreated",
+            "shop.order.v2.OrderCreated",
         )
     }
 
@@ -140,7 +140,7 @@ def test_each_failure_triggers_its_required_compensations(failure: str) -> None:
 
 
 def test_aggregate_type_refuses_a_message_that_is_not_an_event() -> None:
-    with pytest.raises(ValueError, match=r"choreo\.common\.v1\.Money is not an event"):
+    with pytest.raises(ValueError, match=r"shop\.common\.v1\.Money is not an event"):
         contracts.aggregate_type(money_pb2.Money)
 
 
@@ -164,11 +164,11 @@ def test_mermaid_draws_every_reaction_and_command() -> None:
             assert f"{source} -->|{service}| {emitted.replace('.', '_')}" in text
         if not emits:
             assert f"{source} -->|{service}| {service}_records_" in text
-    assert "choreo_order_v1_OrderService_PlaceOrder --> choreo_order_v1_OrderCreated" in text
+    assert "shop_order_v1_OrderService_PlaceOrder --> shop_order_v1_OrderCreated" in text
     # The reactions that confirm an overtaken order first draw that as a dotted catch-up.
-    confirmed = "choreo_order_v1_OrderConfirmed"
+    confirmed = "shop_order_v1_OrderConfirmed"
     for trigger in ("ShipmentCreated", "ShippingFailed"):
-        assert f"choreo_shipping_v1_{trigger} -.->|order, catch-up| {confirmed}" in text
+        assert f"shop_shipping_v1_{trigger} -.->|order, catch-up| {confirmed}" in text
     assert text.count("catch-up") == 2
     assert text == contracts.mermaid(reversed(contracts.choreography()), contracts.command_emits())
 

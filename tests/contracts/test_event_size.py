@@ -22,11 +22,6 @@ from google.protobuf.message import Message
 
 from choreo import contracts, sealing
 from choreo.envelope import Envelope
-from choreo.inventory.v1 import events_pb2 as inventory_events
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.order.v1 import order_service_pb2
-from choreo.payment.v1 import events_pb2 as payment_events
-from choreo.shipping.v1 import events_pb2 as shipping_events
 from services import payment_token
 from services.catalog import Catalog, Customer, Product
 from services.inventory import domain as inventory_domain
@@ -39,6 +34,11 @@ from services.order.handlers import _explained
 from services.payment import domain as payment_domain
 from services.payment import mapping as payment_mapping
 from services.values import Money
+from shop.inventory.v1 import events_pb2 as inventory_events
+from shop.order.v1 import events_pb2 as order_events
+from shop.order.v1 import order_service_pb2
+from shop.payment.v1 import events_pb2 as payment_events
+from shop.shipping.v1 import events_pb2 as shipping_events
 
 from .limits import fill_maximal
 
@@ -287,11 +287,11 @@ def test_the_measure_sees_what_a_request_copies_into_the_events() -> None:
     big, little = measure(maximal_request()), measure(small)
 
     for name in (
-        "choreo.order.v1.OrderCreated",
-        "choreo.inventory.v1.InventoryReserved",
-        "choreo.payment.v1.PaymentCompleted",
-        "choreo.shipping.v1.ShipmentCreated",
-        "choreo.notification.v1.NotificationSent",
-        "choreo.order.v1.OrderCancelled",
+        "shop.order.v1.OrderCreated",
+        "shop.inventory.v1.InventoryReserved",
+        "shop.payment.v1.PaymentCompleted",
+        "shop.shipping.v1.ShipmentCreated",
+        "shop.notification.v1.NotificationSent",
+        "shop.order.v1.OrderCancelled",
     ):
         assert big[name] - little[name] >= 63, name

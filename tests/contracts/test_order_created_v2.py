@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from choreo.common.v1 import address_pb2, money_pb2, order_line_pb2
-from choreo.common.v2 import money_pb2 as money_v2_pb2
-from choreo.order.v1 import events_pb2 as order_v1
 from services.inventory import mapping as inventory_mapping
 from services.order import mapping as order_mapping
 from services.values import decimal_to_minor, minor_to_decimal
+from shop.common.v1 import address_pb2, money_pb2, order_line_pb2
+from shop.common.v2 import money_pb2 as money_v2_pb2
+from shop.order.v1 import events_pb2 as order_v1
 
 
 @pytest.mark.parametrize(
@@ -84,9 +84,9 @@ def test_v2_states_v1_in_exact_decimals_with_line_totals() -> None:
 
 
 @pytest.mark.parametrize(("versions", "names"), [
-    ((1,), ["choreo.order.v1.OrderCreated"]),
-    ((2,), ["choreo.order.v2.OrderCreated"]),
-    ((1, 2), ["choreo.order.v1.OrderCreated", "choreo.order.v2.OrderCreated"]),
+    ((1,), ["shop.order.v1.OrderCreated"]),
+    ((2,), ["shop.order.v2.OrderCreated"]),
+    ((1, 2), ["shop.order.v1.OrderCreated", "shop.order.v2.OrderCreated"]),
 ])  # fmt: skip
 def test_the_order_publishes_the_versions_asked_for_oldest_first(
     versions: tuple[int, ...], names: list[str]

@@ -49,4 +49,4 @@ def test_the_check_catches_option_syntax_protobufjs_cannot_parse(tmp_path: Path)
     result = _load(tmp_path / "proto")
 
     assert result.returncode == 1
-    assert "FAILED choreo/payment/v1/payment_service.proto" in result.stdout
+    assert "FAILED shop/payment/v1/payment_service.proto" in result.stdout

@@ -19,11 +19,11 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from protovalidate._gen.buf.validate import validate_pb
 
-from choreo.inventory.v1 import inventory_service_pb2
-from choreo.notification.v1 import notification_service_pb2
-from choreo.order.v1 import order_service_pb2
-from choreo.payment.v1 import payment_service_pb2
-from choreo.shipping.v1 import shipping_service_pb2
+from shop.inventory.v1 import inventory_service_pb2
+from shop.notification.v1 import notification_service_pb2
+from shop.order.v1 import order_service_pb2
+from shop.payment.v1 import payment_service_pb2
+from shop.shipping.v1 import shipping_service_pb2
 
 from .limits import longest_string, rules
 
@@ -84,17 +84,17 @@ ALL_FIELDS = sorted(
 
 def test_every_rpc_of_the_five_services_is_covered() -> None:
     names = {descriptor.full_name for descriptor in request_types()}
-    assert "choreo.order.v1.PlaceOrderRequest" in names
-    assert "choreo.notification.v1.ListNotificationsRequest" in names
+    assert "shop.order.v1.PlaceOrderRequest" in names
+    assert "shop.notification.v1.ListNotificationsRequest" in names
     assert {
-        "choreo.inventory.v1.ListStockRequest",
-        "choreo.inventory.v1.ListReservationsRequest",
-        "choreo.payment.v1.ListPaymentsRequest",
-        "choreo.shipping.v1.ListShipmentsRequest",
+        "shop.inventory.v1.ListStockRequest",
+        "shop.inventory.v1.ListReservationsRequest",
+        "shop.payment.v1.ListPaymentsRequest",
+        "shop.shipping.v1.ListShipmentsRequest",
     } <= names
     assert len(names) == 13
-    assert "choreo.common.v1.Address.line2" in ALL_FIELDS
-    assert "choreo.order.v1.PlaceOrderRequest.lines" in ALL_FIELDS
+    assert "shop.common.v1.Address.line2" in ALL_FIELDS
+    assert "shop.order.v1.PlaceOrderRequest.lines" in ALL_FIELDS
 
 
 @pytest.mark.parametrize("name", ALL_FIELDS)

@@ -165,8 +165,8 @@ def test_every_file_the_docs_name_exists() -> None:
 def test_the_clients_page_states_the_quantity_rules_the_contracts_declare() -> None:
     from buf.validate import validate_pb2
 
-    from choreo.common.v1 import order_line_pb2
-    from choreo.order.v1 import order_service_pb2
+    from shop.common.v1 import order_line_pb2
+    from shop.order.v1 import order_service_pb2
 
     def rules(message: Any, field: str) -> Any:
         options = message.DESCRIPTOR.fields_by_name[field].GetOptions()

@@ -21,13 +21,13 @@ import pytest
 
 from choreo import subjects
 from choreo.broker import free_port
-from choreo.order.v1 import order_service_pb2 as order_pb
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.streamread import read_stream
 from choreo.supervisor import ProcessSpec, Supervisor
 from choreo.testing import wait_for
 from services.system import System, SystemConfig
 from services.workload import SagaPath, request_for
+from shop.order.v1 import order_service_pb2 as order_pb
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 
 pytestmark = pytest.mark.e2e
 

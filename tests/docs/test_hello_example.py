@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from choreo.broker import EmbeddedBroker, free_port
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.streamread import read_stream
 from choreo.subjects import durable_name
 from choreo.supervisor import ProcessSpec, Supervisor
 from choreo.testing import publish_event, wait_for
+from shop.order.v1 import events_pb2 as order_events
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello"
@@ -87,7 +87,7 @@ def test_its_handlers_are_the_reactions_its_proto_declares() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
-        "hello [('choreo.order.v1.OrderCreated', ('acme.hello.v1.CustomerGreeted',))]"
+        "hello [('shop.order.v1.OrderCreated', ('acme.hello.v1.CustomerGreeted',))]"
     )
 
 
@@ -147,7 +147,7 @@ async def test_the_hello_service_greets_each_order_once(
         durable = durable_name("hello", order_events.OrderCreated.DESCRIPTOR.full_name)
 
         async def all_acked() -> bool:
-            info = await js.consumer_info("CHOREO_ORDER", durable)
+            info = await js.consumer_info("SHOP_ORDER", durable)
             return bool(
                 info.delivered.stream_seq >= 3
                 and info.num_pending == 0

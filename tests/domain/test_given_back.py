@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from choreo.payment.v1 import events_pb2 as pay
 from services.inventory.domain import (
     NoChange,
     Reservation,
@@ -30,6 +29,7 @@ from services.payment.gateway import FakePaymentGateway
 from services.shipping.domain import BookingStatus, ShipmentStatus, booking_cancelled, booking_key
 from services.shipping.provider import FakeShippingProvider
 from services.values import Address, Money
+from shop.payment.v1 import events_pb2 as pay
 
 HOME = Address("Ada Lovelace", "1 Main St", "Springfield", "12345", "US")
 USD = Money(2500, "USD")

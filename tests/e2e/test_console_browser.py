@@ -23,8 +23,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from choreo.order.v1 import order_service_pb2 as order_pb
 from services.system import System
+from shop.order.v1 import order_service_pb2 as order_pb
 from tests.console.harness import (
     Console,
     dead_letter_a_saga,

@@ -60,7 +60,7 @@ async def test_health_follows_the_broker_and_no_process_restarts(system: System)
     system.broker.kill()
     took_down = await seconds_until(system, NOT_SERVING, limit=5)
     # The service's own gRPC name follows the overall status.
-    order_api = "choreo.order.v1.OrderService"
+    order_api = "shop.order.v1.OrderService"
     assert await check(system.addresses["order"], order_api) == NOT_SERVING
 
     system.broker.start()

@@ -12,9 +12,9 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from services.system import System, SystemConfig
 from services.workload import SagaPath, place_all, wait_until_final
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -83,20 +83,20 @@ async def test_every_service_exports_metrics_that_move_with_orders(system: Syste
     placed_calls = total(
         order,
         "choreo_rpc_server_requests_total",
-        method="/choreo.order.v1.OrderService/PlaceOrder",
+        method="/shop.order.v1.OrderService/PlaceOrder",
         code="OK",
     )
     assert placed_calls - total(
         before["order"],
         "choreo_rpc_server_requests_total",
-        method="/choreo.order.v1.OrderService/PlaceOrder",
+        method="/shop.order.v1.OrderService/PlaceOrder",
         code="OK",
     ) == len(paths)
     assert (
         total(
             order,
             "choreo_rpc_server_requests_total",
-            method="/choreo.order.v1.OrderService/ListOrders",
+            method="/shop.order.v1.OrderService/ListOrders",
         )
         > 0
     )

@@ -13,11 +13,11 @@ import nats
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.testing import wait_for
 from services.registry import SERVICE_NAMES
 from services.system import System, SystemConfig
 from services.workload import mixed_paths, place_all, wait_until_final
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 from tests.e2e import audit_quiet_system
 from tests.postgres import drop_databases, unique_base_url
 
@@ -72,14 +72,14 @@ async def test_two_replicas_per_service_on_postgres_run_every_saga_to_its_end(
 
     async def both_replicas_pull() -> bool:
         # Each replica keeps a pull request waiting on the one durable consumer they share.
-        info = await js.consumer_info("CHOREO_ORDER", "inventory__order_v1_OrderCreated")
+        info = await js.consumer_info("SHOP_ORDER", "inventory__shop_order_v1_OrderCreated")
         return bool(info.num_waiting >= 2)
 
     nc = await nats.connect(system.nats_url)
     js = nc.jetstream()
     try:
         await wait_for(both_replicas_pull, timeout=10, what="two waiting pulls on one durable")
-        consumers = await js.consumers_info("CHOREO_ORDER")
-        assert [c.name for c in consumers].count("inventory__order_v1_OrderCreated") == 1
+        consumers = await js.consumers_info("SHOP_ORDER")
+        assert [c.name for c in consumers].count("inventory__shop_order_v1_OrderCreated") == 1
     finally:
         await nc.close()

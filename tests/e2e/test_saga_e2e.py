@@ -16,10 +16,6 @@ import pytest
 
 from choreo import contracts, grpc_errors, subjects, timeline
 from choreo.envelope import H_SUBJECT, H_TYPE
-from choreo.order.v1 import order_service_pb2 as order_pb
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
-from choreo.payment.v1 import payment_service_pb2 as payment_pb
-from choreo.payment.v1 import payment_service_pb2_grpc as payment_grpc
 from choreo.streamread import read_stream
 from choreo.testing import wait_for
 from services import payment_token
@@ -33,6 +29,10 @@ from services.workload import (
     request_for,
     wait_until_final,
 )
+from shop.order.v1 import order_service_pb2 as order_pb
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
+from shop.payment.v1 import payment_service_pb2 as payment_pb
+from shop.payment.v1 import payment_service_pb2_grpc as payment_grpc
 from tests.e2e import audit_quiet_system
 from tests.postgres import drop_databases, unique_base_url
 
@@ -229,7 +229,7 @@ def test_operators_see_lag_and_the_audit_from_the_command_line(system: System) -
 
     lag = choreo("lag", "--nats-url", system.nats_url)
     assert lag.returncode == 0, lag.stderr
-    assert "inventory__order_v1_OrderCreated" in lag.stdout
+    assert "inventory__shop_order_v1_OrderCreated" in lag.stdout
     rows = [line.split() for line in lag.stdout.splitlines()[1:]]
     assert len(rows) == len(contracts.choreography())  # one durable per edge of the flow table
     assert all(row[1] == "0" and row[2] == "0" for row in rows), lag.stdout  # quiet system
@@ -284,11 +284,11 @@ async def test_every_service_answers_health_and_reflection(system: System) -> No
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     expected = {
-        "order": "choreo.order.v1.OrderService",
-        "inventory": "choreo.inventory.v1.InventoryService",
-        "payment": "choreo.payment.v1.PaymentService",
-        "shipping": "choreo.shipping.v1.ShippingService",
-        "notification": "choreo.notification.v1.NotificationService",
+        "order": "shop.order.v1.OrderService",
+        "inventory": "shop.inventory.v1.InventoryService",
+        "payment": "shop.payment.v1.PaymentService",
+        "shipping": "shop.shipping.v1.ShippingService",
+        "notification": "shop.notification.v1.NotificationService",
     }
     for name, service in expected.items():
         async with grpc.aio.insecure_channel(system.addresses[name]) as channel:
@@ -334,7 +334,7 @@ async def test_the_payment_token_is_sealed_on_the_bus_and_only_payment_holds_the
         js = nc.jetstream()
         stored = [
             message
-            for context in ("order", "inventory")
+            for context in ("shop.order", "shop.inventory")
             for message in await read_stream(js, subjects.stream_name(context))
         ]
     finally:
@@ -345,5 +345,5 @@ async def test_the_payment_token_is_sealed_on_the_bus_and_only_payment_holds_the
         "InventoryReserved",
     }
     assert not [m for m in stored if token.encode() in m.data]
-    carriers = ("choreo.order.v1.OrderCreated", "choreo.inventory.v1.InventoryReserved")
+    carriers = ("shop.order.v1.OrderCreated", "shop.inventory.v1.InventoryReserved")
     assert all(b"sealed:v1:" in m.data for m in mine if m.headers[H_TYPE] in carriers)

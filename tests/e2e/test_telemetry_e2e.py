@@ -19,13 +19,13 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from choreo import subjects
 from choreo.envelope import H_TRACEPARENT
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.streamread import read_stream
 from choreo.testing import wait_for
 from choreo.tracing import trace_id_of
 from services.registry import SERVICE_NAMES
 from services.system import System, SystemConfig
 from services.workload import Placed, SagaPath, request_for, wait_until_final
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -19,10 +19,10 @@ import pytest
 
 from choreo import subjects
 from choreo.broker import EmbeddedBroker
-from choreo.order.v1 import order_service_pb2 as order_pb
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from services.system import System, SystemConfig
 from services.workload import Placed, SagaPath, place_all, wait_until_final
+from shop.order.v1 import order_service_pb2 as order_pb
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 from tests.e2e import audit_quiet_system
 from tests.e2e.test_metrics_e2e import scrape, total
 from tests.postgres import drop_databases, unique_base_url
@@ -134,7 +134,7 @@ async def test_a_cluster_loses_a_node_then_a_stream_leader_under_load(tmp_path: 
             completions.append(time.monotonic())
 
         await nc.subscribe(
-            subjects.event_type_filter("choreo.notification.v1.NotificationSent"), cb=completed
+            subjects.event_type_filter("shop.notification.v1.NotificationSent"), cb=completed
         )
         js = nc.jetstream(timeout=5)
         async with grpc.aio.insecure_channel(system.addresses["order"]) as channel:
@@ -145,13 +145,13 @@ async def test_a_cluster_loses_a_node_then_a_stream_leader_under_load(tmp_path: 
             # First a node that does not lead the order stream; it comes back before the
             # stream's leader is killed (two of three down would be no quorum at all).
             await asyncio.sleep(3)
-            leader = await stream_leader(js, "CHOREO_ORDER")
+            leader = await stream_leader(js, "SHOP_ORDER")
             follower = next(n for n in ("n1", "n2", "n3") if n != leader)
             system.cluster.node_named(follower).kill()
             await asyncio.sleep(3)
             await asyncio.to_thread(system.cluster.node_named(follower).start)
             await wait_until_current(system.cluster.node_named(follower))
-            leader = await stream_leader(js, "CHOREO_ORDER")
+            leader = await stream_leader(js, "SHOP_ORDER")
             killed_at = time.monotonic()
             system.cluster.node_named(leader).kill()
             # One saga placed after the kill, so one surely completes after it even if the
@@ -164,7 +164,7 @@ async def test_a_cluster_loses_a_node_then_a_stream_leader_under_load(tmp_path: 
         assert after, "no saga completed after the stream leader was killed"
         recovery_s = after[0] - killed_at
         print(f"stream leader {leader} killed: next saga completed {recovery_s:.2f}s later")
-        new_leader = await stream_leader(js, "CHOREO_ORDER")
+        new_leader = await stream_leader(js, "SHOP_ORDER")
         assert new_leader != leader
         # No service was restarted: every process rode out both losses.
         starts = {name: p.starts for name, p in system.supervisor.processes.items()}

@@ -27,10 +27,10 @@ import nats
 import pytest
 
 from choreo import timeline
-from choreo.order.v1 import order_service_pb2 as order_pb
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from services.system import System, SystemConfig
 from services.workload import SagaPath, request_for
+from shop.order.v1 import order_service_pb2 as order_pb
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -23,16 +23,16 @@ from acme.loyalty.v1 import loyalty_service_pb2_grpc as loyalty_grpc
 from acme_loyalty import domain
 from choreo import grpc_errors, subjects
 from choreo.broker import EmbeddedBroker, free_port
-from choreo.common.v1 import money_pb2
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.order.v1 import order_service_pb2 as order_pb
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
-from choreo.payment.v1 import events_pb2 as payment_events
 from choreo.streamread import read_stream
 from choreo.supervisor import ProcessSpec, Supervisor
 from choreo.testing import publish_event, wait_for
 from services.system import System, SystemConfig
 from services.workload import SagaPath, request_for
+from shop.common.v1 import money_pb2
+from shop.order.v1 import events_pb2 as order_events
+from shop.order.v1 import order_service_pb2 as order_pb
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
+from shop.payment.v1 import events_pb2 as payment_events
 from tests.examples import LOYALTY, LOYALTY_PATHS
 
 CHOREO = str(Path(sys.executable).parent / "choreo")
@@ -151,8 +151,8 @@ async def test_a_cancellation_before_the_payment_voids_the_order_s_points(
 
     async def payment_handled() -> bool:
         info = await js.consumer_info(
-            "CHOREO_PAYMENT",
-            subjects.durable_name("loyalty", "choreo.payment.v1.PaymentCompleted"),
+            "SHOP_PAYMENT",
+            subjects.durable_name("loyalty", "shop.payment.v1.PaymentCompleted"),
         )
         delivered = bool(info.delivered.stream_seq)
         return delivered and info.num_pending == 0 and info.num_ack_pending == 0
@@ -279,7 +279,7 @@ async def test_a_shipped_order_earns_points_and_a_cancelled_paid_order_gives_the
         js = nc.jetstream()
         stream = await js.stream_info("ACME_LOYALTY")
         assert stream.config.subjects == ["acme.loyalty.>"]
-        durables = {info.name for info in await js.consumers_info("CHOREO_PAYMENT")}
-        assert "loyalty__payment_v1_PaymentCompleted" in durables
+        durables = {info.name for info in await js.consumers_info("SHOP_PAYMENT")}
+        assert "loyalty__shop_payment_v1_PaymentCompleted" in durables
     finally:
         await nc.close()

@@ -20,10 +20,10 @@ from acme.loyalty.v1 import loyalty_service_pb2 as loyalty_pb
 from acme.loyalty.v1 import loyalty_service_pb2_grpc as loyalty_grpc
 
 from choreo.broker import EmbeddedBroker, free_port
-from choreo.common.v1 import money_pb2
-from choreo.payment.v1 import events_pb2 as payment_events
 from choreo.supervisor import ProcessSpec, Supervisor
 from choreo.testing import publish_event, wait_for
+from shop.common.v1 import money_pb2
+from shop.payment.v1 import events_pb2 as payment_events
 from tests.examples import LOYALTY_PATHS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,8 +173,7 @@ def test_flow_reads_another_team_s_contracts(installed: tuple[Path, Path], tmp_p
     )
     assert flow.returncode == 0, flow.stderr
     assert (
-        "choreo_payment_v1_PaymentCompleted -->|loyalty| acme_loyalty_v1_PointsAwarded"
-        in flow.stdout
+        "shop_payment_v1_PaymentCompleted -->|loyalty| acme_loyalty_v1_PointsAwarded" in flow.stdout
     )
 
     nothing = run([str(bin_dir / "choreo"), "flow"], tmp_path)

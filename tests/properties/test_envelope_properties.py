@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from choreo import envelope as env
 from choreo.errors import PoisonMessage
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import default_registry
 from choreo.testing import envelope_for
+from shop.order.v1 import events_pb2 as order_events
 
 REGISTRY = default_registry()
 HEADER_NAMES = [
@@ -33,8 +33,8 @@ header_value = st.one_of(
     st.integers().map(str),
     st.sampled_from(
         [
-            "choreo.order.v1.OrderCreated",
-            "choreo.order.v9.OrderCreated",
+            "shop.order.v1.OrderCreated",
+            "shop.order.v9.OrderCreated",
             "choreo.x.v1.Nope",
             "not-a-type",
             "2026-11-25T10:00:00Z",

@@ -18,9 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from choreo.broker import EmbeddedBroker
-from choreo.common.v1 import address_pb2, order_line_pb2
-from choreo.order.v1 import order_service_pb2 as pb
-from choreo.order.v1 import order_service_pb2_grpc as pb_grpc
 from choreo.service import ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import stream_count
@@ -28,6 +25,9 @@ from services.catalog import load_catalog
 from services.order import domain, mapping
 from services.order.service import build
 from services.settings import SagaSettings
+from shop.common.v1 import address_pb2, order_line_pb2
+from shop.order.v1 import order_service_pb2 as pb
+from shop.order.v1 import order_service_pb2_grpc as pb_grpc
 
 CATALOG = load_catalog(SagaSettings().catalog_path)
 SKUS = sorted(CATALOG.products)
@@ -112,7 +112,7 @@ def order_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[An
 
 async def _state(stub: Any, js: Any) -> tuple[int, int]:
     orders = await stub.ListOrders(pb.ListOrdersRequest(page_size=500))
-    return len(orders.orders), await stream_count(js, "CHOREO_ORDER")
+    return len(orders.orders), await stream_count(js, "SHOP_ORDER")
 
 
 @settings(

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from choreo.consumer import Ordering, Subscription
 from choreo.handling import HandlerContext
-from choreo.inventory.v1 import events_pb2 as inventory_events
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceDefinition, ServiceRuntime
 from choreo.settings import RuntimeSettings
+from shop.inventory.v1 import events_pb2 as inventory_events
+from shop.order.v1 import events_pb2 as order_events
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS effects (order_id TEXT PRIMARY KEY, applied INTEGER NOT NULL)",

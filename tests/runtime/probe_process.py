@@ -12,7 +12,7 @@ from choreo import subjects
 from choreo.broker import EmbeddedBroker
 
 REPO = Path(__file__).resolve().parents[2]
-DURABLE = subjects.durable_name("probe", "choreo.order.v1.OrderCreated")
+DURABLE = subjects.durable_name("probe", "shop.order.v1.OrderCreated")
 
 
 def start_probe_process(broker: EmbeddedBroker, db: Path, **env: str) -> subprocess.Popen[bytes]:
@@ -36,7 +36,7 @@ def start_probe_process(broker: EmbeddedBroker, db: Path, **env: str) -> subproc
 
 async def consumer_ready(js: Any) -> bool:
     try:
-        info = await js.consumer_info("CHOREO_ORDER", DURABLE)
+        info = await js.consumer_info("SHOP_ORDER", DURABLE)
     except Exception:
         return False
     return bool(info.num_waiting)

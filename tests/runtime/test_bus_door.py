@@ -12,11 +12,11 @@ import pytest
 
 from choreo import dlq, validation
 from choreo.broker import EmbeddedBroker
-from choreo.common.v1 import address_pb2, money_pb2, order_line_pb2
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, wait_for
+from shop.common.v1 import address_pb2, money_pb2, order_line_pb2
+from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
 
 

@@ -15,10 +15,10 @@ from nats.js import api
 
 from choreo import subjects
 from choreo.cluster import EmbeddedCluster, seed_urls
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.settings import RuntimeSettings
 from choreo.streams import context_stream_config
 from choreo.testing import envelope_for
+from shop.order.v1 import events_pb2 as order_events
 
 pytestmark = pytest.mark.timeout(180)
 T = TypeVar("T")
@@ -73,7 +73,7 @@ async def patiently(call: Callable[[], Awaitable[T]], timeout_s: float = 30.0) -
 
 
 async def stream_leader(js: Any) -> str:
-    info = await patiently(lambda: js.stream_info(subjects.stream_name("order")))
+    info = await patiently(lambda: js.stream_info(subjects.stream_name("shop.order")))
     assert info.cluster is not None and info.cluster.leader
     return str(info.cluster.leader)
 
@@ -84,7 +84,7 @@ async def wait_for_caught_up_replicas(js: Any, timeout_s: float = 30.0) -> None:
     no new leader, and the test would measure the restart rather than the election."""
     deadline = time.monotonic() + timeout_s
     while True:
-        info = await patiently(lambda: js.stream_info(subjects.stream_name("order")))
+        info = await patiently(lambda: js.stream_info(subjects.stream_name("shop.order")))
         replicas = (info.cluster.replicas or []) if info.cluster else []
         if len(replicas) == 2 and all(r.current and not r.offline and not r.lag for r in replicas):
             return
@@ -106,7 +106,7 @@ async def test_r3_streams_survive_a_node_loss_and_a_leader_change(
             await publish_until_stored(js, index)
 
         # Kill a node that does not lead the stream, then the stream's leader.
-        info = await patiently(lambda: js.stream_info(subjects.stream_name("order")))
+        info = await patiently(lambda: js.stream_info(subjects.stream_name("shop.order")))
         assert info.cluster is not None and len(info.cluster.replicas or []) == 2
         leader = str(info.cluster.leader)
         follower = next(n for n in ("n1", "n2", "n3") if n != leader)
@@ -131,8 +131,8 @@ async def test_r3_streams_survive_a_node_loss_and_a_leader_change(
 
         # Nothing lost, nothing doubled: a durable reads each order exactly once.
         check = api.ConsumerConfig(durable_name="check", ack_policy=api.AckPolicy.EXPLICIT)
-        await patiently(lambda: js.add_consumer("CHOREO_ORDER", check))
-        sub = await js.pull_subscribe_bind(durable="check", stream="CHOREO_ORDER")
+        await patiently(lambda: js.add_consumer("SHOP_ORDER", check))
+        sub = await js.pull_subscribe_bind(durable="check", stream="SHOP_ORDER")
         seen: list[str] = []
         while len(seen) < 100:
             # The new consumer elects its own leader first: fetch as patiently as the runtime.
@@ -140,6 +140,6 @@ async def test_r3_streams_survive_a_node_loss_and_a_leader_change(
                 seen.append((msg.headers or {})["ce-subject"])
                 await msg.ack()
         assert sorted(seen) == sorted(f"o-{i}" for i in range(100))
-        assert (await patiently(lambda: js.stream_info("CHOREO_ORDER"))).state.messages == 100
+        assert (await patiently(lambda: js.stream_info("SHOP_ORDER"))).state.messages == 100
     finally:
         await nc.close()

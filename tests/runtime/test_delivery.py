@@ -13,14 +13,14 @@ import pytest
 
 from choreo import dlq, faults, subjects
 from choreo.broker import EmbeddedBroker
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, stream_count, wait_for
+from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
 from tests.runtime.probe_process import DURABLE, consumer_ready, exited, start_probe_process
 
-RESERVED = "choreo.inventory.v1.InventoryReserved"
+RESERVED = "shop.inventory.v1.InventoryReserved"
 
 
 def settings_for(broker: EmbeddedBroker, db: Path, **overrides: Any) -> RuntimeSettings:
@@ -73,20 +73,20 @@ async def test_kill_after_commit_before_ack_applies_once_and_publishes_once(
     try:
 
         async def reserved_published() -> bool:
-            return await stream_count(js, "CHOREO_INVENTORY", RESERVED) >= 1
+            return await stream_count(js, "SHOP_INVENTORY", RESERVED) >= 1
 
         await wait_for(reserved_published, what="InventoryReserved to be published")
 
         # The broker redelivers after ack_wait (2s); wait until the consumer has nothing pending.
         async def all_acked() -> bool:
-            info = await js.consumer_info("CHOREO_ORDER", DURABLE)
+            info = await js.consumer_info("SHOP_ORDER", DURABLE)
             return info.num_ack_pending == 0 and info.num_pending == 0
 
         await wait_for(all_acked, timeout=30, what="the redelivery to be acked")
         await asyncio.sleep(0.5)
         assert probe.effect_counts(db) == {"o-1": 1}
-        assert await stream_count(js, "CHOREO_INVENTORY", RESERVED) == 1
-        info = await js.consumer_info("CHOREO_ORDER", DURABLE)
+        assert await stream_count(js, "SHOP_INVENTORY", RESERVED) == 1
+        info = await js.consumer_info("SHOP_ORDER", DURABLE)
         assert info.delivered.stream_seq == 1 and info.num_redelivered >= 0
     finally:
         survivor.send_signal(signal.SIGTERM)
@@ -104,7 +104,7 @@ async def test_relay_killed_after_publish_before_mark_is_deduplicated_by_broker(
         await wait_for(lambda: exited(doomed), what="the relay to die after publishing")
     finally:
         doomed.kill()
-    assert await stream_count(js, "CHOREO_INVENTORY", RESERVED) == 1
+    assert await stream_count(js, "SHOP_INVENTORY", RESERVED) == 1
     assert probe.outbox_rows(db) == 1  # published, but not marked sent
 
     survivor = start_probe_process(broker, db)
@@ -115,7 +115,7 @@ async def test_relay_killed_after_publish_before_mark_is_deduplicated_by_broker(
 
         await wait_for(outbox_empty, what="the relay to re-send and mark the row")
         # The re-send carried the same Nats-Msg-Id inside the duplicate window: dropped.
-        assert await stream_count(js, "CHOREO_INVENTORY", RESERVED) == 1
+        assert await stream_count(js, "SHOP_INVENTORY", RESERVED) == 1
         assert probe.effect_counts(db) == {"o-2": 1}
     finally:
         survivor.send_signal(signal.SIGTERM)
@@ -128,7 +128,7 @@ async def test_same_event_with_new_msg_id_is_a_no_op_thanks_to_the_inbox(
     first = await publish_event(js, order_created("o-3"), aggregate_id="o-3")
 
     async def reserved(count: int) -> bool:
-        return await stream_count(js, "CHOREO_INVENTORY", RESERVED) == count
+        return await stream_count(js, "SHOP_INVENTORY", RESERVED) == count
 
     await wait_for(lambda: reserved(1), what="first handling")
     # Beyond the dedup window the broker accepts the same event again under a new msg id.
@@ -139,7 +139,7 @@ async def test_same_event_with_new_msg_id_is_a_no_op_thanks_to_the_inbox(
         event_id=first.event_id,
         msg_id=f"{first.event_id}-later",
     )
-    assert await stream_count(js, "CHOREO_ORDER") == 2
+    assert await stream_count(js, "SHOP_ORDER") == 2
     consumer = runtime.consumers[0]
 
     async def duplicate_seen() -> bool:
@@ -147,7 +147,7 @@ async def test_same_event_with_new_msg_id_is_a_no_op_thanks_to_the_inbox(
 
     await wait_for(duplicate_seen, what="the duplicate to be recognised")
     assert probe.effect_counts(tmp_path / "probe.db") == {"o-3": 1}
-    assert await stream_count(js, "CHOREO_INVENTORY", RESERVED) == 1
+    assert await stream_count(js, "SHOP_INVENTORY", RESERVED) == 1
 
 
 async def dead_letters(js: Any) -> list[dlq.DeadLetter]:
@@ -160,7 +160,7 @@ async def dead_letters(js: Any) -> list[dlq.DeadLetter]:
 async def test_poison_lands_in_dlq_with_reasons_and_consumer_keeps_going(
     runtime: ServiceRuntime, js: Any, tmp_path: Path
 ) -> None:
-    subject = "choreo.order.v1.OrderCreated.o-ok"
+    subject = "shop.order.v1.OrderCreated.o-ok"
     await js.publish(subject, b"\x00\xffgarbage")  # no envelope at all
     valid = await publish_event(js, order_created("o-ok"), aggregate_id="o-ok")
     headers = valid.to_headers()
@@ -176,7 +176,7 @@ async def test_poison_lands_in_dlq_with_reasons_and_consumer_keeps_going(
             **headers,
             "Nats-Msg-Id": "unknown",
             "ce-id": "unknown",
-            "ce-type": "choreo.order.v1.OrderTeleported",
+            "ce-type": "shop.order.v1.OrderTeleported",
         },
     )
     await js.publish(
@@ -186,7 +186,7 @@ async def test_poison_lands_in_dlq_with_reasons_and_consumer_keeps_going(
             **headers,
             "Nats-Msg-Id": "v9",
             "ce-id": "v9",
-            "ce-type": "choreo.order.v9.OrderCreated",
+            "ce-type": "shop.order.v9.OrderCreated",
         },
     )
     await publish_event(js, order_created("o-deep"), aggregate_id="o-deep", chain_depth=99)
@@ -208,7 +208,7 @@ async def test_poison_lands_in_dlq_with_reasons_and_consumer_keeps_going(
     )
     for letter in letters:
         assert letter.service == "probe"
-        assert subjects.event_type_of_subject(letter.subject) == "choreo.order.v1.OrderCreated"
+        assert subjects.event_type_of_subject(letter.subject) == "shop.order.v1.OrderCreated"
         assert letter.detail
     garbage = next(letter for letter in letters if letter.reason == dlq.MISSING_HEADERS)
     assert garbage.body == b"\x00\xffgarbage"

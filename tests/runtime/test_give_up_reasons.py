@@ -16,14 +16,14 @@ from choreo import consumer, dlq, logs, metrics
 from choreo.broker import EmbeddedBroker
 from choreo.errors import TransientError
 from choreo.handling import GaveUp, HandlerContext
-from choreo.inventory.v1 import events_pb2 as inventory_events
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceDefinition, ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, wait_for
+from shop.inventory.v1 import events_pb2 as inventory_events
+from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
 
-FAILED = "choreo.inventory.v1.InventoryReservationFailed"
+FAILED = "shop.inventory.v1.InventoryReservationFailed"
 
 
 @dataclass

@@ -17,10 +17,10 @@ from choreo import dlq
 from choreo.broker import EmbeddedBroker
 from choreo.consumer import Ordering, Subscription
 from choreo.handling import HandlerContext
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceDefinition, ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, stream_count, wait_for
+from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
 from tests.runtime.probe_process import DURABLE, consumer_ready, exited, start_probe_process
 
@@ -84,11 +84,11 @@ async def test_a_message_that_kills_its_process_is_given_up_after_server_counted
     # The letter is filed before the message is acked, and the server applies an ack on its
     # own time: wait for the consumer to have nothing left rather than read it at once.
     async def all_acked() -> bool:
-        info = await js.consumer_info("CHOREO_ORDER", DURABLE)
+        info = await js.consumer_info("SHOP_ORDER", DURABLE)
         return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
     await wait_for(all_acked, timeout=10, what="the given-up message to be acked")
-    info = await js.consumer_info("CHOREO_ORDER", DURABLE)
+    info = await js.consumer_info("SHOP_ORDER", DURABLE)
     # The server bounds deliveries too, above the runtime's own limit and the attempts a
     # give-up may use to compensate (30 by default).
     assert info.config.max_deliver == 2 + 30 + 3
@@ -172,4 +172,4 @@ async def test_successors_wait_out_a_predecessor_that_needs_its_retries(
     (consumer,) = ordered.consumers
     assert consumer.stats.outcomes.get("retry") == FLAKY_TIMES
     assert consumer.stats.outcomes.get("held", 0) >= 2
-    assert await stream_count(js, "CHOREO_ORDER") == 3
+    assert await stream_count(js, "SHOP_ORDER") == 3

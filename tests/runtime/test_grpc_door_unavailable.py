@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from choreo import validation
-from choreo.order.v1 import order_service_pb2 as order_pb
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
+from shop.order.v1 import order_service_pb2 as order_pb
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 
 
 class Failing(order_grpc.OrderServiceServicer):

@@ -13,10 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from choreo.broker import EmbeddedBroker
 from choreo.consumer import Subscription
 from choreo.handling import HandlerContext
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceDefinition, ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, wait_for
+from shop.order.v1 import events_pb2 as order_events
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -9,34 +9,34 @@ from typing import Any
 import pytest
 
 from choreo import dlq, subjects
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.settings import RuntimeSettings
 from choreo.streams import ensure_streams
 from choreo.testing import envelope_for
+from shop.order.v1 import events_pb2 as order_events
 
 
 def test_a_letters_service_and_subject_come_from_its_dead_letter_subject() -> None:
-    subject = "choreo.inventory.v1.InventoryReserved.o-1"
+    subject = "shop.inventory.v1.InventoryReserved.o-1"
     assert subjects.parse_dlq_subject(subjects.dlq_subject("payment", subject)) == (
         "payment",
         subject,
     )
     assert subjects.parse_dlq_subject("choreo.dlq.payment") == ("", "")
-    assert subjects.parse_dlq_subject("choreo.order.v1.OrderCreated.o-1") == ("", "")
+    assert subjects.parse_dlq_subject("shop.order.v1.OrderCreated.o-1") == ("", "")
 
 
 def test_subject_matching_follows_nats_wildcards() -> None:
-    subject = "choreo.order.v1.OrderCreated.o-1"
-    assert subjects.subject_matches("choreo.order.v1.OrderCreated.>", subject)
-    assert subjects.subject_matches("choreo.*.v1.OrderCreated.*", subject)
+    subject = "shop.order.v1.OrderCreated.o-1"
+    assert subjects.subject_matches("shop.order.v1.OrderCreated.>", subject)
+    assert subjects.subject_matches("shop.*.v1.OrderCreated.*", subject)
     assert subjects.subject_matches(">", subject)
-    assert not subjects.subject_matches("choreo.order.v1.OrderCreated", subject)
-    assert not subjects.subject_matches("choreo.order.v1.OrderCreated.o-1.>", subject)
-    assert not subjects.subject_matches("choreo.order.v1.OrderCancelled.>", subject)
+    assert not subjects.subject_matches("shop.order.v1.OrderCreated", subject)
+    assert not subjects.subject_matches("shop.order.v1.OrderCreated.o-1.>", subject)
+    assert not subjects.subject_matches("shop.order.v1.OrderCancelled.>", subject)
 
 
 def test_headers_that_disagree_with_the_subject_make_a_letter_suspect() -> None:
-    subject = "choreo.inventory.v1.InventoryReserved.o-1"
+    subject = "shop.inventory.v1.InventoryReserved.o-1"
     honest = dlq._letter(
         1,
         {dlq.H_SERVICE: "payment", dlq.H_SUBJECT: subject},

@@ -15,10 +15,10 @@ import pytest
 from choreo.broker import EmbeddedBroker
 from choreo.handling import HandlerContext
 from choreo.logs import configure_logging
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceDefinition, ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, wait_for
+from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
 
 

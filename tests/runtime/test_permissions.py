@@ -15,13 +15,13 @@ from nats.js import api
 
 from choreo import dlq, permissions, subjects
 from choreo.broker import EmbeddedBroker
-from choreo.inventory.v1 import events_pb2 as inventory_events
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.payment.v1 import events_pb2 as payment_events
 from choreo.settings import RuntimeSettings
 from choreo.streams import context_stream_config, dlq_stream_config
 from choreo.testing import envelope_for, wait_for
 from services.registry import SERVICE_NAMES
+from shop.inventory.v1 import events_pb2 as inventory_events
+from shop.order.v1 import events_pb2 as order_events
+from shop.payment.v1 import events_pb2 as payment_events
 from tests.cli import choreo
 
 CREDENTIALS = permissions.generate_credentials([*SERVICE_NAMES, permissions.OPERATOR])
@@ -31,7 +31,7 @@ def test_each_service_publishes_only_its_own_context_and_dead_letters() -> None:
     perms = {p.user: p for p in permissions.system_permissions(SERVICE_NAMES)}
     inventory = perms["inventory"]
     event_subjects = [s for s in inventory.publish if not s.startswith("$")]
-    assert event_subjects == ["choreo.inventory.>", "choreo.dlq.inventory.>"]
+    assert event_subjects == ["shop.inventory.>", "choreo.dlq.inventory.>"]
     assert inventory.subscribe == ("_INBOX_inventory.>",)
     # Consumers are pinned, by stream and name, to the event types the choreography says
     # inventory reacts to.
@@ -40,16 +40,16 @@ def test_each_service_publishes_only_its_own_context_and_dead_letters() -> None:
         f"$JS.API.CONSUMER.DURABLE.CREATE.{subjects.stream_name(subjects.context_of(t))}."
         f"{subjects.durable_name('inventory', t)}"
         for t in (
-            "choreo.order.v1.OrderCreated",
-            "choreo.order.v2.OrderCreated",  # beside v1 during its migration window
-            "choreo.order.v1.OrderCancelled",  # at the saga deadline
-            "choreo.payment.v1.PaymentFailed",
-            "choreo.shipping.v1.ShipmentCreated",
-            "choreo.shipping.v1.ShippingFailed",
+            "shop.order.v1.OrderCreated",
+            "shop.order.v2.OrderCreated",  # beside v1 during its migration window
+            "shop.order.v1.OrderCancelled",  # at the saga deadline
+            "shop.payment.v1.PaymentFailed",
+            "shop.shipping.v1.ShipmentCreated",
+            "shop.shipping.v1.ShippingFailed",
         )
     )
     # Only the owner of a stream may create or change it.
-    assert not any("STREAM.UPDATE.CHOREO_ORDER" in s for s in inventory.publish)
+    assert not any("STREAM.UPDATE.SHOP_ORDER" in s for s in inventory.publish)
 
 
 def test_the_credentials_file_is_private_and_its_repr_hides_passwords(tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ async def prepared_streams(broker: EmbeddedBroker) -> Any:
     operator = await connect_as(broker, permissions.OPERATOR)
     js = operator.jetstream()
     settings = RuntimeSettings()
-    for context in ("order", "inventory", "payment"):
+    for context in ("shop.order", "shop.inventory", "shop.payment"):
         await js.add_stream(context_stream_config(context, settings))
     await js.add_stream(dlq_stream_config(settings))
     return operator
@@ -147,7 +147,7 @@ async def test_a_service_publishing_another_contexts_event_is_refused(
         ack = await js.publish(
             envelope.subject, own.SerializeToString(), headers=envelope.to_headers()
         )
-        assert ack.stream == "CHOREO_INVENTORY"
+        assert ack.stream == "SHOP_INVENTORY"
         # A payment event is not: the broker refuses it and says so.
         forged = payment_events.PaymentCompleted(order_id="o-1", payment_id="p-1")
         envelope = envelope_for(forged, aggregate_id="p-1", correlation_id="o-1")
@@ -156,7 +156,7 @@ async def test_a_service_publishing_another_contexts_event_is_refused(
                 envelope.subject, forged.SerializeToString(), headers=envelope.to_headers()
             )
         await refused(errors)
-        assert await stored(operator.jetstream(), "CHOREO_PAYMENT") == 0
+        assert await stored(operator.jetstream(), "SHOP_PAYMENT") == 0
     finally:
         await inventory.close()
         await operator.close()
@@ -175,7 +175,7 @@ async def test_a_forged_inventory_reserved_from_outside_is_refused(
         await payment.publish(envelope.subject, forged.SerializeToString(), headers=None)
         await payment.flush()
         await refused(errors)
-        assert await stored(operator.jetstream(), "CHOREO_INVENTORY") == 0
+        assert await stored(operator.jetstream(), "SHOP_INVENTORY") == 0
     finally:
         await payment.close()
         await operator.close()
@@ -192,32 +192,32 @@ async def test_a_service_consumes_only_what_it_reacts_to(secured_broker: Embedde
         await operator.jetstream().publish(
             envelope.subject, created.SerializeToString(), headers=envelope.to_headers()
         )
-        trigger = "choreo.order.v1.OrderCreated"
+        trigger = "shop.order.v1.OrderCreated"
         durable = subjects.durable_name("inventory", trigger)
         config = api.ConsumerConfig(
             durable_name=durable,
             ack_policy=api.AckPolicy.EXPLICIT,
             filter_subject=subjects.event_type_filter(trigger),
         )
-        await js.add_consumer("CHOREO_ORDER", config)
-        sub = await js.pull_subscribe_bind(durable=durable, stream="CHOREO_ORDER")
+        await js.add_consumer("SHOP_ORDER", config)
+        sub = await js.pull_subscribe_bind(durable=durable, stream="SHOP_ORDER")
         (msg,) = await sub.fetch(1, timeout=2.0)
         assert msg.headers["ce-id"] == envelope.event_id
         await msg.ack_sync(timeout=2.0)
         # A durable that is not inventory's own is refused, on a stream it reads or not.
         sneaky = api.ConsumerConfig(
-            durable_name=subjects.durable_name("inventory", "choreo.order.v1.OrderConfirmed"),
+            durable_name=subjects.durable_name("inventory", "shop.order.v1.OrderConfirmed"),
             ack_policy=api.AckPolicy.EXPLICIT,
-            filter_subject="choreo.order.v1.OrderConfirmed.>",
+            filter_subject="shop.order.v1.OrderConfirmed.>",
         )
         with pytest.raises(Exception):  # noqa: B017 - no reply is allowed through: a timeout
-            await js.add_consumer("CHOREO_ORDER", sneaky)
+            await js.add_consumer("SHOP_ORDER", sneaky)
         await refused(errors)
         errors.clear()
         spy = api.ConsumerConfig(durable_name="spy", ack_policy=api.AckPolicy.NONE)
         with pytest.raises(Exception):  # noqa: B017
-            await js.add_consumer("CHOREO_PAYMENT", spy)
-        assert not await operator.jetstream().consumers_info("CHOREO_PAYMENT")
+            await js.add_consumer("SHOP_PAYMENT", spy)
+        assert not await operator.jetstream().consumers_info("SHOP_PAYMENT")
     finally:
         await inventory.close()
         await operator.close()
@@ -315,7 +315,7 @@ async def test_a_letter_forged_by_notification_for_payment_is_refused_and_listed
     assert letter["suspect"] is True
     assert any("claims the service 'payment'" in why for why in letter["suspicions"])
     assert any(
-        "notification does not subscribe to choreo.inventory.v1.InventoryReserved" in why
+        "notification does not subscribe to shop.inventory.v1.InventoryReserved" in why
         for why in letter["suspicions"]
     )
     table = operator_cli(secured_broker, creds, "dlq", "list")
@@ -330,7 +330,7 @@ async def test_a_letter_forged_by_notification_for_payment_is_refused_and_listed
     assert "suspect" in replayed.stderr and "claims the service 'payment'" in replayed.stderr
     assert "Traceback" not in replayed.stderr
     ops = operator.jetstream()
-    assert await stored(ops, "CHOREO_INVENTORY") == 1, "nothing was republished"
+    assert await stored(ops, "SHOP_INVENTORY") == 1, "nothing was republished"
     assert (await dlq.get_dead_letter(ops, ack.seq)).is_open
     await operator.close()
 
@@ -366,11 +366,11 @@ async def test_a_letter_of_payments_own_pointing_at_another_event_is_not_replaye
     ops = operator.jetstream()
     (letter,) = await dlq.list_dead_letters(ops)
     assert letter.service == "payment" and letter.suspect
-    assert any("is choreo.inventory.v1.InventoryReserved.o-real" in w for w in letter.suspicions)
+    assert any("is shop.inventory.v1.InventoryReserved.o-real" in w for w in letter.suspicions)
     assert any("body is not the body" in why for why in letter.suspicions)
     with pytest.raises(dlq.SuspectLetter, match="event id"):
         await dlq.replay_letter(ops, letter.seq)
-    assert await stored(ops, "CHOREO_INVENTORY") == 1, "nothing was republished"
+    assert await stored(ops, "SHOP_INVENTORY") == 1, "nothing was republished"
     await operator.close()
 
 
@@ -422,7 +422,7 @@ async def test_a_dead_letter_stream_that_rewrites_subjects_makes_every_letter_su
     in it is suspect and none is replayed, however well its other claims match."""
     operator = await connect_as(secured_broker, permissions.OPERATOR)
     ops = operator.jetstream()
-    for context in ("order", "inventory", "payment"):
+    for context in ("shop.order", "shop.inventory", "shop.payment"):
         await ops.add_stream(context_stream_config(context, RuntimeSettings()))
     envelope, real = await a_real_inventory_reserved(secured_broker, "o-1")
     source = await ops.get_msg(real.stream, real.seq)
@@ -450,5 +450,5 @@ async def test_a_dead_letter_stream_that_rewrites_subjects_makes_every_letter_su
     assert [why for why in letter.suspicions if "rewrites subjects" not in why] == []
     with pytest.raises(dlq.SuspectLetter, match="does not prove who filed it"):
         await dlq.replay_letter(ops, letter.seq)
-    assert await stored(ops, "CHOREO_INVENTORY") == 1, "nothing was republished"
+    assert await stored(ops, "SHOP_INVENTORY") == 1, "nothing was republished"
     await operator.close()

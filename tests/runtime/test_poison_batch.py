@@ -17,10 +17,10 @@ from choreo.broker import EmbeddedBroker
 from choreo.consumer import Subscription
 from choreo.errors import TransientError
 from choreo.handling import HandlerContext
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceDefinition, ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, wait_for
+from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
 from tests.runtime.probe_process import consumer_ready, exited, start_probe_process
 

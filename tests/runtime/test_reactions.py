@@ -5,25 +5,25 @@ from __future__ import annotations
 
 import pytest
 
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.payment.v1 import events_pb2 as payment_events
 from choreo.reactions import ReactionsMismatch, check_reactions, declared_triggers
-from choreo.shipping.v1 import events_pb2 as shipping_events
 from services.inventory.handlers import HANDLERS as INVENTORY_HANDLERS
+from shop.order.v1 import events_pb2 as order_events
+from shop.payment.v1 import events_pb2 as payment_events
+from shop.shipping.v1 import events_pb2 as shipping_events
 
 pytestmark = pytest.mark.unit
 
 
 def test_the_reference_services_handle_exactly_what_they_declare() -> None:
     check_reactions("inventory", INVENTORY_HANDLERS)
-    assert "choreo.order.v1.OrderCreated" in (declared_triggers("inventory") or set())
+    assert "shop.order.v1.OrderCreated" in (declared_triggers("inventory") or set())
 
 
 def test_a_handler_for_an_undeclared_event_is_named() -> None:
     handled = [*INVENTORY_HANDLERS, payment_events.PaymentCompleted]
     with pytest.raises(ReactionsMismatch) as caught:
         check_reactions("inventory", handled)
-    assert "choreo.payment.v1.PaymentCompleted has a handler but is not among" in str(caught.value)
+    assert "shop.payment.v1.PaymentCompleted has a handler but is not among" in str(caught.value)
 
 
 def test_a_declared_reaction_without_a_handler_is_named() -> None:
@@ -31,7 +31,7 @@ def test_a_declared_reaction_without_a_handler_is_named() -> None:
     with pytest.raises(ReactionsMismatch) as caught:
         check_reactions("inventory", handled)
     message = str(caught.value)
-    assert "choreo.order.v1.OrderCreated is a declared reaction with no handler" in message
+    assert "shop.order.v1.OrderCreated is a declared reaction with no handler" in message
     assert "PaymentCompleted" not in message
 
 

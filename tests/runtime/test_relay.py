@@ -11,16 +11,16 @@ import pytest
 
 from choreo import outbox
 from choreo.broker import BrokerLink
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.settings import RuntimeSettings
 from choreo.store.port import Database
 from choreo.store.schema import runtime_schema
 from choreo.store.sqlite import SqliteDatabase
 from choreo.streams import ensure_streams
 from choreo.testing import envelope_for, stream_count, wait_for
+from shop.order.v1 import events_pb2 as order_events
 
-STREAM = "CHOREO_ORDER"
-SUBJECT = "choreo.order.v1.OrderCreated"
+STREAM = "SHOP_ORDER"
+SUBJECT = "shop.order.v1.OrderCreated"
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ import pytest
 
 from choreo import dlq, outbox
 from choreo.broker import BrokerLink
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.settings import RuntimeSettings
 from choreo.store.port import Database
 from choreo.store.postgres import PostgresDatabase
 from choreo.store.schema import runtime_schema
 from choreo.streams import ensure_streams
 from choreo.testing import envelope_for, stream_count, wait_for
+from shop.order.v1 import events_pb2 as order_events
 from tests.postgres import fresh_database
 from tests.runtime.test_relay_robust import stop_relay
 
@@ -59,7 +59,7 @@ async def test_two_relays_on_one_postgres_database_publish_each_row_once(
             await wait_for(lambda: _empty(first), timeout=30, what="the shared outbox to drain")
         finally:
             await stop_relay(stopping, *running)
-        assert await stream_count(js, "CHOREO_ORDER") == ROWS
+        assert await stream_count(js, "SHOP_ORDER") == ROWS
         assert [relay.duplicates_dropped for relay in relays] == [0, 0]
         assert sum(relay.published for relay in relays) == ROWS
         assert all(relay.published > 0 for relay in relays)  # they shared the work

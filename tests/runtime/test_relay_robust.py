@@ -19,7 +19,6 @@ import pytest
 from choreo import cli, dlq, outbox, subjects
 from choreo.broker import BrokerLink, EmbeddedBroker
 from choreo.envelope import Envelope
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.store.port import Database
@@ -27,11 +26,12 @@ from choreo.store.schema import runtime_schema
 from choreo.store.sqlite import SqliteDatabase
 from choreo.streams import ensure_streams
 from choreo.testing import envelope_for, publish_event, stream_count, wait_for
+from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
 
-STREAM = "CHOREO_ORDER"
-SUBJECT = "choreo.order.v1.OrderCreated"
-RESERVED = "choreo.inventory.v1.InventoryReserved"
+STREAM = "SHOP_ORDER"
+SUBJECT = "shop.order.v1.OrderCreated"
+RESERVED = "shop.inventory.v1.InventoryReserved"
 MAX_PAYLOAD = 1024 * 1024  # EmbeddedBroker's max_payload
 
 
@@ -305,7 +305,7 @@ async def test_a_connection_the_server_closed_is_re_created_and_the_service_carr
     await runtime.start()
     try:
         await publish_event(js, order_events.OrderCreated(order_id="before"), aggregate_id="before")
-        await wait_for(lambda: _count(js, "CHOREO_INVENTORY", RESERVED, 1), what="first reply")
+        await wait_for(lambda: _count(js, "SHOP_INVENTORY", RESERVED, 1), what="first reply")
         # Headers push this over max_payload: the server closes the connection for good.
         first = runtime.nc
         await first.publish("choreo.test.big", b"x" * (MAX_PAYLOAD - 10), headers={"h": "y" * 100})
@@ -314,7 +314,7 @@ async def test_a_connection_the_server_closed_is_re_created_and_the_service_carr
         # Consumers re-bind to the new connection, and the relay publishes on it.
         await publish_event(js, order_events.OrderCreated(order_id="after"), aggregate_id="after")
         await wait_for(
-            lambda: _count(js, "CHOREO_INVENTORY", RESERVED, 2), timeout=20, what="second reply"
+            lambda: _count(js, "SHOP_INVENTORY", RESERVED, 2), timeout=20, what="second reply"
         )
     finally:
         await runtime.stop()

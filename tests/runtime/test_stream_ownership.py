@@ -22,11 +22,11 @@ async def test_a_service_creates_every_stream_it_needs_when_absent(js: Any) -> N
     await ensure_streams(js, RuntimeSettings(service="payment", max_age_s=2 * DAY))
     names = {info.config.name for info in await js.streams_info()}
     assert names == {
-        "CHOREO_ORDER",
-        "CHOREO_INVENTORY",
-        "CHOREO_PAYMENT",
-        "CHOREO_SHIPPING",
-        "CHOREO_NOTIFICATION",
+        "SHOP_ORDER",
+        "SHOP_INVENTORY",
+        "SHOP_PAYMENT",
+        "SHOP_SHIPPING",
+        "SHOP_NOTIFICATION",
         "CHOREO_DLQ",
     }
 
@@ -38,7 +38,7 @@ async def test_another_service_never_changes_a_stream_it_does_not_own(js: Any) -
     await ensure_streams(
         js, RuntimeSettings(service="inventory", max_age_s=3600.0, duplicate_window_s=60.0)
     )
-    assert await limits(js, "CHOREO_ORDER") == (7 * DAY, 120.0, 1)
+    assert await limits(js, "SHOP_ORDER") == (7 * DAY, 120.0, 1)
     assert await limits(js, "CHOREO_DLQ") == dlq_before
 
 
@@ -48,12 +48,12 @@ async def test_the_owner_sets_its_stream_created_by_another_service_first(js: An
     # message can be lost, only payment publishes there.
     await ensure_streams(js, RuntimeSettings(service="order", max_age_s=7 * DAY))
     await ensure_streams(js, RuntimeSettings(service="payment", max_age_s=DAY))
-    assert await limits(js, "CHOREO_PAYMENT") == (DAY, 120.0, 1)
+    assert await limits(js, "SHOP_PAYMENT") == (DAY, 120.0, 1)
     # From then on it is owned: a later start of order leaves it alone, and payment itself
     # may not shrink it any more.
     await ensure_streams(js, RuntimeSettings(service="order", max_age_s=7 * DAY))
-    assert await limits(js, "CHOREO_PAYMENT") == (DAY, 120.0, 1)
-    with pytest.raises(StreamConflict, match="CHOREO_PAYMENT"):
+    assert await limits(js, "SHOP_PAYMENT") == (DAY, 120.0, 1)
+    with pytest.raises(StreamConflict, match="SHOP_PAYMENT"):
         await ensure_streams(js, RuntimeSettings(service="payment", max_age_s=3600.0))
 
 
@@ -62,9 +62,9 @@ async def test_the_owner_shrinking_its_stream_fails_loudly_and_changes_nothing(j
     with pytest.raises(StreamConflict) as failure:
         await ensure_streams(js, RuntimeSettings(service="order", max_age_s=3600.0))
     message = str(failure.value)
-    for part in ("CHOREO_ORDER", "max_age", "604800", "3600", "CHOREO_MAX_AGE_S"):
+    for part in ("SHOP_ORDER", "max_age", "604800", "3600", "CHOREO_MAX_AGE_S"):
         assert part in message, message
-    assert await limits(js, "CHOREO_ORDER") == (7 * DAY, 120.0, 1)
+    assert await limits(js, "SHOP_ORDER") == (7 * DAY, 120.0, 1)
 
 
 async def test_a_smaller_duplicate_window_is_a_conflict_too(js: Any) -> None:
@@ -78,7 +78,7 @@ async def test_the_owner_may_grow_its_stream(js: Any) -> None:
     await ensure_streams(
         js, RuntimeSettings(service="order", max_age_s=3 * DAY, duplicate_window_s=300.0)
     )
-    assert await limits(js, "CHOREO_ORDER") == (3 * DAY, 300.0, 1)
+    assert await limits(js, "SHOP_ORDER") == (3 * DAY, 300.0, 1)
     # The same settings again: nothing to do, no error.
     await ensure_streams(
         js, RuntimeSettings(service="order", max_age_s=3 * DAY, duplicate_window_s=300.0)

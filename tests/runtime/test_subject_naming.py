@@ -1,6 +1,6 @@
 """The naming scheme for any team's proto package (choreo.subjects): one pure function from an
-event's full name to its context, stream, subjects and durables; the reference system's names
-stay exactly what they were (renaming a stream or a durable replays or loses history)."""
+event's full name to its context, stream, subjects and durables. No organisation is special:
+the reference system's ``shop`` packages map exactly as another team's do."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from choreo import contracts, subjects
 from choreo.errors import ConfigurationError
 
 
-def test_the_reference_names_are_unchanged() -> None:
-    name = "choreo.payment.v1.PaymentCompleted"
+def test_the_reference_names_follow_the_same_rule() -> None:
+    name = "shop.payment.v1.PaymentCompleted"
 
-    assert subjects.context_of(name) == "payment"
-    assert subjects.stream_name("payment") == "CHOREO_PAYMENT"
-    assert subjects.stream_subjects("payment") == ["choreo.payment.>"]
-    assert subjects.durable_name("order", name) == "order__payment_v1_PaymentCompleted"
-    assert subjects.saga_filter("payment", "o-1") == "choreo.payment.*.*.o-1"
-    assert subjects.service_of("payment") == "payment"
+    assert subjects.context_of(name) == "shop.payment"
+    assert subjects.stream_name("shop.payment") == "SHOP_PAYMENT"
+    assert subjects.stream_subjects("shop.payment") == ["shop.payment.>"]
+    assert subjects.durable_name("order", name) == "order__shop_payment_v1_PaymentCompleted"
+    assert subjects.saga_filter("shop.payment", "o-1") == "shop.payment.*.*.o-1"
+    assert subjects.service_of("shop.payment") == "payment"
     assert subjects.version_of(name) == 1
 
 
@@ -35,6 +35,11 @@ def test_another_team_s_package_is_its_own_context_stream_and_subjects() -> None
     assert subjects.version_of(name) == 2
     assert subjects.event_type_of_subject("acme.loyalty.v2.PointsAwarded.o-1") == name
     assert subjects.event_type_of_subject(name) == name
+
+
+def test_a_context_without_its_organisation_is_refused_naming_the_form() -> None:
+    with pytest.raises(ValueError, match=r"'shop\.order'"):
+        subjects.stream_name("order")
 
 
 def test_deeper_namespaces_work_and_a_choreo_subpackage_keeps_its_whole_name() -> None:

@@ -11,13 +11,13 @@ from opentelemetry.trace import SpanKind
 
 from choreo.broker import EmbeddedBroker
 from choreo.envelope import H_TRACEPARENT
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.streamread import read_stream
 from choreo.telemetry import configure_tracing
 from choreo.testing import publish_event, stream_count, wait_for
 from choreo.tracing import current_trace_headers, trace_id_of
+from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
 from tests.runtime.probe_process import consumer_ready, start_probe_process
 
@@ -48,10 +48,10 @@ async def test_a_handled_event_and_what_it_emits_stay_in_the_publishers_trace(
         trace_id = f"{root.get_span_context().trace_id:032x}"
 
         async def emitted() -> bool:
-            return await stream_count(js, "CHOREO_INVENTORY") == 1
+            return await stream_count(js, "SHOP_INVENTORY") == 1
 
         await wait_for(emitted, what="InventoryReserved")
-        (reserved,) = await read_stream(js, "CHOREO_INVENTORY")
+        (reserved,) = await read_stream(js, "SHOP_INVENTORY")
         assert trace_id_of(reserved.headers) == trace_id
         assert traceparent is not None
         # A new span (the relay's publish) is the parent the consumers will see.
@@ -86,10 +86,10 @@ async def test_without_an_sdk_an_emitted_event_carries_the_trace_it_arrived_with
         )
 
         async def emitted() -> bool:
-            return await stream_count(js, "CHOREO_INVENTORY") == 1
+            return await stream_count(js, "SHOP_INVENTORY") == 1
 
         await wait_for(emitted, what="InventoryReserved")
-        (reserved,) = await read_stream(js, "CHOREO_INVENTORY")
+        (reserved,) = await read_stream(js, "SHOP_INVENTORY")
         assert reserved.headers[H_TRACEPARENT] == traceparent
     finally:
         probe_process.terminate()

@@ -14,8 +14,6 @@ from typing import Any
 import pytest
 
 from choreo.broker import EmbeddedBroker
-from choreo.order.v1 import order_service_pb2 as order_pb
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
 from choreo.service import ServiceRuntime
 from choreo.settings import RuntimeSettings
 from services import registry
@@ -27,6 +25,8 @@ from services.payment.gateway import FakePaymentGateway, LedgerCounts
 from services.settings import SagaSettings
 from services.shipping.provider import FakeShippingProvider, ShippingLedgerCounts
 from services.workload import SagaPath, request_for
+from shop.order.v1 import order_service_pb2 as order_pb
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
 from tests.services import channel
 
 # Small budgets: a step gives up after 3 attempts within about a second.

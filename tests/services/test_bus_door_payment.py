@@ -16,11 +16,11 @@ import pytest
 
 from choreo import dlq, sealing
 from choreo.broker import EmbeddedBroker
-from choreo.payment.v1 import events_pb2 as pay
 from choreo.service import ServiceRuntime
 from choreo.testing import wait_for
 from services.payment.service import build
 from services.settings import SagaSettings
+from shop.payment.v1 import events_pb2 as pay
 from tests.postgres import fresh_database
 from tests.services import emitted, runtime_settings, wait_for_count
 from tests.services.test_payment_service import TOKEN_KEY, deliver, gateway, reserved

@@ -22,18 +22,18 @@ from typing import Any
 import pytest
 
 from choreo.errors import TransientError
-from choreo.inventory.v1 import events_pb2 as inv
-from choreo.notification.v1 import events_pb2 as notification_events
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.payment.v1 import events_pb2 as pay
-from choreo.shipping.v1 import events_pb2 as ship
-from choreo.shipping.v1 import shipping_service_pb2 as ship_pb
-from choreo.shipping.v1 import shipping_service_pb2_grpc as ship_grpc
 from choreo.testing import wait_for
 from services.inventory import handlers as inventory_handlers
 from services.order.domain import CancellationReason, OrderStatus
 from services.payment import handlers as payment_handlers
 from services.shipping import handlers as shipping_handlers
+from shop.inventory.v1 import events_pb2 as inv
+from shop.notification.v1 import events_pb2 as notification_events
+from shop.order.v1 import events_pb2 as order_events
+from shop.payment.v1 import events_pb2 as pay
+from shop.shipping.v1 import events_pb2 as ship
+from shop.shipping.v1 import shipping_service_pb2 as ship_pb
+from shop.shipping.v1 import shipping_service_pb2_grpc as ship_grpc
 from tests.services import channel, emitted, wait_for_count
 from tests.services.saga_harness import Saga, all_released, saga
 from tests.services.test_replay_after_lost_compensation import audited, quiet

@@ -8,13 +8,13 @@ import sys
 from typing import Any
 
 from choreo import dlq, subjects
-from choreo.payment.v1 import events_pb2 as pay
-from choreo.shipping.v1 import events_pb2 as ship
 from choreo.testing import wait_for
 from services.order.domain import CancellationReason, OrderStatus
 from services.payment.gateway import GatewayUnavailable, IdempotencyKeyReused
 from services.shipping.provider import ProviderUnavailable
 from services.workload import SagaPath
+from shop.payment.v1 import events_pb2 as pay
+from shop.shipping.v1 import events_pb2 as ship
 from tests.services import emitted
 from tests.services.saga_harness import Saga, all_released, failing, hanging, saga
 
@@ -117,7 +117,7 @@ async def test_an_exhausted_refund_has_no_failure_event_so_it_raises_an_alarm(
     (letter,) = await letters(js)
     assert letter.service == "payment"
     assert letter.reason == dlq.RETRIES_EXHAUSTED
-    assert subjects.event_type_of_subject(letter.subject) == "choreo.shipping.v1.ShippingFailed"
+    assert subjects.event_type_of_subject(letter.subject) == "shop.shipping.v1.ShippingFailed"
     listed = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

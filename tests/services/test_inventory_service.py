@@ -13,17 +13,17 @@ import grpc
 import pytest
 
 from choreo.broker import EmbeddedBroker
-from choreo.common.v1 import address_pb2, money_pb2, order_line_pb2
-from choreo.inventory.v1 import events_pb2 as inv
-from choreo.inventory.v1 import inventory_service_pb2 as pb
-from choreo.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.payment.v1 import events_pb2 as payment_events
 from choreo.service import ServiceRuntime
-from choreo.shipping.v1 import events_pb2 as shipping_events
 from choreo.testing import publish_event
 from services.inventory.service import build
 from services.settings import SagaSettings
+from shop.common.v1 import address_pb2, money_pb2, order_line_pb2
+from shop.inventory.v1 import events_pb2 as inv
+from shop.inventory.v1 import inventory_service_pb2 as pb
+from shop.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
+from shop.order.v1 import events_pb2 as order_events
+from shop.payment.v1 import events_pb2 as payment_events
+from shop.shipping.v1 import events_pb2 as shipping_events
 from tests.services import (
     channel,
     count,

@@ -12,17 +12,17 @@ from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from choreo.grpc_errors import field_violations
-from choreo.inventory.v1 import inventory_service_pb2 as inventory_pb
-from choreo.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
-from choreo.notification.v1 import notification_service_pb2 as notification_pb
-from choreo.notification.v1 import notification_service_pb2_grpc as notification_grpc
-from choreo.payment.v1 import payment_service_pb2 as payment_pb
-from choreo.payment.v1 import payment_service_pb2_grpc as payment_grpc
-from choreo.shipping.v1 import shipping_service_pb2 as shipping_pb
-from choreo.shipping.v1 import shipping_service_pb2_grpc as shipping_grpc
 from choreo.testing import wait_for
 from services.audit import wait_for_quiescence
 from services.workload import SagaPath
+from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
+from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from shop.notification.v1 import notification_service_pb2 as notification_pb
+from shop.notification.v1 import notification_service_pb2_grpc as notification_grpc
+from shop.payment.v1 import payment_service_pb2 as payment_pb
+from shop.payment.v1 import payment_service_pb2_grpc as payment_grpc
+from shop.shipping.v1 import shipping_service_pb2 as shipping_pb
+from shop.shipping.v1 import shipping_service_pb2_grpc as shipping_grpc
 from tests.services import channel
 from tests.services.saga_harness import Saga, saga
 
@@ -233,13 +233,13 @@ async def test_reflection_answers_in_v1_and_v1alpha(saga: Saga) -> None:
             listed = await _ask(call, reflection_pb2.ServerReflectionRequest(list_services=""))
             names = {s.name for s in listed.list_services_response.service}
             assert {
-                "choreo.payment.v1.PaymentService",
+                "shop.payment.v1.PaymentService",
                 "grpc.health.v1.Health",
                 "grpc.reflection.v1.ServerReflection",
                 "grpc.reflection.v1alpha.ServerReflection",
             } <= names, version
             for symbol, package in [
-                ("choreo.payment.v1.PaymentService", "choreo.payment.v1"),
+                ("shop.payment.v1.PaymentService", "shop.payment.v1"),
                 ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1"),
             ]:
                 found = await _ask(

@@ -10,15 +10,15 @@ import grpc
 import pytest
 
 from choreo.broker import EmbeddedBroker
-from choreo.notification.v1 import events_pb2 as note
-from choreo.notification.v1 import notification_service_pb2 as pb
-from choreo.notification.v1 import notification_service_pb2_grpc as pb_grpc
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceRuntime
-from choreo.shipping.v1 import events_pb2 as ship
 from choreo.testing import publish_event
 from services.notification.service import build
 from services.settings import SagaSettings
+from shop.notification.v1 import events_pb2 as note
+from shop.notification.v1 import notification_service_pb2 as pb
+from shop.notification.v1 import notification_service_pb2_grpc as pb_grpc
+from shop.order.v1 import events_pb2 as order_events
+from shop.shipping.v1 import events_pb2 as ship
 from tests.services import (
     channel,
     count,

@@ -18,8 +18,6 @@ from google.protobuf.message import Message
 from choreo import subjects
 from choreo.envelope import Envelope
 from choreo.handling import HandlerContext
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.payment.v1 import events_pb2 as payment_events
 from choreo.service import ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.streamread import read_stream
@@ -27,6 +25,8 @@ from choreo.testing import wait_for
 from services import registry
 from services.order import store as order_store
 from services.workload import SagaPath
+from shop.order.v1 import events_pb2 as order_events
+from shop.payment.v1 import events_pb2 as payment_events
 from tests.services.saga_harness import Saga, saga
 
 __all__ = ["saga"]  # the fixture
@@ -77,7 +77,7 @@ async def start_order_with_late_payments(s: Saga, overtaken: list[str]) -> None:
 async def order_histories(js: Any) -> dict[str, list[tuple[int, int, str]]]:
     """Per order: (stream sequence, aggregate version, event name) of its order events."""
     histories: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
-    for msg in await read_stream(js, subjects.stream_name("order")):
+    for msg in await read_stream(js, subjects.stream_name("shop.order")):
         envelope = Envelope.from_headers(msg.headers)
         name = envelope.event_type.rsplit(".", 1)[-1]
         histories[envelope.aggregate_id].append((msg.seq, envelope.aggregate_version, name))
@@ -86,8 +86,8 @@ async def order_histories(js: Any) -> dict[str, list[tuple[int, int, str]]]:
 
 async def paid_order_ids(js: Any) -> set[str]:
     paid = set()
-    for msg in await read_stream(js, subjects.stream_name("payment")):
-        if subjects.event_type_of_subject(msg.subject) == "choreo.payment.v1.PaymentCompleted":
+    for msg in await read_stream(js, subjects.stream_name("shop.payment")):
+        if subjects.event_type_of_subject(msg.subject) == "shop.payment.v1.PaymentCompleted":
             paid.add(payment_events.PaymentCompleted.FromString(msg.data).order_id)
     return paid
 
@@ -96,7 +96,7 @@ async def order_stream_events(js: Any, cls: type[M]) -> list[M]:
     name = cls.DESCRIPTOR.full_name
     return [
         cls.FromString(m.data)
-        for m in await read_stream(js, subjects.stream_name("order"))
+        for m in await read_stream(js, subjects.stream_name("shop.order"))
         if subjects.event_type_of_subject(m.subject) == name
     ]
 

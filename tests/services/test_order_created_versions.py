@@ -17,13 +17,13 @@ from nats.js import api
 from choreo import subjects
 from choreo.envelope import Envelope
 from choreo.errors import ConfigurationError
-from choreo.inventory.v1 import events_pb2 as inventory_events
-from choreo.order.v1 import events_pb2 as order_v1
-from choreo.order.v2 import events_pb2 as order_v2
 from choreo.testing import wait_for
 from services.order.domain import OrderStatus
 from services.settings import SagaSettings
 from services.values import decimal_to_minor
+from shop.inventory.v1 import events_pb2 as inventory_events
+from shop.order.v1 import events_pb2 as order_v1
+from shop.order.v2 import events_pb2 as order_v2
 from tests.services import emitted
 from tests.services.saga_harness import Saga, saga
 
@@ -33,7 +33,7 @@ __all__ = ["saga"]  # the fixture
 async def downstream_reader(js: Any, durable: str, event_type: str) -> Any:
     """A downstream team's own durable pull consumer on one event type (one version)."""
     await js.add_consumer(
-        subjects.stream_name("order"),
+        subjects.stream_name("shop.order"),
         api.ConsumerConfig(
             durable_name=durable,
             filter_subject=subjects.event_type_filter(event_type),
@@ -41,7 +41,7 @@ async def downstream_reader(js: Any, durable: str, event_type: str) -> Any:
             deliver_policy=api.DeliverPolicy.ALL,
         ),
     )
-    return await js.pull_subscribe_bind(durable, stream=subjects.stream_name("order"))
+    return await js.pull_subscribe_bind(durable, stream=subjects.stream_name("shop.order"))
 
 
 async def read_all(sub: Any) -> list[tuple[Envelope, bytes]]:
@@ -76,8 +76,8 @@ async def test_sagas_complete_on_v1_v2_and_both_with_v1_only_and_v2_readers_pres
     saga: Saga, js: Any
 ) -> None:
     await saga.start("inventory", "payment", "shipping", "notification")
-    v1_reader = await downstream_reader(js, "billing__order_v1", "choreo.order.v1.OrderCreated")
-    v2_reader = await downstream_reader(js, "analytics__order_v2", "choreo.order.v2.OrderCreated")
+    v1_reader = await downstream_reader(js, "billing__order_v1", "shop.order.v1.OrderCreated")
+    v2_reader = await downstream_reader(js, "analytics__order_v2", "shop.order.v2.OrderCreated")
 
     only_v1 = await run_saga(saga, "1")
     window = await run_saga(saga, "1,2")
@@ -88,8 +88,8 @@ async def test_sagas_complete_on_v1_v2_and_both_with_v1_only_and_v2_readers_pres
     v2_read = await read_all(v2_reader)
     assert [e.aggregate_id for e, _ in v1_read] == [only_v1, window]
     assert [e.aggregate_id for e, _ in v2_read] == [window, only_v2]
-    assert {e.event_type for e, _ in v1_read} == {"choreo.order.v1.OrderCreated"}
-    assert {e.event_type for e, _ in v2_read} == {"choreo.order.v2.OrderCreated"}
+    assert {e.event_type for e, _ in v1_read} == {"shop.order.v1.OrderCreated"}
+    assert {e.event_type for e, _ in v2_read} == {"shop.order.v2.OrderCreated"}
 
     # Both versions of the window's order say the same, v2 in exact decimals.
     (v1,) = [order_v1.OrderCreated.FromString(b) for e, b in v1_read if e.aggregate_id == window]

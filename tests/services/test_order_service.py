@@ -19,32 +19,32 @@ from google.protobuf.message import Message
 
 from choreo import dlq, subjects
 from choreo.broker import EmbeddedBroker
-from choreo.common.v1 import address_pb2, order_line_pb2
 from choreo.envelope import Envelope
 from choreo.errors import ConfigurationError
 from choreo.grpc_errors import field_violations
-from choreo.inventory.v1 import events_pb2 as inventory_events
-from choreo.notification.v1 import events_pb2 as notification_events
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.order.v1 import order_service_pb2 as pb
-from choreo.order.v1 import order_service_pb2_grpc as pb_grpc
-from choreo.payment.v1 import events_pb2 as payment_events
 from choreo.service import ServiceRuntime
 from choreo.settings import RuntimeSettings
-from choreo.shipping.v1 import events_pb2 as shipping_events
 from choreo.streamread import read_stream
 from choreo.testing import publish_event, stream_count, wait_for
 from services import payment_token
 from services.notification.service import build as build_notification
 from services.order.service import build, cancel_overdue
 from services.settings import SagaSettings
+from shop.common.v1 import address_pb2, order_line_pb2
+from shop.inventory.v1 import events_pb2 as inventory_events
+from shop.notification.v1 import events_pb2 as notification_events
+from shop.order.v1 import events_pb2 as order_events
+from shop.order.v1 import order_service_pb2 as pb
+from shop.order.v1 import order_service_pb2_grpc as pb_grpc
+from shop.payment.v1 import events_pb2 as payment_events
+from shop.shipping.v1 import events_pb2 as shipping_events
 from tests.services import emitted, runtime_settings, wait_for_count
 
-ORDER_STREAM = "CHOREO_ORDER"
-CREATED = "choreo.order.v1.OrderCreated"
-CONFIRMED = "choreo.order.v1.OrderConfirmed"
-SHIPPED = "choreo.order.v1.OrderShipped"
-CANCELLED = "choreo.order.v1.OrderCancelled"
+ORDER_STREAM = "SHOP_ORDER"
+CREATED = "shop.order.v1.OrderCreated"
+CONFIRMED = "shop.order.v1.OrderConfirmed"
+SHIPPED = "shop.order.v1.OrderShipped"
+CANCELLED = "shop.order.v1.OrderCancelled"
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     Stub = pb_grpc.OrderServiceAsyncStub
@@ -529,7 +529,7 @@ async def test_a_shipping_failure_after_confirmation_cancels_once_even_when_deli
     cancelled = await wait_status(stub, order_id, pb.ORDER_STATUS_CANCELLED)
     assert cancelled.cancellation_reason == order_events.CANCELLATION_REASON_SHIPPING_FAILED
     assert "no carrier delivers to AQ" in cancelled.cancellation_detail
-    await consumer_drained(js, "CHOREO_SHIPPING", "choreo.shipping.v1.ShippingFailed")
+    await consumer_drained(js, "SHOP_SHIPPING", "shop.shipping.v1.ShippingFailed")
     await wait_count(js, CANCELLED, 1)
     await settle()
     assert await count(js, CANCELLED) == 1
@@ -647,7 +647,7 @@ async def test_an_order_cancelled_at_its_deadline_is_told_cancelled_only_though_
     await wait_status(stub, order_id, pb.ORDER_STATUS_CONFIRMED)
     assert await cancel_overdue(runtime, 0.0, datetime.now(UTC) + timedelta(seconds=1)) == 1
     await publish_event(js, booked(order_id), aggregate_id=order_id)
-    await consumer_drained(js, "CHOREO_SHIPPING", "choreo.shipping.v1.ShipmentCreated")
+    await consumer_drained(js, "SHOP_SHIPPING", "shop.shipping.v1.ShipmentCreated")
     await wait_for_count(js, notification_events.NotificationSent, 1)
     final = await wait_notified(stub, order_id)
     await settle()

@@ -7,13 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from choreo import dlq
-from choreo.common.v1 import money_pb2
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.payment.v1 import events_pb2 as pay
 from choreo.service import ServiceRuntime
-from choreo.shipping.v1 import events_pb2 as shipping_events
 from choreo.testing import wait_for
 from services.payment import domain
+from shop.common.v1 import money_pb2
+from shop.order.v1 import events_pb2 as order_events
+from shop.payment.v1 import events_pb2 as pay
+from shop.shipping.v1 import events_pb2 as shipping_events
 from tests.services import emitted, wait_for_count
 from tests.services.test_payment_service import deliver, gateway, payment, reserved, start_payment
 

@@ -12,18 +12,18 @@ import pytest
 
 from choreo import sealing
 from choreo.broker import EmbeddedBroker
-from choreo.common.v1 import address_pb2, money_pb2, order_line_pb2
-from choreo.inventory.v1 import events_pb2 as inv
-from choreo.payment.v1 import events_pb2 as pay
-from choreo.payment.v1 import payment_service_pb2 as pb
-from choreo.payment.v1 import payment_service_pb2_grpc as pb_grpc
 from choreo.service import ServiceRuntime
-from choreo.shipping.v1 import events_pb2 as shipping_events
 from choreo.testing import publish_event
 from services import payment_token
 from services.payment.gateway import FakePaymentGateway
 from services.payment.service import build
 from services.settings import SagaSettings
+from shop.common.v1 import address_pb2, money_pb2, order_line_pb2
+from shop.inventory.v1 import events_pb2 as inv
+from shop.payment.v1 import events_pb2 as pay
+from shop.payment.v1 import payment_service_pb2 as pb
+from shop.payment.v1 import payment_service_pb2_grpc as pb_grpc
+from shop.shipping.v1 import events_pb2 as shipping_events
 from tests.services import (
     channel,
     count,

@@ -17,14 +17,14 @@ import pytest
 
 from choreo import dlq, sealing, subjects
 from choreo.errors import ConfigurationError, PermanentError
-from choreo.order.v1 import order_service_pb2_grpc as order_grpc
-from choreo.payment.v1 import events_pb2 as pay
 from choreo.streamread import read_stream
 from choreo.testing import wait_for
 from services import payment_token
 from services.order.domain import CancellationReason, OrderStatus
 from services.settings import SagaSettings
 from services.workload import SagaPath, request_for
+from shop.order.v1 import order_service_pb2_grpc as order_grpc
+from shop.payment.v1 import events_pb2 as pay
 from tests.services import channel, emitted
 from tests.services.saga_harness import Saga, all_released, saga
 

@@ -8,12 +8,12 @@ from typing import Any
 
 from nats.js import api
 
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.settings import RuntimeSettings
 from choreo.store.schema import runtime_schema
 from choreo.streams import ensure_streams
 from choreo.testing import publish_event
 from services.audit import consumer_backlogs, outbox_rows, wait_for_quiescence
+from shop.order.v1 import events_pb2 as order_events
 
 
 def make_outbox(data_dir: Path, service: str, rows: int) -> None:
@@ -39,7 +39,7 @@ async def test_quiet_when_no_consumer_has_work_and_no_outbox_has_rows(
 async def test_an_undelivered_event_is_not_quiet(js: Any, tmp_path: Path) -> None:
     await ensure_streams(js, RuntimeSettings())
     await js.add_consumer(
-        "CHOREO_ORDER",
+        "SHOP_ORDER",
         api.ConsumerConfig(durable_name="inventory__probe", ack_policy=api.AckPolicy.EXPLICIT),
     )
     await publish_event(js, order_events.OrderCreated(order_id="o-1"), aggregate_id="o-1")

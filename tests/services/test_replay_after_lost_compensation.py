@@ -18,15 +18,15 @@ from typing import Any
 import pytest
 
 from choreo import dlq
-from choreo.notification.v1 import events_pb2 as notification_events
-from choreo.payment.v1 import events_pb2 as pay
-from choreo.shipping.v1 import events_pb2 as ship
 from choreo.testing import wait_for
 from services import audit
 from services.catalog import load_catalog
 from services.order.domain import CancellationReason, OrderStatus
 from services.payment.gateway import GatewayUnavailable
 from services.shipping.provider import ProviderUnavailable
+from shop.notification.v1 import events_pb2 as notification_events
+from shop.payment.v1 import events_pb2 as pay
+from shop.shipping.v1 import events_pb2 as ship
 from tests.services import emitted
 from tests.services.saga_harness import Saga, all_released, failing, saga
 

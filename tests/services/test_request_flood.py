@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, cast
 import grpc
 
 from choreo.broker import EmbeddedBroker, free_port
-from choreo.common.v1 import order_line_pb2
-from choreo.order.v1 import order_service_pb2 as pb
-from choreo.order.v1 import order_service_pb2_grpc as pb_grpc
 from choreo.request_limits import max_receive_bytes
 from choreo.supervisor import ProcessSpec, Supervisor
+from shop.common.v1 import order_line_pb2
+from shop.order.v1 import order_service_pb2 as pb
+from shop.order.v1 import order_service_pb2_grpc as pb_grpc
 from tests.services.test_order_service import place_request
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 import pytest
 
-PLACE_ORDER = "/choreo.order.v1.OrderService/PlaceOrder"
+PLACE_ORDER = "/shop.order.v1.OrderService/PlaceOrder"
 SAMPLES = 60  # good calls per measurement
 FLOODERS = 3  # clients sending bad requests back to back, as in the report
 MAX_BAD_PER_FLOODER = 2000  # a bound, whatever the timing

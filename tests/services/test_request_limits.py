@@ -21,15 +21,15 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from google.protobuf.message import Message
 
 from choreo.broker import EmbeddedBroker
-from choreo.common.v1 import address_pb2, order_line_pb2
 from choreo.grpc_errors import field_violations
-from choreo.order.v1 import order_service_pb2 as pb
-from choreo.order.v1 import order_service_pb2_grpc as pb_grpc
 from choreo.request_limits import max_encoded_size, max_receive_bytes
 from choreo.service import ServiceRuntime
 from choreo.testing import stream_count
 from services import registry
 from services.settings import SagaSettings
+from shop.common.v1 import address_pb2, order_line_pb2
+from shop.order.v1 import order_service_pb2 as pb
+from shop.order.v1 import order_service_pb2_grpc as pb_grpc
 from tests.contracts.test_event_size import maximal_request
 from tests.postgres import fresh_database
 from tests.services import runtime_settings
@@ -78,7 +78,7 @@ async def assert_nothing_stored(runtime: ServiceRuntime, stub: Stub, js: Any) ->
             assert row is not None and row[0] == 0, table
     assert list((await stub.ListOrders(pb.ListOrdersRequest(), timeout=10)).orders) == []
     await settle()
-    assert await stream_count(js, "CHOREO_ORDER") == 0
+    assert await stream_count(js, "SHOP_ORDER") == 0
 
 
 async def refused_fields(stub: Stub, request: pb.PlaceOrderRequest) -> list[str]:
@@ -142,7 +142,7 @@ async def test_the_largest_valid_request_gets_through_the_receive_limit(
     }
 
 
-PLACE_ORDER = "/choreo.order.v1.OrderService/PlaceOrder"
+PLACE_ORDER = "/shop.order.v1.OrderService/PlaceOrder"
 
 
 async def test_a_request_larger_than_any_valid_one_is_not_read_at_all(
@@ -268,14 +268,14 @@ UNDECODABLE = {
 async def test_undecodable_bytes_get_a_clean_invalid_argument_and_nothing_is_stored(
     runtime: ServiceRuntime, channel: grpc.aio.Channel, stub: Stub, js: Any
 ) -> None:
-    path = "/choreo.order.v1.OrderService/PlaceOrder"
+    path = "/shop.order.v1.OrderService/PlaceOrder"
     place_raw = channel.unary_unary(path, request_serializer=raw, response_deserializer=raw)
     for case, data in UNDECODABLE.items():
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await place_raw(data, timeout=10)
         error = caught.value
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, error.details())
-        assert error.details() == "request is not a valid choreo.order.v1.PlaceOrderRequest message"
+        assert error.details() == "request is not a valid shop.order.v1.PlaceOrderRequest message"
         assert not any(word in (error.details() or "") for word in INTERNALS), case
     await assert_nothing_stored(runtime, stub, js)
 
@@ -351,6 +351,6 @@ async def test_every_rpc_of_every_service_refuses_undecodable_bytes_and_nul_in_e
             await runtime.stop(grace_s=1.0)
 
     # Every query RPC has an id to check, and PlaceOrder all of its text.
-    assert "choreo.order.v1.OrderService.PlaceOrder: shipping_address.line2" in checked
-    assert "choreo.notification.v1.NotificationService.ListNotifications: page_token" in checked
+    assert "shop.order.v1.OrderService.PlaceOrder: shipping_address.line2" in checked
+    assert "shop.notification.v1.NotificationService.ListNotifications: page_token" in checked
     assert len(checked) >= 20

@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from choreo.inventory.v1 import events_pb2 as inv
-from choreo.notification.v1 import events_pb2 as notification_events
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.payment.v1 import events_pb2 as pay
-from choreo.shipping.v1 import events_pb2 as ship
 from choreo.testing import wait_for
 from services.audit import wait_for_quiescence
 from services.order.domain import CancellationReason, OrderStatus
+from shop.inventory.v1 import events_pb2 as inv
+from shop.notification.v1 import events_pb2 as notification_events
+from shop.order.v1 import events_pb2 as order_events
+from shop.payment.v1 import events_pb2 as pay
+from shop.shipping.v1 import events_pb2 as ship
 from tests.services import emitted, wait_for_count
 from tests.services.saga_harness import Saga, all_released, hanging, saga
 

@@ -12,16 +12,16 @@ import grpc
 import pytest
 
 from choreo.broker import EmbeddedBroker
-from choreo.common.v1 import address_pb2, money_pb2
-from choreo.payment.v1 import events_pb2 as pay
 from choreo.service import ServiceRuntime
-from choreo.shipping.v1 import events_pb2 as ship
-from choreo.shipping.v1 import shipping_service_pb2 as pb
-from choreo.shipping.v1 import shipping_service_pb2_grpc as pb_grpc
 from choreo.testing import publish_event
 from services.settings import SagaSettings
 from services.shipping.provider import FakeShippingProvider
 from services.shipping.service import build
+from shop.common.v1 import address_pb2, money_pb2
+from shop.payment.v1 import events_pb2 as pay
+from shop.shipping.v1 import events_pb2 as ship
+from shop.shipping.v1 import shipping_service_pb2 as pb
+from shop.shipping.v1 import shipping_service_pb2_grpc as pb_grpc
 from tests.services import (
     channel,
     count,

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from choreo.inventory.v1 import events_pb2 as inv
-from choreo.inventory.v1 import inventory_service_pb2 as inv_pb
-from choreo.inventory.v1 import inventory_service_pb2_grpc as inv_grpc
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.payment.v1 import events_pb2 as pay
-from choreo.payment.v1 import payment_service_pb2 as pay_pb
-from choreo.payment.v1 import payment_service_pb2_grpc as pay_grpc
 from choreo.service import ServiceRuntime
-from choreo.shipping.v1 import events_pb2 as ship
-from choreo.shipping.v1 import shipping_service_pb2 as ship_pb
-from choreo.shipping.v1 import shipping_service_pb2_grpc as ship_grpc
 from choreo.testing import publish_event
+from shop.inventory.v1 import events_pb2 as inv
+from shop.inventory.v1 import inventory_service_pb2 as inv_pb
+from shop.inventory.v1 import inventory_service_pb2_grpc as inv_grpc
+from shop.order.v1 import events_pb2 as order_events
+from shop.payment.v1 import events_pb2 as pay
+from shop.payment.v1 import payment_service_pb2 as pay_pb
+from shop.payment.v1 import payment_service_pb2_grpc as pay_grpc
+from shop.shipping.v1 import events_pb2 as ship
+from shop.shipping.v1 import shipping_service_pb2 as ship_pb
+from shop.shipping.v1 import shipping_service_pb2_grpc as ship_grpc
 from tests.services import channel, count, emitted, wait_for_count, wait_processed
 from tests.services.test_inventory_service import inventory, levels, order, place, stub
 from tests.services.test_payment_service import deliver as deliver_to_payment

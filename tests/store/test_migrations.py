@@ -96,7 +96,7 @@ async def test_the_quiescence_check_counts_unpublished_events_on_postgres() -> N
                     await tx.execute(
                         "INSERT INTO choreo_outbox (event_id, subject, headers, body, created_at)"
                         " VALUES (?, ?, ?, ?, ?)",
-                        (f"e-{n}", "choreo.order.v1.OrderCreated", "{}", b"", 0.0),
+                        (f"e-{n}", "shop.order.v1.OrderCreated", "{}", b"", 0.0),
                     )
             assert await database_outbox_rows({"order": url}) == 2
         finally:

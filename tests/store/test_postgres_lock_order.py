@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 
 from choreo.broker import EmbeddedBroker
-from choreo.common.v1 import address_pb2, money_pb2, order_line_pb2
-from choreo.inventory.v1 import events_pb2 as inv
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, wait_for
 from services.inventory.service import build
 from services.settings import SagaSettings
+from shop.common.v1 import address_pb2, money_pb2, order_line_pb2
+from shop.inventory.v1 import events_pb2 as inv
+from shop.order.v1 import events_pb2 as order_events
 from tests.postgres import fresh_database
 from tests.services import count
 

@@ -13,13 +13,13 @@ from typing import Any
 from choreo import inbox
 from choreo.broker import EmbeddedBroker
 from choreo.handling import HandlerContext
-from choreo.inventory.v1 import events_pb2 as inventory_events
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceDefinition, ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.store import open_database
 from choreo.store.schema import runtime_schema
 from choreo.testing import publish_event, stream_count, wait_for
+from shop.inventory.v1 import events_pb2 as inventory_events
+from shop.order.v1 import events_pb2 as order_events
 from tests.postgres import fresh_database
 
 EVENTS = 12
@@ -137,11 +137,11 @@ async def test_two_replicas_racing_on_the_same_event_apply_it_once(
             assert all(per_replica), "both replicas took a share of the work"
 
             async def published() -> bool:
-                return await stream_count(js, "CHOREO_INVENTORY") >= EVENTS
+                return await stream_count(js, "SHOP_INVENTORY") >= EVENTS
 
             await wait_for(published, what="the emitted events")
             await asyncio.sleep(0.5)
-            assert await stream_count(js, "CHOREO_INVENTORY") == EVENTS  # emitted once each
+            assert await stream_count(js, "SHOP_INVENTORY") == EVENTS  # emitted once each
         finally:
             for replica in replicas:
                 await replica.stop()

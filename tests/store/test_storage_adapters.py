@@ -17,13 +17,13 @@ import pytest
 
 from choreo import inbox, outbox
 from choreo.broker import EmbeddedBroker
-from choreo.order.v1 import events_pb2 as order_events
 from choreo.service import ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.store import open_database
 from choreo.store.port import Database
 from choreo.store.schema import runtime_schema
 from choreo.testing import envelope_for, publish_event, stream_count, wait_for
+from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
 
 STOCK_OF = "SELECT available FROM stock WHERE sku = ?"
@@ -69,9 +69,9 @@ async def test_a_transaction_commits_everything_or_nothing(db: Database) -> None
 
 async def test_the_inbox_key_tells_a_first_delivery_from_a_duplicate(db: Database) -> None:
     async with db.transaction() as tx:
-        assert await inbox.record_handled(tx, "inventory__order_v1_OrderCreated", "e-1")
+        assert await inbox.record_handled(tx, "inventory__shop_order_v1_OrderCreated", "e-1")
     async with db.transaction() as tx:
-        assert not await inbox.record_handled(tx, "inventory__order_v1_OrderCreated", "e-1")
+        assert not await inbox.record_handled(tx, "inventory__shop_order_v1_OrderCreated", "e-1")
         assert await inbox.record_handled(tx, "another_consumer", "e-1")
 
 
@@ -89,7 +89,7 @@ async def test_outbox_rows_and_aggregate_versions_commit_with_the_state(db: Data
     async with db.read() as tx:
         rows = await tx.fetchall("SELECT subject, body FROM choreo_outbox")
     assert [(subject, bytes(body)) for subject, body in rows] == [
-        ("choreo.order.v1.OrderConfirmed.o-1", event.SerializeToString())
+        ("shop.order.v1.OrderConfirmed.o-1", event.SerializeToString())
     ]
 
 
@@ -154,7 +154,7 @@ async def test_a_service_on_postgres_applies_a_redelivered_event_once(
         await wait_for(reserved_once_and_duplicate_seen, what="one handling and one duplicate")
         async with service.db.read() as tx:
             assert await tx.fetchall("SELECT order_id, applied FROM effects") == [("pg-1", 1)]
-        assert await stream_count(js, "CHOREO_INVENTORY") == 1
+        assert await stream_count(js, "SHOP_INVENTORY") == 1
     finally:
         await service.stop()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -15,8 +15,8 @@ from google.protobuf.message import Message
 
 from acme_loyalty import domain, store
 from choreo.handling import Handler, HandlerContext
-from choreo.order.v1 import events_pb2 as order_events
-from choreo.payment.v1 import events_pb2 as payment_events
+from shop.order.v1 import events_pb2 as order_events
+from shop.payment.v1 import events_pb2 as payment_events
 
 log = logging.getLogger(__name__)
 

@@ -69,7 +69,7 @@ class Reaction(_message.Message):
     CATCH_UP_FIELD_NUMBER: _builtins.int
     trigger: _builtins.str
     """The full Protobuf name of the event that triggers the reaction, for example
-    "choreo.order.v1.OrderCreated".
+    "shop.order.v1.OrderCreated".
     """
     description: _builtins.str
     """A one-sentence description of what the service does in the reaction."""

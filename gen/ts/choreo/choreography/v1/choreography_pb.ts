@@ -52,7 +52,7 @@ export const EventOptionsSchema: GenMessage<EventOptions> = /*@__PURE__*/
 export type Reaction = Message<"choreo.choreography.v1.Reaction"> & {
   /**
    * The full Protobuf name of the event that triggers the reaction, for example
-   * "choreo.order.v1.OrderCreated".
+   * "shop.order.v1.OrderCreated".
    *
    * @generated from field: string trigger = 1;
    */

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from choreo.choreography.v1 import choreography_pb2 as choreo_dot_choreography_dot_v1_dot_choreography__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61\x63me/hello/v1/hello.proto\x12\racme.hello.v1\x1a)choreo/choreography/v1/choreography.proto\"H\n\x0f\x43ustomerGreeted\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t:\x0e\x8a\xb5\x18\n\n\x08greeting2S\n\x0cHelloService\x1a\x43\x92\xb5\x18?\n=\n\x1c\x63horeo.order.v1.OrderCreated\x12\x1d\x61\x63me.hello.v1.CustomerGreetedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61\x63me/hello/v1/hello.proto\x12\racme.hello.v1\x1a)choreo/choreography/v1/choreography.proto\"H\n\x0f\x43ustomerGreeted\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t:\x0e\x8a\xb5\x18\n\n\x08greeting2Q\n\x0cHelloService\x1a\x41\x92\xb5\x18=\n;\n\x1ashop.order.v1.OrderCreated\x12\x1d\x61\x63me.hello.v1.CustomerGreetedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CUSTOMERGREETED']._loaded_options = None
   _globals['_CUSTOMERGREETED']._serialized_options = b'\212\265\030\n\n\010greeting'
   _globals['_HELLOSERVICE']._loaded_options = None
-  _globals['_HELLOSERVICE']._serialized_options = b'\222\265\030?\n=\n\034choreo.order.v1.OrderCreated\022\035acme.hello.v1.CustomerGreeted'
+  _globals['_HELLOSERVICE']._serialized_options = b'\222\265\030=\n;\n\032shop.order.v1.OrderCreated\022\035acme.hello.v1.CustomerGreeted'
   _globals['_CUSTOMERGREETED']._serialized_start=87
   _globals['_CUSTOMERGREETED']._serialized_end=159
   _globals['_HELLOSERVICE']._serialized_start=161
-  _globals['_HELLOSERVICE']._serialized_end=244
+  _globals['_HELLOSERVICE']._serialized_end=242
 # @@protoc_insertion_point(module_scope)
