@@ -7,7 +7,7 @@ NPM_BIN := node_modules/.bin
 STAMP_PY := $(VENV)/.installed
 STAMP_NPM := node_modules/.installed
 
-.PHONY: lock wheel venv npm gen gen-check lint-proto breaking compose-check browser lint typecheck docs pytest test demo bench chaos clean
+.PHONY: lock wheel contracts venv npm gen gen-check lint-proto breaking compose-check browser lint typecheck docs pytest test demo bench chaos clean
 
 LOCK := requirements-dev.txt
 
@@ -36,6 +36,11 @@ lock: venv
 ## The runtime wheel (dist/choreo-*.whl): the choreo package alone, no reference services.
 wheel: venv
 	$(PY) -m build --wheel --outdir dist .
+
+## The contracts as a Python wheel and an npm tarball in dist/
+contracts: venv npm
+	$(PY) -m build --wheel --no-isolation --outdir dist contracts
+	scripts/pack_contracts.sh dist
 
 ## Regenerate gen/python and gen/ts from proto/.
 gen: venv npm

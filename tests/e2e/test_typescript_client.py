@@ -1,17 +1,21 @@
 """A TypeScript program (clients/ts/saga-client.ts) uses the contracts against the running system.
 
-It only has gen/ts and public npm libraries (@grpc/grpc-js, @bufbuild/protobuf, the NATS
-JetStream client): it places a happy and an out-of-stock order, watches both to their end,
-reads each saga's events through durable consumers of its own and decodes them, and reads the
-field a bad request names from the google.rpc.BadRequest trailer. Here the five services run
-as separate processes against a real broker, and what the program reports is checked against
-the system's own view.
+It only has the npm package @choreo/shop-contracts and public npm libraries (@grpc/grpc-js,
+@bufbuild/protobuf, the NATS JetStream client): it places a happy and an out-of-stock order,
+watches both to their end, reads each saga's events through durable consumers of its own and
+decodes them, and reads the field a bad request names from the google.rpc.BadRequest trailer.
+The package is packed by scripts/pack_contracts.sh and installed from its tarball into a
+project of its own, as a team outside this repository would, so the client is type-checked and
+run against what the tarball holds, never against gen/ts. Here the five services run as
+separate processes against a real broker, and what the program reports is checked against the
+system's own view.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -39,6 +43,12 @@ CLIENT = REPO_ROOT / "clients" / "ts" / "saga-client.ts"
 TSX = REPO_ROOT / "node_modules" / ".bin" / "tsx"
 TSC = REPO_ROOT / "node_modules" / ".bin" / "tsc"
 PYTHON_EXAMPLE = REPO_ROOT / "clients" / "python" / "downstream_consumer.py"
+PACK_CONTRACTS = REPO_ROOT / "scripts" / "pack_contracts.sh"
+CONTRACTS_PACKAGE_JSON = REPO_ROOT / "contracts" / "npm" / "package.json"
+PACKAGE = "@choreo/shop-contracts"
+# The client's other libraries, linked from the repo's node_modules (npm ci): Node and tsc
+# follow a link to its real path, so what these import in turn is found there.
+LINKED = ["@grpc/grpc-js", "@nats-io/jetstream", "@nats-io/transport-node", "@types/node"]
 
 HAPPY = [
     "InventoryReserved",
@@ -61,6 +71,53 @@ def _node_tool(path: Path) -> Path:
     return path
 
 
+def _run(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ts_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project of its own with the contracts installed from their tarball and the client in it."""
+    _node_tool(TSC)
+    _node_tool(TSX)
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("npm is not on PATH: install Node.js 20+ (with npm) to pack the contracts")
+    root = tmp_path_factory.mktemp("ts-client")
+
+    packed = _run(["bash", str(PACK_CONTRACTS), str(root / "dist")], REPO_ROOT, 300)
+    assert packed.returncode == 0, packed.stdout + packed.stderr
+    tarball = Path(packed.stdout.strip().splitlines()[-1])
+    assert tarball.is_file() and tarball.parent == root / "dist", packed.stdout
+
+    project = root / "project"
+    project.mkdir()
+    (project / "package.json").write_text(
+        json.dumps({"name": "ts-client-check", "private": True, "type": "module"}, indent=2)
+    )
+    # @bufbuild/protobuf, the package's one dependency, comes from npm's cache (npm ci put it
+    # there), else from the registry.
+    installed = _run(
+        [npm, "install", "--no-audit", "--no-fund", "--prefer-offline", str(tarball)],
+        project,
+        300,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+
+    # After the install, so npm never sees (or prunes through) the links.
+    for name in LINKED:
+        target = REPO_ROOT / "node_modules" / name
+        if not target.is_dir():
+            pytest.fail(f"{target} is missing: run `make npm` (npm ci)")
+        link = project / "node_modules" / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, link, target_is_directory=True)
+
+    shutil.copy(CLIENT, project / CLIENT.name)
+    shutil.copy(CLIENT.parent / "tsconfig.json", project / "tsconfig.json")
+    return project
+
+
 @pytest.fixture(scope="module")
 def system() -> Iterator[System]:
     with tempfile.TemporaryDirectory(prefix="choreo-ts-") as data_dir:
@@ -74,14 +131,20 @@ def system() -> Iterator[System]:
             running.stop()
 
 
-def test_the_typescript_client_type_checks_against_gen_ts() -> None:
-    result = subprocess.run(
-        [str(_node_tool(TSC)), "-p", str(CLIENT.parent / "tsconfig.json")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_the_contracts_package_installs_with_its_proto_files(ts_project: Path) -> None:
+    installed = ts_project / "node_modules" / PACKAGE
+    manifest = json.loads((installed / "package.json").read_text())
+    expected = json.loads(CONTRACTS_PACKAGE_JSON.read_text())
+
+    assert manifest["name"] == PACKAGE
+    assert manifest["version"] == expected["version"]
+    assert (installed / "proto" / "shop" / "order" / "v1" / "events.proto").is_file()
+    assert (installed / "shop" / "order" / "v1" / "events_pb.js").is_file()
+    assert (installed / "shop" / "order" / "v1" / "events_pb.d.ts").is_file()
+
+
+def test_the_typescript_client_type_checks_against_the_package(ts_project: Path) -> None:
+    result = _run([str(TSC), "-p", str(ts_project / "tsconfig.json")], ts_project, 120)
 
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -109,20 +172,20 @@ async def _event_types(nats_url: str, order_id: str) -> list[str]:
     return sorted(step.event_type for step in steps)
 
 
-def test_the_typescript_client_runs_both_sagas_and_reads_their_events(system: System) -> None:
-    result = subprocess.run(
+def test_the_typescript_client_runs_both_sagas_and_reads_their_events(
+    ts_project: Path, system: System
+) -> None:
+    result = _run(
         [
-            str(_node_tool(TSX)),
-            str(CLIENT),
+            str(TSX),
+            str(ts_project / CLIENT.name),
             "--grpc",
             system.addresses["order"],
             "--nats",
             system.nats_url,
         ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
+        ts_project,
+        180,
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
