@@ -46,7 +46,7 @@ REFERENCE_COMMANDS = {
     "serve": ("services.cli_commands", "build_service"),
 }
 # Top-level packages of the reference system; a missing one means it is not installed.
-REFERENCE_PACKAGES = ("services", "choreo.order", "choreo.inventory", "choreo.common")
+REFERENCE_PACKAGES = ("services", "shop")
 
 
 def _version() -> str:

@@ -217,6 +217,20 @@ def contexts() -> tuple[str, ...]:
     return tuple(_ranked())
 
 
+def context_of_service(service: str) -> str:
+    """The context ``service`` owns: the one whose last name is the service's
+    (``order`` -> ``shop.order``). Raises :class:`ContractsError` when none or several do."""
+    owned = [context for context in contexts() if subjects.service_of(context) == service]
+    if len(owned) != 1:
+        found = ", ".join(owned) or "none"
+        raise ContractsError(
+            f"service {service!r} must own exactly one context of the contracts"
+            f" {list(contract_packages())} (found: {found}); is its contract package installed"
+            f" or named in {PACKAGES_VARIABLE}?"
+        )
+    return owned[0]
+
+
 def _rank(full_name: str) -> int:
     return _ranked().get(subjects.context_of(full_name), len(_ranked()))
 

@@ -109,8 +109,12 @@ def operator_permissions() -> Permissions:
 
 
 def system_permissions(services: Iterable[str]) -> list[Permissions]:
-    """Every service of the choreography (service name = the context it owns) and the operator."""
-    return [service_permissions(name, name, consumed_by(name)) for name in services] + [
+    """Every service of the choreography (each owns the context named after it) and the
+    operator."""
+    return [
+        service_permissions(name, contracts.context_of_service(name), consumed_by(name))
+        for name in services
+    ] + [
         operator_permissions()
     ]
 

@@ -21,7 +21,7 @@ async def test_an_empty_system_has_no_sagas_and_no_dead_letters(js: Any) -> None
 
 
 async def test_the_newest_sagas_are_found_behind_many_later_events(js: Any) -> None:
-    await create_if_absent(js, context_stream_config("order", RuntimeSettings()))
+    await create_if_absent(js, context_stream_config("shop.order", RuntimeSettings()))
     order_ids = [f"o-{i:03d}" for i in range(30)]
     for order_id in order_ids:
         await publish_event(

@@ -18,7 +18,7 @@ from choreo.streams import context_stream_config, create_if_absent, dlq_stream_c
 
 # Who receives each test event: a service of the choreography (inventory reacts to
 # OrderCreated), and one it does not know (``points``), whose durable on the stream shows it.
-CONSUMERS = {"order": "inventory", "acme.loyalty": "points"}
+CONSUMERS = {"shop.order": "inventory", "acme.loyalty": "points"}
 
 
 async def file_letter(js: Any, context: str, subject: str) -> int:
@@ -60,7 +60,7 @@ async def file_letter(js: Any, context: str, subject: str) -> int:
 @pytest.mark.parametrize(
     ("context", "subject"),
     [
-        ("order", "shop.order.v1.OrderCreated.o-1"),
+        ("shop.order", "shop.order.v1.OrderCreated.o-1"),
         ("acme.loyalty", "acme.loyalty.v1.PointsAwarded.o-1"),
     ],
 )
@@ -82,7 +82,7 @@ async def test_a_replay_is_found_on_the_letters_own_stream(
 
 
 async def test_a_letter_whose_subject_is_no_event_has_no_replays(js: Any) -> None:
-    seq = await file_letter(js, "order", "shop.order.v1.OrderCreated.o-2")
+    seq = await file_letter(js, "shop.order", "shop.order.v1.OrderCreated.o-2")
     letter = await dlq.get_dead_letter(js, seq)
     odd = dataclasses.replace(letter, subject="not-an-event")
     assert await reads.replays_of(js, odd) == []
@@ -104,7 +104,7 @@ def loyalty_contracts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 async def test_a_sagas_dead_letters_are_found_in_every_package(
     js: Any, loyalty_contracts: None
 ) -> None:
-    ours = await file_letter(js, "order", "shop.order.v1.OrderCreated.o-7")
+    ours = await file_letter(js, "shop.order", "shop.order.v1.OrderCreated.o-7")
     theirs = await file_letter(js, "acme.loyalty", "acme.loyalty.v1.PointsAwarded.o-7")
     await file_letter(js, "acme.loyalty", "acme.loyalty.v1.PointsAwarded.o-8")  # another saga
 

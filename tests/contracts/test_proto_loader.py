@@ -36,7 +36,7 @@ def test_every_proto_file_loads_with_proto_loader() -> None:
 
 def test_the_check_catches_option_syntax_protobufjs_cannot_parse(tmp_path: Path) -> None:
     shutil.copytree(PROTO_ROOT, tmp_path / "proto")
-    service = tmp_path / "proto" / "choreo" / "payment" / "v1" / "payment_service.proto"
+    service = tmp_path / "proto" / "shop" / "payment" / "v1" / "payment_service.proto"
     text = service.read_text()
     first = text.index("    reactions: {")
     end = text.index("\n  };", first)

@@ -1,8 +1,9 @@
 """The runtime's wheel works outside the repository: built with `python -m build --wheel`,
-installed with its dependencies into a fresh venv, run from a folder with no checkout in
-sight. It holds the runtime only (no top-level `services`), its CLI says clearly what needs
-the reference system, and it serves another team's service (examples/loyalty) on a real
-nats-server."""
+installed with its dependencies into a fresh venv beside the reference contracts' own wheel
+(contracts/pyproject.toml), run from a folder with no checkout in sight. It holds the runtime
+only (no top-level `services`), its CLI says clearly what needs the reference system, the
+contracts are found because they are installed, and it serves another team's service
+(examples/loyalty) on a real nats-server."""
 
 from __future__ import annotations
 
@@ -27,9 +28,6 @@ from shop.payment.v1 import events_pb2 as payment_events
 from tests.examples import LOYALTY_PATHS
 
 REPO = Path(__file__).resolve().parents[2]
-# The reference system's contracts as generated code, the way a team that generates from
-# proto/ has them; the repository itself (and so `services`) stays off the path.
-REFERENCE_CONTRACTS = str(REPO / "gen" / "python")
 APP = "acme_loyalty.service:build"
 
 
@@ -52,13 +50,16 @@ def locked_constraints() -> str:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    """(the wheel, the fresh venv's bin folder) with the wheel installed."""
+    """(the runtime's wheel, the fresh venv's bin folder) with the runtime's wheel and the
+    reference contracts' wheel installed."""
     root = tmp_path_factory.mktemp("wheel")
     # --no-isolation: the build backend is the locked hatchling of this venv, not the index's.
     build = [sys.executable, "-m", "build", "--wheel", "--no-isolation"]
-    built = run([*build, "--outdir", str(root / "dist"), str(REPO)], root)
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    for project in (REPO, REPO / "contracts"):
+        built = run([*build, "--outdir", str(root / "dist"), str(project)], root)
+        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     (wheel,) = (root / "dist").glob("choreo-*.whl")
+    (contracts_wheel,) = (root / "dist").glob("choreo_shop_contracts-*.whl")
     venv = root / "venv"
     # No pip inside: this pip installs into it (--python), which saves the venv's own pip's
     # install; --no-compile saves compiling every dependency's bytecode (half the time).
@@ -70,7 +71,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     constraints = root / "constraints.txt"
     constraints.write_text(locked_constraints())
     install = [*pip_into_venv, "install", "-q", "--no-compile", "-c", str(constraints)]
-    pip = run([*install, str(wheel)], root)
+    pip = run([*install, str(wheel), str(contracts_wheel)], root)
     assert pip.returncode == 0, pip.stdout[-3000:] + pip.stderr[-3000:]
     yield wheel, venv / "bin"
 
@@ -85,7 +86,23 @@ def test_the_wheel_holds_the_runtime_and_its_generated_options_only(
     assert top_level == {"choreo", "buf", wheel.name.split("-py3")[0] + ".dist-info"}
     assert "choreo/choreography/v1/choreography_pb2.py" in names
     assert "buf/validate/validate_pb2.py" in names
-    assert not any(name.startswith("choreo/order/") for name in names)  # reference contracts
+    assert not any(name.startswith(("shop/", "services/")) for name in names)
+
+
+def test_the_contracts_wheel_holds_the_generated_code_and_the_proto_files(
+    installed: tuple[Path, Path],
+) -> None:
+    wheel, _ = installed
+    (contracts_wheel,) = wheel.parent.glob("choreo_shop_contracts-*.whl")
+    names = zipfile.ZipFile(contracts_wheel).namelist()
+
+    assert {name.split("/")[0] for name in names if not name.endswith(".dist-info")} >= {"shop"}
+    assert not any(name.startswith(("choreo/", "services/")) for name in names)
+    for generated in ("events_pb2.py", "events_pb2.pyi", "events.proto", "order_service.proto"):
+        assert f"shop/order/v1/{generated}" in names
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    declared = zipfile.ZipFile(contracts_wheel).read(entry_points).decode()
+    assert "[choreo.contracts]" in declared and "shop = shop" in declared
 
 
 def test_the_installed_runtime_imports_and_runs_without_the_repository(
@@ -130,11 +147,11 @@ def site_packages_mb(venv: Path) -> float:
 
 def test_the_core_install_is_small(installed: tuple[Path, Path]) -> None:
     # The runtime with its core dependencies only (nats-py, protobuf, grpcio with health,
-    # reflection and status, protovalidate, OpenTelemetry): no broker binary, no plots, no
-    # database drivers. The budget leaves room for the reference contracts' wheel.
+    # reflection and status, protovalidate, OpenTelemetry), and the reference contracts' wheel:
+    # no broker binary, no plots, no database drivers.
     _, bin_dir = installed
     size = site_packages_mb(bin_dir.parent)
-    print(f"core install: {size:.1f} MB of site-packages")
+    print(f"core install with the reference contracts: {size:.1f} MB of site-packages")
     assert size < 60, f"{size:.1f} MB"
 
 
@@ -176,9 +193,11 @@ def test_flow_reads_another_team_s_contracts(installed: tuple[Path, Path], tmp_p
         "shop_payment_v1_PaymentCompleted -->|loyalty| acme_loyalty_v1_PointsAwarded" in flow.stdout
     )
 
-    nothing = run([str(bin_dir / "choreo"), "flow"], tmp_path)
-    assert nothing.returncode == 1
-    assert "no choreography" in nothing.stderr and "--contracts" in nothing.stderr
+    # The installed contracts wheel is found without being named (entry point choreo.contracts).
+    installed_only = run([str(bin_dir / "choreo"), "flow"], tmp_path)
+    assert installed_only.returncode == 0, installed_only.stderr
+    assert "shop_order_v1_OrderCreated" in installed_only.stdout
+    assert "acme_loyalty" not in installed_only.stdout
 
 
 async def test_the_installed_runtime_serves_another_team_s_service(
@@ -194,7 +213,7 @@ async def test_the_installed_runtime_serves_another_team_s_service(
                 argv=[str(bin_dir / "choreo"), "serve", "loyalty", "--app", APP],
                 env={
                     **clean,
-                    "PYTHONPATH": os.pathsep.join([*LOYALTY_PATHS, REFERENCE_CONTRACTS]),
+                    "PYTHONPATH": os.pathsep.join(LOYALTY_PATHS),
                     "CHOREO_NATS_URL": broker.url,
                     "CHOREO_DATABASE_URL": f"sqlite:///{tmp_path / 'loyalty.db'}",
                     "CHOREO_GRPC_HOST": "127.0.0.1",

@@ -101,7 +101,7 @@ async def test_r3_streams_survive_a_node_loss_and_a_leader_change(
     try:
         js = nc.jetstream(timeout=2.0)
         settings = RuntimeSettings(stream_replicas=3)
-        await patiently(lambda: js.add_stream(context_stream_config("order", settings)))
+        await patiently(lambda: js.add_stream(context_stream_config("shop.order", settings)))
         for index in range(50):
             await publish_until_stored(js, index)
 

@@ -86,4 +86,10 @@ def test_a_contract_package_that_is_not_there_is_a_clear_configuration_error(
     finally:
         monkeypatch.delenv(contracts.PACKAGES_VARIABLE)
         contracts.refresh()
-    assert contracts.contexts() == ("order", "inventory", "payment", "shipping", "notification")
+    assert contracts.contexts() == (
+        "shop.order",
+        "shop.inventory",
+        "shop.payment",
+        "shop.shipping",
+        "shop.notification",
+    )

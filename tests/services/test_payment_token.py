@@ -225,7 +225,7 @@ async def test_the_token_is_on_no_stream_yet_the_gateway_charges_it(saga: Saga, 
     await ended(saga, order_id, OrderStatus.SHIPPED)
     assert seen == [token]
     assert (await saga.payments()).charges == {order_id: 1}
-    stored = await raw_bytes(js, "order", "inventory")
+    stored = await raw_bytes(js, "shop.order", "shop.inventory")
     # OrderCreated and InventoryReserved (at least) were read; none holds the token.
     assert len(stored) >= 2
     assert not [raw for raw in stored if token.encode() in raw]
@@ -265,5 +265,5 @@ async def test_a_payment_service_with_the_wrong_key_fails_the_payment_naming_why
     assert CANNOT_OPEN in letter.detail
     assert letter.compensated
     # The dead letter keeps the event for 30 days: the token in it is still sealed.
-    stored = await raw_bytes(js, "order", "inventory", "payment")
+    stored = await raw_bytes(js, "shop.order", "shop.inventory", "shop.payment")
     assert not [raw for raw in stored if token.encode() in raw]
