@@ -14,10 +14,10 @@ LOCK := requirements-dev.txt
 # Every Python package comes from the lock, checked against its hashes, so the same commit
 # installs the same versions on every machine; the project itself goes in editable, without
 # resolving anything (the build backend, hatchling, is in the lock too).
-$(STAMP_PY): pyproject.toml contracts/pyproject.toml $(LOCK)
+$(STAMP_PY): pyproject.toml contracts/pyproject.toml reference/pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . -e contracts
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . -e contracts -e reference
 	$(PY) -m pip check
 	touch $@
 
@@ -69,7 +69,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy choreo services tests examples/loyalty/acme_loyalty
+	$(BIN)/mypy choreo services tools tests examples/loyalty/acme_loyalty
 
 ## The web console's browser test drives Debian's Chromium through chromedriver.
 browser:

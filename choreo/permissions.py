@@ -114,9 +114,7 @@ def system_permissions(services: Iterable[str]) -> list[Permissions]:
     return [
         service_permissions(name, contracts.context_of_service(name), consumed_by(name))
         for name in services
-    ] + [
-        operator_permissions()
-    ]
+    ] + [operator_permissions()]
 
 
 # --- credentials ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ gRPC:
 
 Prints a table and the ratios (after / before, per pair and their median) and writes them to
 ``--output``. The measurement part runs inside each build with that build's Python, so it uses
-only what both builds have (``services.bench``, ``services.system``, ``services.workload``).
+only what both builds have (``tools.bench``, ``services.system``, ``services.workload``).
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ async def measure(levels: list[int], seconds: float, rate: float) -> dict[str, A
     import grpc
     import nats
 
-    from services import bench
     from services.system import System, SystemConfig
     from services.workload import SagaPath, request_for
     from shop.order.v1 import order_service_pb2_grpc as order_grpc
+    from tools import bench
 
     workdir = Path(tempfile.mkdtemp(prefix="choreo-before-after-"))
     env = {"CHOREO_CATALOG": str(bench.BENCH_CATALOG), "CHOREO_METRICS_PORT": "0"}

@@ -79,3 +79,15 @@ def open_token(key: sealing.Opener, order_id: str, sealed: str) -> str:
     return key.open(
         sealed, purpose=_purpose(order_id), what=f"the payment token of order {order_id}"
     )
+
+
+def write_keys(out: Path) -> list[str]:
+    """``choreo secrets`` (entry point group ``choreo.secrets``): a fresh key pair for sealing
+    the payment token. An existing pair is kept, since tokens in flight were sealed with it
+    (delete the files to rotate)."""
+    private, public = out / PRIVATE_KEY_FILE, out / PUBLIC_KEY_FILE
+    sealing.ensure_keypair(private, public)
+    return [
+        f"payment token keys: {private} (mode 0600, payment service only) and {public}"
+        " (order service)"
+    ]

@@ -1,4 +1,7 @@
-"""The five saga services by name: what ``choreo serve NAME`` and ``choreo up`` start."""
+"""The five saga services by name: what ``choreo serve NAME`` and ``choreo up`` start.
+
+Each is declared in the entry point group ``choreo.services`` (reference/pyproject.toml) as
+one of the functions at the end, so the runtime's ``choreo serve order`` finds it."""
 
 from __future__ import annotations
 
@@ -19,3 +22,27 @@ def build(name: str, runtime: RuntimeSettings, saga: SagaSettings) -> ServiceDef
     module = importlib.import_module(f"services.{name}.service")
     definition: ServiceDefinition = module.build(runtime, saga)
     return definition
+
+
+def _serve(name: str, runtime: RuntimeSettings) -> ServiceDefinition:
+    return build(name, runtime, SagaSettings.from_env())
+
+
+def order(runtime: RuntimeSettings) -> ServiceDefinition:
+    return _serve("order", runtime)
+
+
+def inventory(runtime: RuntimeSettings) -> ServiceDefinition:
+    return _serve("inventory", runtime)
+
+
+def payment(runtime: RuntimeSettings) -> ServiceDefinition:
+    return _serve("payment", runtime)
+
+
+def shipping(runtime: RuntimeSettings) -> ServiceDefinition:
+    return _serve("shipping", runtime)
+
+
+def notification(runtime: RuntimeSettings) -> ServiceDefinition:
+    return _serve("notification", runtime)

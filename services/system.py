@@ -194,7 +194,7 @@ class SystemConfig:
     # Embedded broker nodes: 1, or a JetStream cluster on loopback (3: R3 streams).
     cluster: int = 1
     # What runs each service, after the interpreter: ``choreo serve``, or the benchmark's
-    # naive build (``-m services.naive``).
+    # naive build (``-m tools.naive``).
     service_argv: tuple[str, ...] = ("-m", "choreo.cli", "serve")
     # How `supervise` restarts a dead broker node or service, and when it gives up.
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from services.bench import (
+from services.registry import SERVICE_NAMES
+from tools.bench import (
     MODES,
     LoopResult,
     RunResult,
@@ -20,7 +21,6 @@ from services.bench import (
     plot,
     ratio_table,
 )
-from services.registry import SERVICE_NAMES
 
 pytestmark = pytest.mark.unit
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import grpc
 import nats
 
-from services.bench import FASTSTREAM_ARGV
-from services.faststream_build import DURABLE_PREFIX, durable_name
 from services.registry import SERVICE_NAMES
 from services.system import System, SystemConfig
 from services.workload import SagaPath, place_all, wait_until_final
 from shop.order.v1 import events_pb2 as order_events
 from shop.order.v1 import order_service_pb2_grpc as order_grpc
+from tools.bench import FASTSTREAM_ARGV
+from tools.faststream_build import DURABLE_PREFIX, durable_name
 
 PATHS = [
     SagaPath.HAPPY,

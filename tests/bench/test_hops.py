@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from services.hop_bench import CHAIN, LAST, hop_breakdown, measure_hops
 from tests.cli import choreo
+from tools.hop_bench import CHAIN, LAST, hop_breakdown, measure_hops
 
 
 def saga_clock(start: float, handler_ms: float, broker_ms: float) -> dict[str, tuple[float, float]]:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import grpc
 
-from services.bench import NAIVE_ARGV
 from services.system import System, SystemConfig
 from services.workload import SagaPath, place_all, wait_until_final
 from shop.order.v1 import order_service_pb2_grpc as order_grpc
+from tools.bench import NAIVE_ARGV
 
 
 async def test_the_naive_build_runs_every_path_to_its_final_state(tmp_path: Path) -> None:

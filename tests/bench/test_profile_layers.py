@@ -3,7 +3,7 @@ that has one; threads in native code with no Python frame are idle and left out.
 
 from __future__ import annotations
 
-from services.bench_profile import (
+from tools.bench_profile import (
     OTHER,
     events_handled_per_saga,
     layer_of,
@@ -26,7 +26,7 @@ def test_the_innermost_known_frame_decides_the_layer() -> None:
     assert layer_of([RUN, LOOP]) == "asyncio event loop"
     assert layer_of(["<module> (<string>:1)", "dumps (json/__init__.py:231)"]) == OTHER
     # The naive build's own glue is runtime, not the services' handlers.
-    assert layer_of([RUN, "NaiveService.handle (services/naive.py:150)"]) == ("runtime bookkeeping")
+    assert layer_of([RUN, "NaiveService.handle (tools/naive.py:150)"]) == ("runtime bookkeeping")
 
 
 def test_samples_are_counted_per_layer_and_idle_native_threads_left_out() -> None:

@@ -22,10 +22,10 @@ from choreo.broker import EmbeddedBroker
 from choreo.settings import RuntimeSettings
 from choreo.streams import ensure_streams
 from choreo.testing import envelope_for, wait_for
-from services.bench import percentiles
-from services.rawchain import BODY_SIZES, happy_reactions
 from services.registry import SERVICE_NAMES
 from shop.order.v1 import events_pb2 as order_events
+from tools.bench import percentiles
+from tools.rawchain import BODY_SIZES, happy_reactions
 
 SAGAS = 5
 
@@ -58,7 +58,7 @@ def chain(
     durable: bool = request.param
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "services.rawchain", name, "--nats-url", broker.url]
+            [sys.executable, "-m", "tools.rawchain", name, "--nats-url", broker.url]
             + (["--durable-db", str(tmp_path / f"{name}.db")] if durable else [])
         )
         for name in SERVICE_NAMES

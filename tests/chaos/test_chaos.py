@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from services.chaos import ORDERS_PER_MIGRATION_PHASE, PROBES_PER_OUTAGE, Chaos, ChaosConfig
+from tools.chaos import ORDERS_PER_MIGRATION_PHASE, PROBES_PER_OUTAGE, Chaos, ChaosConfig
 
 
 async def test_short_chaos_run_keeps_every_invariant_and_dlq_holds_exactly_the_poison() -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncpg
 from rich.console import Console
 
-from services.chaos import ORDERS_PER_MIGRATION_PHASE, PROBES_PER_OUTAGE, Chaos, ChaosConfig
 from tests.postgres import POSTGRES_ADMIN_URL
+from tools.chaos import ORDERS_PER_MIGRATION_PHASE, PROBES_PER_OUTAGE, Chaos, ChaosConfig
 
 SAGAS = 60
 

@@ -11,10 +11,10 @@ from rich.console import Console
 
 from choreo import dlq
 from choreo.envelope import H_CORRELATION_ID, H_TYPE
-from services.chaos import CRASH_EVENT, Chaos, ChaosConfig
 from services.workload import Placed, SagaPath
 from shop.order.v1 import events_pb2 as order_events
 from shop.order.v1 import order_service_pb2 as order_pb
+from tools.chaos import CRASH_EVENT, Chaos, ChaosConfig
 
 OUTAGE = ("payment", 1_000.0, 1_030.0)  # wall clock, as the events' ce-time
 

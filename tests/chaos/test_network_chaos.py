@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from services.netchaos import (
+from tests.postgres import url_of
+from tools.netchaos import (
     CLUSTER_KINDS,
     DATABASE_KINDS,
     FAILOVER_KINDS,
@@ -36,7 +37,6 @@ from services.netchaos import (
     NetworkChaosConfig,
     recovery_bound_s,
 )
-from tests.postgres import url_of
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from choreo import permissions, sealing
 from choreo.broker import EmbeddedBroker, free_port
 from choreo.cli import main
-from choreo.ops_cli import run_health
+from choreo.cli.ops import run_health
 from services import payment_token
 
 

@@ -19,7 +19,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML (via mkdocs) ships no stubs
 
 from choreo import permissions
-from choreo.ops_cli import CREDENTIALS_FILE, write_secrets
+from choreo.cli.ops import CREDENTIALS_FILE, write_secrets
 from choreo.service_credentials import per_user_file, write_per_user_credentials
 from services.registry import SERVICE_NAMES
 from services.settings import REPO_ROOT

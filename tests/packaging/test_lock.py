@@ -23,7 +23,7 @@ PIN = re.compile(
     r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)(?: ; (?P<marker>.+?))? \\$"
 )
 # Installed by venv itself, or the project under test; not resolved by the lock.
-NOT_LOCKED = {"pip", "setuptools", "wheel", "choreo", "choreo-shop-contracts"}
+NOT_LOCKED = {"pip", "setuptools", "wheel", "choreo", "choreo-shop-contracts", "choreo-shop"}
 
 
 @dataclass(frozen=True)

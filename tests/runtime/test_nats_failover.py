@@ -26,7 +26,7 @@ from choreo import eventloop, natsconn
 from choreo.broker import EmbeddedBroker, free_port
 from choreo.cluster import EmbeddedCluster
 from choreo.service import connect_nats
-from services.netchaos import FaultProxy
+from tools.netchaos import FaultProxy
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -3,7 +3,7 @@
 What a competent Python team that skips exactly-once would write on faststream[nats] (the
 framework most Python teams pick for NATS), with the same five services' handlers, domain
 decisions, SQL stores, gRPC API and fake providers as ``choreo serve`` (imported, never copied:
-the handler context and the gRPC side's duck-typed runtime come from :mod:`services.naive`):
+the handler context and the gRPC side's duck-typed runtime come from :mod:`tools.naive`):
 
 - five processes, each a ``FastStream`` app with one ``NatsBroker``, run on uvloop as
   ``faststream run`` runs an app;
@@ -37,7 +37,7 @@ holds, tracing, metrics or health beyond SERVING. A baseline to measure against,
 something to run for real.
 
     CHOREO_NATS_URL=... CHOREO_DATABASE_URL=sqlite:///x.db CHOREO_GRPC_PORT=... \
-        python -m services.faststream_build SERVICE
+        python -m tools.faststream_build SERVICE
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ from choreo.service import ServiceDefinition
 from choreo.settings import RuntimeSettings
 from choreo.store import open_database
 from choreo.streams import ensure_streams
-from services.naive import NaiveContext, NaiveService
 from services.registry import SERVICE_NAMES, build
 from services.settings import SagaSettings
+from tools.naive import NaiveContext, NaiveService
 
 log = logging.getLogger("choreo.faststream_build")
 

@@ -32,7 +32,7 @@ from choreo.envelope import root_envelope
 from choreo.settings import RuntimeSettings
 from choreo.streamread import read_stream
 from choreo.streams import ensure_streams
-from services.rawchain import BODY_SIZES
+from tools.rawchain import BODY_SIZES
 
 PUBLISH_WINDOW = 2000  # publishes in flight before waiting for their acks
 

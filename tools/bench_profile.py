@@ -1,6 +1,6 @@
 """``choreo bench --profile``: where each service's CPU goes, per saga and per handled event.
 
-For the saga and for the naive build (``services.naive``), the five services run as processes
+For the saga and for the naive build (``tools.naive``), the five services run as processes
 under a closed loop of happy-path sagas. During a fixed window a sampling profiler (py-spy,
 non-blocking, idle samples dropped, so samples are CPU time) records every service, and the
 process's own CPU time is read before and after. Each sample is attributed to one layer by its
@@ -27,7 +27,9 @@ from rich.console import Console
 from rich.table import Table
 
 from choreo.errors import ConfigurationError
-from services.bench import (
+from services.registry import SERVICE_NAMES
+from services.system import System
+from tools.bench import (
     NAIVE_ARGV,
     SERVE_ARGV,
     bench_config,
@@ -35,9 +37,7 @@ from services.bench import (
     happy_path_load,
     process_stats,
 )
-from services.rawchain import BODY_SIZES, happy_reactions
-from services.registry import SERVICE_NAMES
-from services.system import System
+from tools.rawchain import BODY_SIZES, happy_reactions
 
 # Layer -> module paths (as py-spy shortens them: relative to their sys.path entry) of the
 # frames that belong to it. For each frame, from the innermost outwards, the first layer (in
@@ -48,7 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("SQL", ("choreo/store/", "aiosqlite/", "asyncpg/", "sqlite3/")),
     ("relay", ("choreo/outbox.py",)),
     ("envelope decode/encode", ("choreo/envelope.py", "google/protobuf/", "choreo/subjects.py")),
-    ("runtime bookkeeping", ("services/naive.py", "choreo/", "opentelemetry/")),
+    ("runtime bookkeeping", ("tools/naive.py", "choreo/", "opentelemetry/")),
     ("handler logic", ("services/",)),
     ("asyncio event loop", ("asyncio/", "selectors.py", "uvloop/")),
 )

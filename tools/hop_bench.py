@@ -35,8 +35,8 @@ from rich.table import Table
 from choreo import contracts, subjects
 from choreo.envelope import H_CORRELATION_ID, H_TIME, H_TYPE
 from choreo.streamread import drain, open_reader
-from services.bench import bench_config, closed_loop, happy_path_load, open_loop
 from services.system import System
+from tools.bench import bench_config, closed_loop, happy_path_load, open_loop
 
 # The happy path's chain, by short event name (any schema version of each), in saga order.
 # The notification reacts to the order's OrderShipped, so the order service's hop is on it.

@@ -36,7 +36,7 @@ time bound), and per fault: the time from its end to the service being SERVING a
 health, which is NOT_SERVING while its broker connection is down), from its start to the
 service SERVING through a healthy node (a node cut or isolated), and from its end to the first
 saga completed after it. All of it must be within :func:`recovery_bound_s`. The run reuses
-:class:`services.chaos.Chaos` for the workload, the audit and the report; only the faults are
+:class:`tools.chaos.Chaos` for the workload, the audit and the report; only the faults are
 new. It runs on SQLite files or, with ``store="postgres"``, on fresh Postgres databases.
 """
 
@@ -72,11 +72,11 @@ from choreo.errors import ConfigurationError
 from choreo.redact import redact_url
 from choreo.streamread import read_stream
 from choreo.supervisor import ProcessSpec
-from services.chaos import Chaos, ChaosConfig, ChaosReport, run_to_report
 from services.registry import SERVICE_NAMES
 from services.system import System, SystemConfig
 from services.workload import Placed, mixed_paths, request_for
 from shop.order.v1 import order_service_pb2_grpc as order_grpc
+from tools.chaos import Chaos, ChaosConfig, ChaosReport, run_to_report
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,8 @@
 - ``postgres-password`` (for the server's ``POSTGRES_PASSWORD_FILE``) and ``pgpass`` (the same
   password in libpq's passfile format, for the services' ``PGPASSFILE``), both mode 0600, so
   no database URL ever carries a password;
-- ``payment-token-key.pem`` (mode 0600, for the payment service only) and
-  ``payment-token-public.pem`` (for the order service): the X25519 pair the payment token is
-  sealed with (``services/payment_token.py``), named by ``CHOREO_PAYMENT_TOKEN_PRIVATE_KEY_FILE``
-  and ``CHOREO_PAYMENT_TOKEN_PUBLIC_KEY_FILE``.
+- whatever installed packages add (entry point group ``choreo.secrets``): the reference system
+  adds the X25519 pair its payment token is sealed with.
 
 ``choreo health ADDRESS`` asks a service's ``grpc.health.v1.Health`` and exits 0 when it is
 SERVING, 1 otherwise: a container health check without extra binaries.
@@ -21,6 +19,7 @@ SERVING, 1 otherwise: a container health check without extra binaries.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import secrets
 from collections.abc import Sequence
@@ -59,19 +58,6 @@ def write_postgres_secrets(out: Path, user: str) -> None:
     _write_private(out / PGPASS_FILE, f"*:*:*:{user}:{password}\n")
 
 
-def write_payment_token_keys(out: Path) -> tuple[Path, Path]:
-    """A fresh key pair for sealing the payment token; an existing pair is kept, since tokens
-    in flight were sealed with it (delete the files to rotate)."""
-    from services import payment_token  # the CLI imports the services only when it needs them
-
-    private = out / payment_token.PRIVATE_KEY_FILE
-    public = out / payment_token.PUBLIC_KEY_FILE
-    from choreo import sealing  # the 'sealing' extra, needed only here
-
-    sealing.ensure_keypair(private, public)
-    return private, public
-
-
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -79,15 +65,16 @@ def _write_private(path: Path, text: str) -> None:
         out.write(text)
 
 
-def add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     secrets_command = commands.add_parser(
         "secrets", help="write broker credentials and the matching nats-server auth config"
     )
     secrets_command.add_argument("--out", type=Path, required=True, help="folder to write them to")
     secrets_command.add_argument(
         "--services",
-        default="order,inventory,payment,shipping,notification",
-        help="comma-separated service names (each gets its own broker user)",
+        default=None,
+        help="comma-separated service names, each its own broker user (default: every service"
+        " that owns a context of the contracts)",
     )
     secrets_command.add_argument(
         "--postgres-user", default="choreo", help="also write a Postgres password for this user"
@@ -95,18 +82,32 @@ def add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     health = commands.add_parser("health", help="exit 0 when a service's gRPC health is SERVING")
     health.add_argument("address", help="host:port of the service's gRPC server")
     health.add_argument("--timeout", type=float, default=3.0)
+    secrets_command.set_defaults(run=run_secrets)
+    health.set_defaults(run=lambda args: asyncio.run(run_health(args)))
+
+
+def _services(given: str | None) -> list[str]:
+    if given is None:
+        from choreo import contracts, subjects
+
+        return [subjects.service_of(context) for context in contracts.contexts()]
+    return [name.strip() for name in given.split(",") if name.strip()]
 
 
 def run_secrets(args: argparse.Namespace) -> int:
-    services = [name.strip() for name in args.services.split(",") if name.strip()]
+    from choreo.cli.plugins import secret_writers
+
+    services = _services(args.services)
     if not services:
-        raise ConfigurationError("--services names no service: pass e.g. order,inventory")
+        raise ConfigurationError(
+            "no service to write credentials for: pass --services order,inventory, or install"
+            " the contracts (or name them in CHOREO_CONTRACTS)"
+        )
     credentials_file, auth_file = write_secrets(args.out, services)
     # Each container gets only its own user (docker-compose.yml mounts these), never the file
     # with every password.
     own_files = write_per_user_credentials(credentials_file, [*services, permissions.OPERATOR])
     write_postgres_secrets(args.out, args.postgres_user)
-    private_key, public_key = write_payment_token_keys(args.out)
     print(f"wrote {credentials_file} (mode 0600; give processes its path, not its content)")
     print(
         f"wrote {', '.join(path.name for path in own_files)} (mode 0600, one user each: give"
@@ -114,10 +115,9 @@ def run_secrets(args: argparse.Namespace) -> int:
     )
     print(f"wrote {auth_file} (include it in nats-server's configuration)")
     print(f"wrote {args.out / POSTGRES_PASSWORD_FILE} and {args.out / PGPASS_FILE} (mode 0600)")
-    print(
-        f"payment token keys: {private_key} (mode 0600, payment service only) and {public_key}"
-        " (order service)"
-    )
+    for write in secret_writers():
+        for line in write(args.out):
+            print(line)
     return 0
 
 

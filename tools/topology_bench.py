@@ -20,8 +20,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from services.bench import LoopResult, bench_config, closed_loop, happy_path_load
 from services.system import System, drop_postgres_databases
+from tools.bench import LoopResult, bench_config, closed_loop, happy_path_load
 
 TOPOLOGIES = (
     ("sqlite", "sqlite", 1),

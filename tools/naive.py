@@ -3,7 +3,7 @@
 **No longer a line of ``choreo bench``**: its consumers handle one message at a time and it runs
 on asyncio's loop while the saga runs on uvloop, so ``saga / naive`` measured concurrency more
 than what exactly-once costs. The baseline is now the FastStream build
-(``services/faststream_build.py``), which imports this module's handler context and duck-typed
+(``tools/faststream_build.py``), which imports this module's handler context and duck-typed
 runtime (:class:`NaiveContext`, :class:`NaiveService`). ``choreo bench --profile`` still
 profiles this build beside the saga.
 
@@ -22,7 +22,7 @@ holds, tracing, metrics or health beyond SERVING. It is a baseline to measure ag
 something to run for real.
 
     CHOREO_NATS_URL=... CHOREO_DATABASE_URL=sqlite:///x.db CHOREO_GRPC_PORT=... \
-        python -m services.naive SERVICE
+        python -m tools.naive SERVICE
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ deleted in one statement per batch. Still no decoding, state or logic:
 the gap between this line and the plain one is the price of durability, and the gap between
 it and the saga is what choreo's runtime and the services' logic cost.
 
-    python -m services.rawchain SERVICE --nats-url nats://127.0.0.1:4222 [--durable-db FILE]
+    python -m tools.rawchain SERVICE --nats-url nats://127.0.0.1:4222 [--durable-db FILE]
 """
 
 from __future__ import annotations

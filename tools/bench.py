@@ -4,18 +4,18 @@ limit.
 For each broker fsync setting (the default, and ``sync_interval: always``) it runs, on a fresh
 embedded broker with the same stream settings:
 - the **saga**: the five real services as processes (``choreo serve``), orders placed over gRPC;
-- the **FastStream build** (the baseline): ``services.faststream_build``, the same services'
+- the **FastStream build** (the baseline): ``tools.faststream_build``, the same services'
   handlers, stores and gRPC API on faststream[nats], as a Python team that skips exactly-once
   would write it: one durable pull consumer per subscription with concurrent workers, commit
   then an awaited publish, ack on return, no inbox, outbox or dedup. ``saga / faststream`` (best
   level against best level) is the headline: what choreo's guarantees cost against what a team
   would otherwise build; beside it CPU per saga per process, and latency at the same open-loop
   rate;
-- the **raw chain**: ``services.rawchain``, one no-logic process per service with the same
+- the **raw chain**: ``tools.rawchain``, one no-logic process per service with the same
   subscriptions, fan-out and message sizes, orders started by publishing ``OrderCreated``;
 - the **durable raw chain**: the same, plus the runtime's inbox and outbox rows in SQLite per
   message (``--durable-db``): what exactly-once effects cost before any decoding or logic.
-The two raw chains are the floor. (The serial naive build, ``services.naive``, one message at a
+The two raw chains are the floor. (The serial naive build, ``tools.naive``, one message at a
 time per consumer on asyncio's loop, is no longer a line here: it measured concurrency more
 than guarantees. ``choreo bench --profile`` still profiles it.)
 A saga is complete when its ``NotificationSent`` is published (the same point in every line).
@@ -66,9 +66,9 @@ from shop.order.v1 import order_service_pb2_grpc as order_grpc
 BENCH_CATALOG = REPO_ROOT / "catalog" / "bench.json"
 SERVE_ARGV = ("-m", "choreo.cli", "serve")
 # The baseline: the same saga on faststream[nats], no inbox, outbox or dedup.
-FASTSTREAM_ARGV = ("-m", "services.faststream_build")
+FASTSTREAM_ARGV = ("-m", "tools.faststream_build")
 # The serial naive build: plain nats-py, one message at a time per consumer, asyncio's loop.
-NAIVE_ARGV = ("-m", "services.naive")
+NAIVE_ARGV = ("-m", "tools.naive")
 DONE_SUBJECT = "shop.notification.v1.NotificationSent"
 
 
@@ -322,7 +322,7 @@ class Bench:
                             [
                                 sys.executable,
                                 "-m",
-                                "services.rawchain",
+                                "tools.rawchain",
                                 name,
                                 "--nats-url",
                                 broker.url,
@@ -436,7 +436,7 @@ def faststream_settings() -> dict[str, Any]:
     """How the FastStream build ran (its version and the concurrency it was given)."""
     from importlib.metadata import version
 
-    from services import faststream_build
+    from tools import faststream_build
 
     max_workers, fetch_batch = faststream_build.concurrency()
     return {
@@ -689,7 +689,7 @@ async def run_bench(args: argparse.Namespace) -> int:
     topologies = None
     if not args.skip_topologies:
         # The same saga by store and broker topology, in this run (issue: production topology).
-        from services.topology_bench import measure_topologies
+        from tools.topology_bench import measure_topologies
 
         topologies, figures["by_topology"] = await measure_topologies(console, args.quick)
     (output / "bench.json").write_text(json.dumps(figures, indent=2))
@@ -698,7 +698,7 @@ async def run_bench(args: argparse.Namespace) -> int:
     console.print(open_loop_table(runs))
     console.print(cpu_table(runs))
     if topologies is not None:
-        from services.topology_bench import topology_table
+        from tools.topology_bench import topology_table
 
         console.print(topology_table(topologies))
     for run in runs:

@@ -1,0 +1,1 @@
+"""Tools that exercise the reference system: the benchmark and its baselines, chaos runs."""
