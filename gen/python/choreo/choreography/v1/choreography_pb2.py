@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)choreo/choreography/v1/choreography.proto\x12\x16\x63horeo.choreography.v1\x1a google/protobuf/descriptor.proto\";\n\x0c\x45ventOptions\x12\x16\n\x0e\x61ggregate_type\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"Q\n\x08Reaction\x12\x0f\n\x07trigger\x18\x01 \x01(\t\x12\r\n\x05\x65mits\x18\x02 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tch_up\x18\x04 \x03(\t\"J\n\x13\x43horeographyOptions\x12\x33\n\treactions\x18\x01 \x03(\x0b\x32 .choreo.choreography.v1.Reaction:V\n\x05\x65vent\x12\x1f.google.protobuf.MessageOptions\x18\xd1\x86\x03 \x01(\x0b\x32$.choreo.choreography.v1.EventOptions:d\n\x0c\x63horeography\x12\x1f.google.protobuf.ServiceOptions\x18\xd2\x86\x03 \x01(\x0b\x32+.choreo.choreography.v1.ChoreographyOptions:/\n\x05\x65mits\x12\x1e.google.protobuf.MethodOptions\x18\xd3\x86\x03 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)choreo/choreography/v1/choreography.proto\x12\x16\x63horeo.choreography.v1\x1a google/protobuf/descriptor.proto\";\n\x0c\x45ventOptions\x12\x16\n\x0e\x61ggregate_type\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"Q\n\x08Reaction\x12\x0f\n\x07trigger\x18\x01 \x01(\t\x12\r\n\x05\x65mits\x18\x02 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tch_up\x18\x04 \x03(\t\"J\n\x13\x43horeographyOptions\x12\x33\n\treactions\x18\x01 \x03(\x0b\x32 .choreo.choreography.v1.Reaction\"1\n\x0c\x43ompensation\x12\x0f\n\x07\x66\x61ilure\x18\x01 \x01(\t\x12\x10\n\x08required\x18\x02 \x03(\t\"\xb0\x01\n\x0bSagaOptions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tkey_field\x18\x02 \x01(\t\x12\x14\n\x0c\x66inal_events\x18\x03 \x03(\t\x12\x16\n\x0esuccess_events\x18\x04 \x03(\t\x12;\n\rcompensations\x18\x05 \x03(\x0b\x32$.choreo.choreography.v1.Compensation\x12\x15\n\rclosing_event\x18\x06 \x01(\t:V\n\x05\x65vent\x12\x1f.google.protobuf.MessageOptions\x18\xd1\x86\x03 \x01(\x0b\x32$.choreo.choreography.v1.EventOptions:T\n\x04saga\x12\x1f.google.protobuf.MessageOptions\x18\xd4\x86\x03 \x01(\x0b\x32#.choreo.choreography.v1.SagaOptions:d\n\x0c\x63horeography\x12\x1f.google.protobuf.ServiceOptions\x18\xd2\x86\x03 \x01(\x0b\x32+.choreo.choreography.v1.ChoreographyOptions:/\n\x05\x65mits\x12\x1e.google.protobuf.MethodOptions\x18\xd3\x86\x03 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,4 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REACTION']._serialized_end=245
   _globals['_CHOREOGRAPHYOPTIONS']._serialized_start=247
   _globals['_CHOREOGRAPHYOPTIONS']._serialized_end=321
+  _globals['_COMPENSATION']._serialized_start=323
+  _globals['_COMPENSATION']._serialized_end=372
+  _globals['_SAGAOPTIONS']._serialized_start=375
+  _globals['_SAGAOPTIONS']._serialized_end=551
 # @@protoc_insertion_point(module_scope)

@@ -129,11 +129,104 @@ class ChoreographyOptions(_message.Message):
 
 Global___ChoreographyOptions: _TypeAlias = ChoreographyOptions  # noqa: Y015
 
+@_typing.final
+class Compensation(_message.Message):
+    """A failure event and the compensations that must follow it in the same saga: each event of
+    `required` exactly once.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAILURE_FIELD_NUMBER: _builtins.int
+    REQUIRED_FIELD_NUMBER: _builtins.int
+    failure: _builtins.str
+    """The full Protobuf name of the failure event, for example "shop.payment.v1.PaymentFailed"."""
+    @_builtins.property
+    def required(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The full Protobuf names of the events that undo the saga's earlier steps after it, for
+        example "shop.inventory.v1.InventoryReleased" and "shop.order.v1.OrderCancelled".
+        """
+
+    def __init__(
+        self,
+        *,
+        failure: _builtins.str = ...,
+        required: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "required", b"required"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Compensation: _TypeAlias = Compensation  # noqa: Y015
+
+@_typing.final
+class SagaOptions(_message.Message):
+    """The shape of a saga, written on the event that starts it, so that tools (the console, audit
+    and saga commands) know any choreography without a table of their own.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_FIELD_NUMBER: _builtins.int
+    FINAL_EVENTS_FIELD_NUMBER: _builtins.int
+    SUCCESS_EVENTS_FIELD_NUMBER: _builtins.int
+    COMPENSATIONS_FIELD_NUMBER: _builtins.int
+    CLOSING_EVENT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A short name of the saga for people, for example "order"."""
+    key_field: _builtins.str
+    """The field of the start event whose value is the saga's correlation id, for example
+    "order_id"; every event of the saga carries it as the envelope's correlation id.
+    """
+    closing_event: _builtins.str
+    """The full Protobuf name of an event that closes the saga after its final event (for
+    example a notification of the customer), if the saga has one; tools wait for it.
+    """
+    @_builtins.property
+    def final_events(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The full Protobuf names of the events that end the saga, one of which every saga reaches,
+        for example "shop.order.v1.OrderShipped" and "shop.order.v1.OrderCancelled".
+        """
+
+    @_builtins.property
+    def success_events(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The full Protobuf names of the final events that end the saga in success; the others end
+        it in failure.
+        """
+
+    @_builtins.property
+    def compensations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Compensation]:
+        """For each failure event, the compensations the saga owes after it."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        key_field: _builtins.str = ...,
+        final_events: _abc.Iterable[_builtins.str] | None = ...,
+        success_events: _abc.Iterable[_builtins.str] | None = ...,
+        compensations: _abc.Iterable[Global___Compensation] | None = ...,
+        closing_event: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closing_event", b"closing_event", "compensations", b"compensations", "final_events", b"final_events", "key_field", b"key_field", "name", b"name", "success_events", b"success_events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SagaOptions: _TypeAlias = SagaOptions  # noqa: Y015
+
 EVENT_FIELD_NUMBER: _builtins.int
+SAGA_FIELD_NUMBER: _builtins.int
 CHOREOGRAPHY_FIELD_NUMBER: _builtins.int
 EMITS_FIELD_NUMBER: _builtins.int
 event: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, Global___EventOptions]
 """Marks the message as a domain event published on the event stream of its context."""
+saga: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, Global___SagaOptions]
+"""Marks the event as the start of a saga and describes the saga's shape."""
 choreography: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.ServiceOptions, Global___ChoreographyOptions]
 """Lists the events that the service's context consumes and what it emits for each."""
 emits: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _containers.RepeatedScalarFieldContainer[_builtins.str]]

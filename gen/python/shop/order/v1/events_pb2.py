@@ -29,7 +29,7 @@ from shop.common.v1 import order_line_pb2 as shop_dot_common_dot_v1_dot_order__l
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashop/order/v1/events.proto\x12\rshop.order.v1\x1a)choreo/choreography/v1/choreography.proto\x1a\x1cshop/common/v1/address.proto\x1a\x1ashop/common/v1/money.proto\x1a\x1fshop/common/v1/order_line.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x02\n\x0cOrderCreated\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12(\n\x05lines\x18\x03 \x03(\x0b\x32\x19.shop.common.v1.OrderLine\x12$\n\x05total\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.Money\x12\x31\n\x10shipping_address\x18\x05 \x01(\x0b\x32\x17.shop.common.v1.Address\x12\x15\n\rpayment_token\x18\x06 \x01(\t\x12-\n\tplaced_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp::\x8a\xb5\x18\x36\n\x05order\x12-A customer placed an order, which is pending.\"\x80\x01\n\x0eOrderConfirmed\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\npayment_id\x18\x02 \x01(\t:H\x8a\xb5\x18\x44\n\x05order\x12;The order was paid for and moved from pending to confirmed.\"\xbe\x01\n\x0cOrderShipped\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0bshipment_id\x18\x02 \x01(\t\x12\x13\n\x0btracking_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61rrier\x18\x05 \x01(\t:L\x8a\xb5\x18H\n\x05order\x12?The order\'s shipment was booked and the order moved to shipped.\"\xd4\x01\n\x0eOrderCancelled\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x31\n\x06reason\x18\x03 \x01(\x0e\x32!.shop.order.v1.CancellationReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0f\n\x07\x63harged\x18\x05 \x01(\x08:G\x8a\xb5\x18\x43\n\x05order\x12:The order was cancelled because a step of the saga failed.*\xe4\x01\n\x12\x43\x61ncellationReason\x12#\n\x1f\x43\x41NCELLATION_REASON_UNSPECIFIED\x10\x00\x12-\n)CANCELLATION_REASON_INVENTORY_UNAVAILABLE\x10\x01\x12&\n\"CANCELLATION_REASON_PAYMENT_FAILED\x10\x02\x12\'\n#CANCELLATION_REASON_SHIPPING_FAILED\x10\x03\x12)\n%CANCELLATION_REASON_DEADLINE_EXCEEDED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashop/order/v1/events.proto\x12\rshop.order.v1\x1a)choreo/choreography/v1/choreography.proto\x1a\x1cshop/common/v1/address.proto\x1a\x1ashop/common/v1/money.proto\x1a\x1fshop/common/v1/order_line.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x06\n\x0cOrderCreated\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12(\n\x05lines\x18\x03 \x03(\x0b\x32\x19.shop.common.v1.OrderLine\x12$\n\x05total\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.Money\x12\x31\n\x10shipping_address\x18\x05 \x01(\x0b\x32\x17.shop.common.v1.Address\x12\x15\n\rpayment_token\x18\x06 \x01(\t\x12-\n\tplaced_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x87\x04\x8a\xb5\x18\x36\n\x05order\x12-A customer placed an order, which is pending.\xa2\xb5\x18\xc8\x03\n\x05order\x12\x08order_id\x1a\x1ashop.order.v1.OrderShipped\x1a\x1cshop.order.v1.OrderCancelled\"\x1ashop.order.v1.OrderShipped*L\n,shop.inventory.v1.InventoryReservationFailed\x12\x1cshop.order.v1.OrderCancelled*b\n\x1dshop.payment.v1.PaymentFailed\x12#shop.inventory.v1.InventoryReleased\x12\x1cshop.order.v1.OrderCancelled*\x85\x01\n\x1fshop.shipping.v1.ShippingFailed\x12\x1fshop.payment.v1.PaymentRefunded\x12#shop.inventory.v1.InventoryReleased\x12\x1cshop.order.v1.OrderCancelled2%shop.notification.v1.NotificationSent\"\x80\x01\n\x0eOrderConfirmed\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\npayment_id\x18\x02 \x01(\t:H\x8a\xb5\x18\x44\n\x05order\x12;The order was paid for and moved from pending to confirmed.\"\xbe\x01\n\x0cOrderShipped\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0bshipment_id\x18\x02 \x01(\t\x12\x13\n\x0btracking_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61rrier\x18\x05 \x01(\t:L\x8a\xb5\x18H\n\x05order\x12?The order\'s shipment was booked and the order moved to shipped.\"\xd4\x01\n\x0eOrderCancelled\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x31\n\x06reason\x18\x03 \x01(\x0e\x32!.shop.order.v1.CancellationReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0f\n\x07\x63harged\x18\x05 \x01(\x08:G\x8a\xb5\x18\x43\n\x05order\x12:The order was cancelled because a step of the saga failed.*\xe4\x01\n\x12\x43\x61ncellationReason\x12#\n\x1f\x43\x41NCELLATION_REASON_UNSPECIFIED\x10\x00\x12-\n)CANCELLATION_REASON_INVENTORY_UNAVAILABLE\x10\x01\x12&\n\"CANCELLATION_REASON_PAYMENT_FAILED\x10\x02\x12\'\n#CANCELLATION_REASON_SHIPPING_FAILED\x10\x03\x12)\n%CANCELLATION_REASON_DEADLINE_EXCEEDED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,21 +37,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.order.v1.events_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ORDERCREATED']._loaded_options = None
-  _globals['_ORDERCREATED']._serialized_options = b'\212\265\0306\n\005order\022-A customer placed an order, which is pending.'
+  _globals['_ORDERCREATED']._serialized_options = b'\212\265\0306\n\005order\022-A customer placed an order, which is pending.\242\265\030\310\003\n\005order\022\010order_id\032\032shop.order.v1.OrderShipped\032\034shop.order.v1.OrderCancelled\"\032shop.order.v1.OrderShipped*L\n,shop.inventory.v1.InventoryReservationFailed\022\034shop.order.v1.OrderCancelled*b\n\035shop.payment.v1.PaymentFailed\022#shop.inventory.v1.InventoryReleased\022\034shop.order.v1.OrderCancelled*\205\001\n\037shop.shipping.v1.ShippingFailed\022\037shop.payment.v1.PaymentRefunded\022#shop.inventory.v1.InventoryReleased\022\034shop.order.v1.OrderCancelled2%shop.notification.v1.NotificationSent'
   _globals['_ORDERCONFIRMED']._loaded_options = None
   _globals['_ORDERCONFIRMED']._serialized_options = b'\212\265\030D\n\005order\022;The order was paid for and moved from pending to confirmed.'
   _globals['_ORDERSHIPPED']._loaded_options = None
   _globals['_ORDERSHIPPED']._serialized_options = b'\212\265\030H\n\005order\022?The order\'s shipment was booked and the order moved to shipped.'
   _globals['_ORDERCANCELLED']._loaded_options = None
   _globals['_ORDERCANCELLED']._serialized_options = b'\212\265\030C\n\005order\022:The order was cancelled because a step of the saga failed.'
-  _globals['_CANCELLATIONREASON']._serialized_start=1069
-  _globals['_CANCELLATIONREASON']._serialized_end=1297
+  _globals['_CANCELLATIONREASON']._serialized_start=1531
+  _globals['_CANCELLATIONREASON']._serialized_end=1759
   _globals['_ORDERCREATED']._serialized_start=213
-  _globals['_ORDERCREATED']._serialized_end=527
-  _globals['_ORDERCONFIRMED']._serialized_start=530
-  _globals['_ORDERCONFIRMED']._serialized_end=658
-  _globals['_ORDERSHIPPED']._serialized_start=661
-  _globals['_ORDERSHIPPED']._serialized_end=851
-  _globals['_ORDERCANCELLED']._serialized_start=854
-  _globals['_ORDERCANCELLED']._serialized_end=1066
+  _globals['_ORDERCREATED']._serialized_end=989
+  _globals['_ORDERCONFIRMED']._serialized_start=992
+  _globals['_ORDERCONFIRMED']._serialized_end=1120
+  _globals['_ORDERSHIPPED']._serialized_start=1123
+  _globals['_ORDERSHIPPED']._serialized_end=1313
+  _globals['_ORDERCANCELLED']._serialized_start=1316
+  _globals['_ORDERCANCELLED']._serialized_end=1528
 # @@protoc_insertion_point(module_scope)

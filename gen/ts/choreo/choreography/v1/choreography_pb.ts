@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file choreo/choreography/v1/choreography.proto.
  */
 export const file_choreo_choreography_v1_choreography: GenFile = /*@__PURE__*/
-  fileDesc("CiljaG9yZW8vY2hvcmVvZ3JhcGh5L3YxL2Nob3Jlb2dyYXBoeS5wcm90bxIWY2hvcmVvLmNob3Jlb2dyYXBoeS52MSI7CgxFdmVudE9wdGlvbnMSFgoOYWdncmVnYXRlX3R5cGUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkiUQoIUmVhY3Rpb24SDwoHdHJpZ2dlchgBIAEoCRINCgVlbWl0cxgCIAMoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIQCghjYXRjaF91cBgEIAMoCSJKChNDaG9yZW9ncmFwaHlPcHRpb25zEjMKCXJlYWN0aW9ucxgBIAMoCzIgLmNob3Jlby5jaG9yZW9ncmFwaHkudjEuUmVhY3Rpb246XQoFZXZlbnQSHy5nb29nbGUucHJvdG9idWYuTWVzc2FnZU9wdGlvbnMY0YYDIAEoCzIkLmNob3Jlby5jaG9yZW9ncmFwaHkudjEuRXZlbnRPcHRpb25zUgVldmVudDpyCgxjaG9yZW9ncmFwaHkSHy5nb29nbGUucHJvdG9idWYuU2VydmljZU9wdGlvbnMY0oYDIAEoCzIrLmNob3Jlby5jaG9yZW9ncmFwaHkudjEuQ2hvcmVvZ3JhcGh5T3B0aW9uc1IMY2hvcmVvZ3JhcGh5OjYKBWVtaXRzEh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMY04YDIAMoCVIFZW1pdHNiBnByb3RvMw", [file_google_protobuf_descriptor]);
+  fileDesc("CiljaG9yZW8vY2hvcmVvZ3JhcGh5L3YxL2Nob3Jlb2dyYXBoeS5wcm90bxIWY2hvcmVvLmNob3Jlb2dyYXBoeS52MSI7CgxFdmVudE9wdGlvbnMSFgoOYWdncmVnYXRlX3R5cGUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkiUQoIUmVhY3Rpb24SDwoHdHJpZ2dlchgBIAEoCRINCgVlbWl0cxgCIAMoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIQCghjYXRjaF91cBgEIAMoCSJKChNDaG9yZW9ncmFwaHlPcHRpb25zEjMKCXJlYWN0aW9ucxgBIAMoCzIgLmNob3Jlby5jaG9yZW9ncmFwaHkudjEuUmVhY3Rpb24iMQoMQ29tcGVuc2F0aW9uEg8KB2ZhaWx1cmUYASABKAkSEAoIcmVxdWlyZWQYAiADKAkisAEKC1NhZ2FPcHRpb25zEgwKBG5hbWUYASABKAkSEQoJa2V5X2ZpZWxkGAIgASgJEhQKDGZpbmFsX2V2ZW50cxgDIAMoCRIWCg5zdWNjZXNzX2V2ZW50cxgEIAMoCRI7Cg1jb21wZW5zYXRpb25zGAUgAygLMiQuY2hvcmVvLmNob3Jlb2dyYXBoeS52MS5Db21wZW5zYXRpb24SFQoNY2xvc2luZ19ldmVudBgGIAEoCTpdCgVldmVudBIfLmdvb2dsZS5wcm90b2J1Zi5NZXNzYWdlT3B0aW9ucxjRhgMgASgLMiQuY2hvcmVvLmNob3Jlb2dyYXBoeS52MS5FdmVudE9wdGlvbnNSBWV2ZW50OloKBHNhZ2ESHy5nb29nbGUucHJvdG9idWYuTWVzc2FnZU9wdGlvbnMY1IYDIAEoCzIjLmNob3Jlby5jaG9yZW9ncmFwaHkudjEuU2FnYU9wdGlvbnNSBHNhZ2E6cgoMY2hvcmVvZ3JhcGh5Eh8uZ29vZ2xlLnByb3RvYnVmLlNlcnZpY2VPcHRpb25zGNKGAyABKAsyKy5jaG9yZW8uY2hvcmVvZ3JhcGh5LnYxLkNob3Jlb2dyYXBoeU9wdGlvbnNSDGNob3Jlb2dyYXBoeTo2CgVlbWl0cxIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNOGAyADKAlSBWVtaXRzYgZwcm90bzM", [file_google_protobuf_descriptor]);
 
 /**
  * Marks a message as a published domain event and describes the aggregate it belongs to.
@@ -115,6 +115,97 @@ export const ChoreographyOptionsSchema: GenMessage<ChoreographyOptions> = /*@__P
   messageDesc(file_choreo_choreography_v1_choreography, 2);
 
 /**
+ * A failure event and the compensations that must follow it in the same saga: each event of
+ * `required` exactly once.
+ *
+ * @generated from message choreo.choreography.v1.Compensation
+ */
+export type Compensation = Message<"choreo.choreography.v1.Compensation"> & {
+  /**
+   * The full Protobuf name of the failure event, for example "shop.payment.v1.PaymentFailed".
+   *
+   * @generated from field: string failure = 1;
+   */
+  failure: string;
+
+  /**
+   * The full Protobuf names of the events that undo the saga's earlier steps after it, for
+   * example "shop.inventory.v1.InventoryReleased" and "shop.order.v1.OrderCancelled".
+   *
+   * @generated from field: repeated string required = 2;
+   */
+  required: string[];
+};
+
+/**
+ * Describes the message choreo.choreography.v1.Compensation.
+ * Use `create(CompensationSchema)` to create a new message.
+ */
+export const CompensationSchema: GenMessage<Compensation> = /*@__PURE__*/
+  messageDesc(file_choreo_choreography_v1_choreography, 3);
+
+/**
+ * The shape of a saga, written on the event that starts it, so that tools (the console, audit
+ * and saga commands) know any choreography without a table of their own.
+ *
+ * @generated from message choreo.choreography.v1.SagaOptions
+ */
+export type SagaOptions = Message<"choreo.choreography.v1.SagaOptions"> & {
+  /**
+   * A short name of the saga for people, for example "order".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The field of the start event whose value is the saga's correlation id, for example
+   * "order_id"; every event of the saga carries it as the envelope's correlation id.
+   *
+   * @generated from field: string key_field = 2;
+   */
+  keyField: string;
+
+  /**
+   * The full Protobuf names of the events that end the saga, one of which every saga reaches,
+   * for example "shop.order.v1.OrderShipped" and "shop.order.v1.OrderCancelled".
+   *
+   * @generated from field: repeated string final_events = 3;
+   */
+  finalEvents: string[];
+
+  /**
+   * The full Protobuf names of the final events that end the saga in success; the others end
+   * it in failure.
+   *
+   * @generated from field: repeated string success_events = 4;
+   */
+  successEvents: string[];
+
+  /**
+   * For each failure event, the compensations the saga owes after it.
+   *
+   * @generated from field: repeated choreo.choreography.v1.Compensation compensations = 5;
+   */
+  compensations: Compensation[];
+
+  /**
+   * The full Protobuf name of an event that closes the saga after its final event (for
+   * example a notification of the customer), if the saga has one; tools wait for it.
+   *
+   * @generated from field: string closing_event = 6;
+   */
+  closingEvent: string;
+};
+
+/**
+ * Describes the message choreo.choreography.v1.SagaOptions.
+ * Use `create(SagaOptionsSchema)` to create a new message.
+ */
+export const SagaOptionsSchema: GenMessage<SagaOptions> = /*@__PURE__*/
+  messageDesc(file_choreo_choreography_v1_choreography, 4);
+
+/**
  * Marks the message as a domain event published on the event stream of its context.
  *
  * @generated from extension: choreo.choreography.v1.EventOptions event = 50001;
@@ -123,12 +214,20 @@ export const event: GenExtension<MessageOptions, EventOptions> = /*@__PURE__*/
   extDesc(file_choreo_choreography_v1_choreography, 0);
 
 /**
+ * Marks the event as the start of a saga and describes the saga's shape.
+ *
+ * @generated from extension: choreo.choreography.v1.SagaOptions saga = 50004;
+ */
+export const saga: GenExtension<MessageOptions, SagaOptions> = /*@__PURE__*/
+  extDesc(file_choreo_choreography_v1_choreography, 1);
+
+/**
  * Lists the events that the service's context consumes and what it emits for each.
  *
  * @generated from extension: choreo.choreography.v1.ChoreographyOptions choreography = 50002;
  */
 export const choreography: GenExtension<ServiceOptions, ChoreographyOptions> = /*@__PURE__*/
-  extDesc(file_choreo_choreography_v1_choreography, 1);
+  extDesc(file_choreo_choreography_v1_choreography, 2);
 
 /**
  * The full Protobuf names of the events that a successful call of the RPC emits.
@@ -136,5 +235,5 @@ export const choreography: GenExtension<ServiceOptions, ChoreographyOptions> = /
  * @generated from extension: repeated string emits = 50003;
  */
 export const emits: GenExtension<MethodOptions, string[]> = /*@__PURE__*/
-  extDesc(file_choreo_choreography_v1_choreography, 2);
+  extDesc(file_choreo_choreography_v1_choreography, 3);
 
