@@ -72,7 +72,7 @@ def test_secrets_without_services_say_what_to_pass(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["secrets", "--out", str(tmp_path), "--services", ","]) == 2
-    assert "--services names no service" in capsys.readouterr().err
+    assert "no service to write credentials for: pass --services" in capsys.readouterr().err
 
 
 async def test_health_exits_zero_only_when_serving(capsys: pytest.CaptureFixture[str]) -> None:
