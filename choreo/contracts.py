@@ -19,18 +19,24 @@ Everything here is pure: the generated modules are imported on first use, never 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import MappingProxyType, ModuleType
-from typing import Any
+from typing import Any, cast
 
-from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import (
+    Descriptor,
+    FieldDescriptor,
+    FileDescriptor,
+    ServiceDescriptor,
+)
 from google.protobuf.descriptor_pb2 import MessageOptions
 from google.protobuf.message import Message
 
@@ -118,6 +124,7 @@ def refresh() -> None:
         _choreography,
         _command_emits,
         _ranked,
+        _sagas,
     ):
         cached.cache_clear()
 
@@ -368,6 +375,170 @@ def mermaid(edges: Iterable[Edge], commands: Mapping[str, tuple[str, ...]] | Non
     lines.extend(f"    {nodes[key]}" for key in sorted(nodes))
     lines.extend(f"    {arrow}" for arrow in sorted(arrows))
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class SagaShape:
+    """The shape of one saga, as the ``(choreo.choreography.v1.saga)`` option of the event
+    that starts it declares it: what ends it, what it owes after each failure, and its key.
+
+    Event names are full Protobuf names. ``start_events`` is ``start_event`` and every other
+    version of it in the contracts (``shop.order.v2.OrderCreated`` beside v1 during a
+    migration window): a saga starts with whichever comes first. ``compensations`` maps each
+    failure event to the events that must follow it once each, in the order declared.
+    """
+
+    name: str
+    start_event: str
+    key_field: str
+    final_events: tuple[str, ...]
+    success_events: tuple[str, ...]
+    compensations: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+    closing_event: str = ""
+    start_events: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.start_events:
+            object.__setattr__(self, "start_events", (self.start_event,))
+        object.__setattr__(self, "compensations", MappingProxyType(dict(self.compensations)))
+
+    def starts_with(self, event_type: str) -> bool:
+        """Whether ``event_type`` (a full name) starts this saga, in any version."""
+        return event_type in self.start_events or subjects.same_event_type(
+            event_type, self.start_event
+        )
+
+    @property
+    def failure_events(self) -> tuple[str, ...]:
+        """The failures that owe compensations, in the order declared."""
+        return tuple(self.compensations)
+
+    @property
+    def compensation_events(self) -> frozenset[str]:
+        """Every event some failure requires (the union of the ``required`` lists)."""
+        return frozenset(name for required in self.compensations.values() for name in required)
+
+    @property
+    def failed_events(self) -> tuple[str, ...]:
+        """The final events that end the saga in failure (final, not success)."""
+        return tuple(name for name in self.final_events if name not in self.success_events)
+
+    def events(self) -> frozenset[str]:
+        """Every event the option names."""
+        return frozenset(
+            {
+                *self.start_events,
+                *self.final_events,
+                *self.compensations,
+                *self.compensation_events,
+                *((self.closing_event,) if self.closing_event else ()),
+            }
+        )
+
+    def key_of(self, message: Message) -> str:
+        """The saga's key (its correlation id) in a start event."""
+        return str(getattr(message, self.key_field))
+
+
+def _saga_options(options: MessageOptions) -> choreography_pb2.SagaOptions | None:
+    if not options.HasExtension(choreography_pb2.saga):
+        return None
+    return options.Extensions[choreography_pb2.saga]
+
+
+def _known_event(events: Mapping[str, Descriptor], where: str, name: str, role: str) -> str:
+    if name not in events:
+        raise ContractsError(
+            f"{where}: its {role} {name!r} is not an event of the contracts"
+            f" {list(contract_packages())}"
+        )
+    return name
+
+
+def read_saga_shapes(events: Mapping[str, Descriptor]) -> list[SagaShape]:
+    """The sagas that the events (by full name) declare, checked against those events.
+
+    Raises :class:`ContractsError` naming the start event when its option names an event that
+    is not among ``events``, or a ``key_field`` that is not a string field of the start event
+    (in each of its versions). Pure: :func:`sagas` gives it the contracts' events.
+    """
+    shapes: list[SagaShape] = []
+    for start, descriptor in events.items():
+        options = _saga_options(descriptor.GetOptions())
+        if options is None:
+            continue
+        where = f"{start} (its (choreo.choreography.v1.saga) option)"
+        if any(shape.starts_with(start) for shape in shapes):
+            raise ContractsError(
+                f"{where}: another version of {start} already starts a saga; declare the saga"
+                " on one version only"
+            )
+
+        known = functools.partial(_known_event, events, where)
+        finals = tuple(known(name, "final event") for name in options.final_events)
+        if not finals:
+            raise ContractsError(f"{where}: it names no final_events; a saga must end")
+        success = tuple(known(name, "success event") for name in options.success_events)
+        for name in success:
+            if name not in finals:
+                raise ContractsError(f"{where}: success event {name!r} is not a final event")
+        compensations: dict[str, tuple[str, ...]] = {}
+        for compensation in options.compensations:
+            failure = known(compensation.failure, "failure event")
+            if failure in compensations:
+                raise ContractsError(f"{where}: failure {failure!r} is listed twice")
+            compensations[failure] = tuple(
+                known(name, f"compensation of {failure}") for name in compensation.required
+            )
+        closing = known(options.closing_event, "closing event") if options.closing_event else ""
+        versions = tuple(
+            name for name in events if name == start or subjects.same_event_type(name, start)
+        )
+        for version in versions:
+            key = events[version].fields_by_name.get(options.key_field)
+            if (
+                not options.key_field
+                or key is None
+                or key.type != FieldDescriptor.TYPE_STRING
+                or key.is_repeated
+            ):
+                raise ContractsError(
+                    f"{where}: key_field {options.key_field!r} is not a string field of"
+                    f" {version}; it names the field whose value is the saga's correlation id"
+                )
+        shapes.append(
+            SagaShape(
+                name=options.name or _short(start),
+                start_event=start,
+                key_field=options.key_field,
+                final_events=finals,
+                success_events=success,
+                compensations=compensations,
+                closing_event=closing,
+                start_events=versions,
+            )
+        )
+    return shapes
+
+
+@cache
+def _sagas() -> tuple[SagaShape, ...]:
+    events = {name: cast(Descriptor, cls.DESCRIPTOR) for name, cls in _event_classes().items()}
+    return tuple(read_saga_shapes(events))
+
+
+def sagas() -> list[SagaShape]:
+    """Every saga the contracts declare (the ``saga`` option of its start event), in saga
+    order. Raises :class:`ContractsError` for an option that names an unknown event or a key
+    field the start event does not have."""
+    return list(_sagas())
+
+
+def saga_of(event_type: str) -> SagaShape | None:
+    """The saga ``event_type`` (a full name, any version) starts, if any."""
+    return next((shape for shape in _sagas() if shape.starts_with(event_type)), None)
 
 
 def __getattr__(name: str) -> Any:

@@ -78,13 +78,6 @@ FLOW_TABLE: set[tuple[str, str, frozenset[str]]] = {
     for trigger, service, emits in DESIGN_FLOW
 }
 
-# The README's required compensations: failure event => events that must follow it.
-REQUIRED_COMPENSATIONS: dict[str, set[str]] = {
-    "InventoryReservationFailed": {"OrderCancelled"},
-    "PaymentFailed": {"InventoryReleased", "OrderCancelled"},
-    "ShippingFailed": {"PaymentRefunded", "InventoryReleased", "OrderCancelled"},
-}
-
 
 def test_service_options_describe_exactly_the_flow_table() -> None:
     edges = contracts.choreography()
@@ -127,16 +120,34 @@ def test_place_order_is_the_only_command_and_emits_order_created_in_either_versi
     }
 
 
-@pytest.mark.parametrize("failure", sorted(REQUIRED_COMPENSATIONS))
-def test_each_failure_triggers_its_required_compensations(failure: str) -> None:
-    compensations = {
-        name
-        for edge in contracts.choreography()
-        if edge.trigger == full(failure)
-        for name in edge.emits
+def _required() -> list[tuple[str, tuple[str, ...]]]:
+    """Each failure and its required compensations, from the saga option (one source)."""
+    return [
+        (failure, req)
+        for shape in contracts.sagas()
+        for failure, req in shape.compensations.items()
+    ]
+
+
+def test_the_saga_declares_a_compensation_for_each_business_failure() -> None:
+    assert {failure for failure, _ in _required()} == {
+        full("InventoryReservationFailed"),
+        full("PaymentFailed"),
+        full("ShippingFailed"),
     }
 
-    assert compensations == {full(name) for name in REQUIRED_COMPENSATIONS[failure]}
+
+@pytest.mark.parametrize(("failure", "required"), _required())
+def test_each_failure_triggers_its_required_compensations(
+    failure: str, required: tuple[str, ...]
+) -> None:
+    """The reactions to a failure emit exactly what the saga option requires after it."""
+    compensations = {
+        name for edge in contracts.choreography() if edge.trigger == failure for name in edge.emits
+    }
+
+    assert compensations == set(required)
+    assert len(required) == len(set(required))
 
 
 def test_aggregate_type_refuses_a_message_that_is_not_an_event() -> None:
