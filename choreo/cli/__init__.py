@@ -39,10 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _explain_missing_command(argv: Sequence[str]) -> None:
+def _refuse_missing_reference_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """``choreo up`` without the reference system: say how to get it, not "invalid choice"."""
     command = next((arg for arg in argv if not arg.startswith("-")), None)
-    if command in plugins.REFERENCE_COMMANDS:
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if command in plugins.REFERENCE_COMMANDS and command not in subparsers.choices:
         raise ConfigurationError(plugins.not_installed(command))
 
 
@@ -50,10 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        command = next((arg for arg in given if not arg.startswith("-")), None)
-        if command is not None and command not in commands.choices:
-            _explain_missing_command(given)
+        _refuse_missing_reference_command(parser, given)
         args = parser.parse_args(given)
         from choreo.logs import configure_logging
 

@@ -84,7 +84,14 @@ def add_letter_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--service", default=None, help="the service that gave up")
     parser.add_argument("--event", default=None, help="event type, e.g. PaymentAuthorized")
     parser.add_argument("--reason", default=None, help="e.g. retries_exhausted")
-    parser.add_argument("--order", default=None, metavar="ID", help="the saga's order id")
+    parser.add_argument(
+        "--saga",
+        "--order",
+        dest="order",
+        default=None,
+        metavar="ID",
+        help="the saga's correlation id (an order id in the reference system)",
+    )
     parser.add_argument(
         "--since", type=_since, default=None, help="filed since: 30m, 2h, 7d or an ISO time"
     )

@@ -37,7 +37,9 @@ def add(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_json_option(status)
 
     saga = commands.add_parser("saga", help="one saga's events, rebuilt by correlation id")
-    saga.add_argument("correlation_id", help="the order id (it is the saga's correlation id)")
+    saga.add_argument(
+        "correlation_id", help="the saga's correlation id (the order id in the reference system)"
+    )
     saga.add_argument("--mermaid", action="store_true", help="as a Mermaid sequence diagram")
     saga.add_argument(
         "--payloads", action="store_true", help="each event's payload, decoded as JSON"
