@@ -1,18 +1,21 @@
 """What the console shows, built from stored messages: no I/O here, so it is tested directly.
 
-A saga is told by its events: every event carries the saga's correlation id (the order id),
-names its cause (``ce-causationid``) and counts its hops from the command (``ce-chaindepth``).
-The order's state follows from which of the order service's events exist, and the saga is over
-once the customer has been told about a final state (``NotificationSent``), as ``WatchOrder``
-sees it.
+A saga is told by its events: every event carries the saga's correlation id (its key, the
+order id in the shop), names its cause (``ce-causationid``) and counts its hops from the
+command (``ce-chaindepth``). What starts and ends a saga, its failures and compensations come
+from the contracts (the ``saga`` option of its start event, ``contracts.sagas()``): its state
+follows from which of those events exist, and it is over once a final event happened and then
+its closing event, if it declares one (the shop's ``NotificationSent``).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -30,26 +33,71 @@ from choreo.envelope import (
 )
 from choreo.streamread import StoredMessage
 
-# The command starts a saga with this event (``PlaceOrder`` emits it; checked against the
-# contracts by the tests), and these events of the order service move the order along.
-START_EVENT = "shop.order.v1.OrderCreated"
-# Every schema version of it that may be on the wire (during a migration both are, see
-# docs/evolution.md): a saga is listed by whichever comes first.
-START_EVENTS = (START_EVENT, "shop.order.v2.OrderCreated")
-STATUS_EVENTS = {
-    "shop.order.v1.OrderConfirmed": "confirmed",
-    "shop.order.v1.OrderShipped": "shipped",
-    "shop.order.v1.OrderCancelled": "cancelled",
-}
-NOTIFIED_EVENT = "shop.notification.v1.NotificationSent"
-FINAL_STATUSES = ("shipped", "cancelled")
-# A cancellation wins over everything; a shipment over a confirmation.
-_STATUS_RANK = {"pending": 0, "confirmed": 1, "shipped": 2, "cancelled": 3}
+# The saga's shape comes from the contracts (``contracts.sagas()``, the ``saga`` option of the
+# event that starts it): which events start a saga (in every schema version on the wire), which
+# end it, which are failures and compensations, and which event closes it. The status of a
+# saga is named after the latest event of the aggregate that started it (``OrderConfirmed`` ->
+# ``confirmed``); a final event wins over the others, and one that ends the saga in failure
+# wins over a success ("a cancellation wins over everything; a shipment over a confirmation").
+PENDING = "pending"
+_FAILED_RANK = 2_000_000
+_SUCCEEDED_RANK = 1_000_000
 
-# The business failures and the compensations they require (README, "The saga"; the same
-# table as services.audit.REQUIRED_COMPENSATIONS, which a test compares with these).
-FAILURE_EVENTS = frozenset({"InventoryReservationFailed", "PaymentFailed", "ShippingFailed"})
-COMPENSATION_EVENTS = frozenset({"OrderCancelled", "InventoryReleased", "PaymentRefunded"})
+
+def start_events() -> tuple[str, ...]:
+    """Every event that starts a saga of the contracts, each schema version of it included."""
+    return tuple(name for shape in contracts.sagas() for name in shape.start_events)
+
+
+def failure_events() -> frozenset[str]:
+    return frozenset(name for shape in contracts.sagas() for name in shape.failure_events)
+
+
+def compensation_events() -> frozenset[str]:
+    """The union of every failure's required compensations, in every saga."""
+    return frozenset(name for shape in contracts.sagas() for name in shape.compensation_events)
+
+
+def _status_name(event_type: str, aggregate: str) -> str:
+    """``OrderConfirmed`` of aggregate ``order`` -> ``confirmed``; ``TripBooked`` -> ``booked``."""
+    name = short_name(event_type)
+    prefix = "".join(part.capitalize() for part in re.split(r"[_\W]+", aggregate))
+    if prefix and name.startswith(prefix) and len(name) > len(prefix):
+        name = name[len(prefix) :]
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+@functools.lru_cache(maxsize=64)
+def status_events(shape: contracts.SagaShape) -> Mapping[str, tuple[str, int]]:
+    """The events that move a saga's status, each with its status and rank: the other events
+    of the start event's aggregate type in its context (in the order they are declared), and
+    the final events."""
+    classes = contracts.event_classes()
+    start = classes.get(shape.start_event)
+    aggregate = contracts.aggregate_type(start) if start is not None else ""
+    found: dict[str, tuple[str, int]] = {}
+    context = subjects.context_of(shape.start_event)
+    for index, (name, cls) in enumerate(classes.items(), 1):
+        if shape.starts_with(name) or subjects.context_of(name) != context:
+            continue
+        if contracts.aggregate_type(cls) == aggregate:
+            found[name] = (_status_name(name, aggregate), index)
+    for name in shape.final_events:
+        rank = _SUCCEEDED_RANK if name in shape.success_events else _FAILED_RANK
+        found[name] = (_status_name(name, aggregate), rank + found.get(name, ("", 0))[1])
+    return MappingProxyType(found)
+
+
+def saga_of_events(event_types: Iterable[str]) -> contracts.SagaShape | None:
+    """The saga whose start is among ``event_types``; the only saga of the contracts when
+    none is (a saga whose start aged out of its stream); None when that does not tell."""
+    shapes = contracts.sagas()
+    for event_type in event_types:
+        for shape in shapes:
+            if shape.starts_with(event_type):
+                return shape
+    return shapes[0] if len(shapes) == 1 else None
+
 
 # Payload fields an operator does not need to read on a screen (the payment token travels in
 # OrderCreated and InventoryReserved).
@@ -62,11 +110,11 @@ def short_name(full_name: str) -> str:
 
 
 def kind_of(event_type: str) -> str:
-    """``failure``, ``compensation`` or ``step``: how the diagram and the timeline mark it."""
-    name = short_name(event_type)
-    if name in FAILURE_EVENTS:
+    """``failure``, ``compensation`` or ``step``: how the diagram and the timeline mark a
+    full event name (the failures and compensations of the contracts' sagas)."""
+    if event_type in failure_events():
         return "failure"
-    if name in COMPENSATION_EVENTS:
+    if event_type in compensation_events():
         return "compensation"
     return "step"
 
@@ -195,40 +243,64 @@ def build_timeline(messages: Iterable[StoredMessage], correlation_id: str) -> li
 
 @dataclass(frozen=True)
 class SagaState:
-    status: str  # pending, confirmed, shipped, cancelled
-    notified: bool  # the customer was told about the final state
+    status: str  # pending, then named after the start aggregate's events: confirmed, shipped ...
+    notified: bool  # the saga's closing event happened (the customer was told the outcome)
+    final: bool = False  # a final event of the saga happened
+    closing_event: str = ""  # what closes the saga after its final event ("": nothing)
+    succeeded: bool = False  # its final event is a success event
 
     @property
     def done(self) -> bool:
-        return self.status in FINAL_STATUSES and self.notified
+        return self.final and (self.notified or not self.closing_event)
+
+    @property
+    def kind(self) -> str:
+        """``success``, ``failure`` (a final event that is not a success) or ``running``."""
+        if not self.final:
+            return "running"
+        return "success" if self.succeeded else "failure"
 
     @property
     def outcome(self) -> str:
         if self.done:
             return self.status
-        if self.status in FINAL_STATUSES:
-            return f"{self.status}, customer not notified yet"
+        if self.final:
+            return f"{self.status}, waiting for {short_name(self.closing_event)}"
         return "in progress"
 
 
-def saga_state(event_types: Iterable[str]) -> SagaState:
-    """The order's state from the full names of the saga's events (any order)."""
-    status = "pending"
+def saga_state(event_types: Iterable[str], shape: contracts.SagaShape | None = None) -> SagaState:
+    """The saga's state from the full names of its events (any order). ``shape``: the saga
+    they belong to; by default the one whose start event is among them."""
+    types = list(event_types)
+    shape = shape or saga_of_events(types)
+    if shape is None:
+        return SagaState(PENDING, False)
+    moves = status_events(shape)
+    status, rank = PENDING, 0
     notified = False
-    for event_type in event_types:
-        reached = STATUS_EVENTS.get(event_type)
-        if reached and _STATUS_RANK[reached] > _STATUS_RANK[status]:
-            status = reached
-        notified = notified or event_type == NOTIFIED_EVENT
-    return SagaState(status, notified)
+    for event_type in types:
+        reached = moves.get(event_type)
+        if reached and reached[1] > rank:
+            status, rank = reached
+        notified = notified or event_type == shape.closing_event
+    final = rank >= _SUCCEEDED_RANK
+    return SagaState(
+        status,
+        notified,
+        final=final,
+        closing_event=shape.closing_event,
+        succeeded=final and rank < _FAILED_RANK,
+    )
 
 
 @dataclass
 class SagaSummary:
-    order_id: str
-    customer_id: str
+    order_id: str  # the saga's key (its correlation id), the order id in the shop
+    customer_id: str  # the start event's customer_id, if it has one
     started_at: datetime
     state: SagaState
+    saga: str = ""  # the saga's name (its option's ``name``)
     finished_at: datetime | None = None  # when the customer was told (a done saga)
     last_event_at: datetime | None = None
     events: list[str] = field(default_factory=list)  # full names, in time order
@@ -242,6 +314,7 @@ class SagaSummary:
     def as_json(self) -> dict[str, Any]:
         return {
             "order_id": self.order_id,
+            "saga": self.saga,
             "customer_id": self.customer_id,
             "started_at": self.started_at.isoformat(),
             "status": self.state.status,
@@ -257,21 +330,27 @@ class SagaSummary:
 def summarize_sagas(
     created: Iterable[StoredMessage], later: Iterable[StoredMessage]
 ) -> list[SagaSummary]:
-    """One row per ``OrderCreated`` in ``created``, newest first, with its state from the
-    order and notification events in ``later`` (events of sagas not listed are ignored)."""
+    """One row per saga-starting event in ``created``, newest first, with its state from the
+    events in ``later`` (events of sagas not listed are ignored)."""
     sagas: dict[str, SagaSummary] = {}
+    shapes: dict[str, contracts.SagaShape] = {}
     for m in created:
         order_id = m.headers.get(H_CORRELATION_ID, "")
         if not order_id or order_id in sagas or not m.headers.get(H_TIME):
             continue
-        start_event = m.headers.get(H_TYPE) or START_EVENT
+        start_event = m.headers.get(H_TYPE) or subjects.event_type_of_subject(m.subject)
+        shape = contracts.saga_of(start_event)
+        if shape is None:
+            continue  # not the start of a saga of the contracts
+        shapes[order_id] = shape
         payload = decode_payload(start_event, m.data)
         started = parse_time(m.headers[H_TIME])
         sagas[order_id] = SagaSummary(
             order_id=order_id,
             customer_id=str(payload.get("customer_id", "")),
             started_at=started,
-            state=SagaState("pending", False),
+            state=saga_state([start_event], shape),
+            saga=shape.name,
             last_event_at=started,
             events=[start_event],
         )
@@ -287,7 +366,7 @@ def summarize_sagas(
         summary.events.append(event_type)
         summary.last_event_at = max(at, summary.last_event_at or at)
         was_done = summary.state.done
-        summary.state = saga_state(summary.events)
+        summary.state = saga_state(summary.events, shapes[summary.order_id])
         if summary.state.done and not was_done:
             summary.finished_at = at
     return sorted(sagas.values(), key=lambda s: s.started_at, reverse=True)

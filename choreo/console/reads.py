@@ -4,9 +4,10 @@ Each read is a throwaway consumer filtered on subjects, so it costs what it retu
 size of the streams (subjects are ``<namespace>.v<N>.<Event>.<order id>``, e.g.
 ``shop.order.v1.OrderCreated.<order id>``, ``acme.loyalty.v1.PointsAwarded.<order id>``):
 
-- the sagas list reads the newest ``OrderCreated`` events (growing a window back from the end
-  of the order stream until it holds enough), then, from the oldest of them on, the order
-  service's status events and ``NotificationSent``;
+- the sagas list reads the newest events that start a saga (``contracts.sagas()``: the shop's
+  ``OrderCreated``, in each version), growing a window back from the end of their stream until
+  it holds enough, then, from the oldest of them on, the events that move a saga's state: its
+  start aggregate's events, its final events and its closing event (``NotificationSent``);
 - a saga is read per stream with the per-saga filter ``<namespace>.*.*.<order id>`` (as
   ``choreo saga`` does), and its dead letters with ``choreo.dlq.*.<namespace>.*.*.<order id>``,
   one filter per namespace of the contract packages (``shop.order``, ``acme.loyalty`` ...).
@@ -15,18 +16,15 @@ size of the streams (subjects are ``<namespace>.v<N>.<Event>.<order id>``, e.g.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nats.js.errors import NotFoundError
 
 from choreo import contracts, dlq, subjects
 from choreo.console.model import (
-    NOTIFIED_EVENT,
-    START_EVENT,
-    START_EVENTS,
-    STATUS_EVENTS,
     SagaState,
     SagaSummary,
     TimelineEvent,
@@ -34,6 +32,8 @@ from choreo.console.model import (
     order_id_of_letter,
     parse_time,
     saga_state,
+    start_events,
+    status_events,
     summarize_sagas,
 )
 from choreo.envelope import H_MSG_ID, H_TIME
@@ -55,9 +55,18 @@ async def _read_from(
     return await drain(js, stream, name, wanted)
 
 
-async def newest_created(js: Any, limit: int) -> list[StoredMessage]:
-    """The newest ``limit`` saga-starting events, oldest first."""
-    stream = subjects.stream_name(subjects.context_of(START_EVENT))
+def _by_stream(event_types: Iterable[str]) -> dict[str, list[str]]:
+    """Subject filters of ``event_types``, by the stream that holds them (saga order)."""
+    found: dict[str, list[str]] = {}
+    for event_type in event_types:
+        stream = subjects.stream_name(subjects.context_of(event_type))
+        wanted = subjects.event_type_filter(event_type)
+        if wanted not in found.setdefault(stream, []):
+            found[stream].append(wanted)
+    return found
+
+
+async def _newest_in(js: Any, stream: str, filters: list[str], limit: int) -> list[StoredMessage]:
     try:
         info = await js.stream_info(stream)
     except NotFoundError:
@@ -68,14 +77,28 @@ async def newest_created(js: Any, limit: int) -> list[StoredMessage]:
     window = max(limit * _WINDOW_PER_SAGA, 64)
     while True:
         start = max(state.first_seq, state.last_seq - window + 1)
-        name, wanted = await open_reader(
-            js, stream, [subjects.event_type_filter(t) for t in START_EVENTS], start_seq=start
-        )
+        name, wanted = await open_reader(js, stream, filters, start_seq=start)
         if wanted >= limit or start == state.first_seq:
             return (await drain(js, stream, name, wanted))[-limit:]
         with contextlib.suppress(Exception):
             await js.delete_consumer(stream, name)
         window *= 4
+
+
+def _stamp(message: StoredMessage) -> tuple[datetime, str, int]:
+    at = message.headers.get(H_TIME)
+    return (parse_time(at) if at else datetime.min.replace(tzinfo=UTC), message.stream, message.seq)
+
+
+async def newest_created(js: Any, limit: int) -> list[StoredMessage]:
+    """The newest ``limit`` saga-starting events of every saga of the contracts, oldest
+    first (each version of each start event; the starts of several sagas merged by time)."""
+    found: list[StoredMessage] = []
+    for stream, filters in _by_stream(start_events()).items():
+        found += await _newest_in(js, stream, filters, limit)
+    if len(_by_stream(start_events())) > 1:
+        found.sort(key=_stamp)
+    return found[-limit:] if limit else []
 
 
 async def recent_sagas(js: Any, limit: int) -> list[SagaSummary]:
@@ -87,16 +110,15 @@ async def recent_sagas(js: Any, limit: int) -> list[SagaSummary]:
     # A second of slack: the broker stamps a message when it stores it, after its ce-time,
     # and the services' clocks may differ a little.
     since = oldest - timedelta(seconds=1)
-    order_stream = subjects.stream_name(subjects.context_of(START_EVENT))
-    later = await _read_from(
-        js, order_stream, [subjects.event_type_filter(t) for t in STATUS_EVENTS], start_time=since
-    )
-    later += await _read_from(
-        js,
-        subjects.stream_name(subjects.context_of(NOTIFIED_EVENT)),
-        [subjects.event_type_filter(NOTIFIED_EVENT)],
-        start_time=since,
-    )
+    # What moves a saga's state: its start aggregate's events, its final events, and the
+    # event that closes it.
+    moving: list[str] = []
+    for shape in contracts.sagas():
+        moving += status_events(shape)
+        moving += [shape.closing_event] if shape.closing_event else []
+    later: list[StoredMessage] = []
+    for stream, filters in _by_stream(moving).items():
+        later += await _read_from(js, stream, filters, start_time=since)
     return summarize_sagas(created, later)
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from html import escape
 from urllib.parse import quote
 
-from choreo import dlq
+from choreo import contracts, dlq
 from choreo.console.model import (
     SagaState,
     SagaSummary,
@@ -39,8 +39,8 @@ code, pre { font: 12px ui-monospace, monospace; }
 pre { margin: 0; white-space: pre-wrap; max-width: 720px; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px;
   background: #e5e7eb; }
-.badge.shipped { background: #d1fae5; } .badge.cancelled { background: #fde68a; }
-.badge.pending, .badge.confirmed { background: #dbeafe; }
+.badge.success { background: #d1fae5; } .badge.failure { background: #fde68a; }
+.badge.running { background: #dbeafe; }
 .badge.alarm { background: #fecaca; } .badge.compensated { background: #e0e7ff; }
 tr.failure td.event { color: #b91c1c; font-weight: 600; }
 tr.compensation td.event { color: #b45309; font-weight: 600; }
@@ -85,11 +85,31 @@ def _epoch(seconds: float) -> str:
 
 
 def _badge(state: SagaState) -> str:
-    return f"<span class='badge {escape(state.status)} status'>{escape(state.status)}</span>"
+    classes = f"badge {escape(state.kind)} {escape(state.status)} status"
+    return f"<span class='{classes}'>{escape(state.status)}</span>"
 
 
 def _json(value: object) -> str:
     return escape(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _names(events: Iterable[str]) -> str:
+    return " or ".join(
+        escape(short_name(name)) for name in dict.fromkeys(short_name(e) for e in events)
+    )
+
+
+def _shapes_text(shapes: list[contracts.SagaShape]) -> str:
+    """How each saga of the contracts starts and ends, as its ``saga`` option says."""
+    parts = []
+    for shape in shapes:
+        closing = f", then {escape(short_name(shape.closing_event))}" if shape.closing_event else ""
+        parts.append(
+            f"A saga <strong>{escape(shape.name)}</strong> starts with"
+            f" {_names(shape.start_events)} and is done at {_names(shape.final_events)}"
+            f"{closing}; its duration runs to that event."
+        )
+    return " " + " ".join(parts)
 
 
 def sagas_page(sagas: list[SagaSummary], limit: int) -> str:
@@ -100,13 +120,14 @@ def sagas_page(sagas: list[SagaSummary], limit: int) -> str:
             f"<tr class='saga' data-order-id='{escape(saga.order_id)}'>"
             f"<td><a href='{saga_href(saga.order_id)}'>"
             f"<code>{escape(saga.order_id)}</code></a></td>"
+            f"<td>{escape(saga.saga)}</td>"
             f"<td>{escape(saga.customer_id)}</td><td>{_badge(saga.state)}</td>"
             f"<td class='outcome'>{escape(saga.state.outcome)}</td>"
             f"<td>{_time(saga.started_at)}</td><td class='num'>{duration}</td>"
             f"<td>{_time(saga.last_event_at)}</td></tr>"
         )
     table = (
-        "<table id='sagas'><tr><th>order (saga)</th><th>customer</th><th>status</th>"
+        "<table id='sagas'><tr><th>saga key</th><th>saga</th><th>customer</th><th>status</th>"
         "<th>outcome</th><th>started (UTC)</th><th>duration</th><th>last event</th></tr>"
         + "".join(rows)
         + "</table>"
@@ -118,8 +139,9 @@ def sagas_page(sagas: list[SagaSummary], limit: int) -> str:
         f"<h1>Sagas</h1><p class='muted'>The newest {limit} sagas, newest first "
         f"(<a href='/sagas?limit={min(limit * 2, 500)}'>more</a>, "
         f"<a href='/sagas?limit={limit}'>refresh</a>). "
-        "A saga is done once the customer has been told its final state; its duration runs "
-        "from OrderCreated to that NotificationSent.</p>" + table,
+        + _shapes_text(contracts.sagas())
+        + "</p>"
+        + table,
     )
 
 

@@ -13,7 +13,6 @@ from choreo.console import model, svg, views
 from choreo.console.reads import SagaDetail
 from choreo.envelope import Envelope
 from choreo.streamread import StoredMessage
-from services.audit import REQUIRED_COMPENSATIONS
 from shop.inventory.v1 import events_pb2 as inventory_events
 from shop.notification.v1 import events_pb2 as notification_events
 from shop.order.v1 import events_pb2 as order_events
@@ -196,14 +195,26 @@ def test_a_replayed_copy_is_shown_once_more_and_measured_from_the_first_copy_of_
 def test_the_state_follows_the_order_events_and_the_saga_ends_with_the_notification() -> None:
     created, confirmed = "shop.order.v1.OrderCreated", "shop.order.v1.OrderConfirmed"
     shipped, cancelled = "shop.order.v1.OrderShipped", "shop.order.v1.OrderCancelled"
-    assert model.saga_state([created]) == model.SagaState("pending", False)
+    notified = "shop.notification.v1.NotificationSent"
+    pending = model.saga_state([created])
+    assert (pending.status, pending.notified, pending.done, pending.kind) == (
+        "pending",
+        False,
+        False,
+        "running",
+    )
     assert model.saga_state([created, confirmed]).outcome == "in progress"
+    assert model.saga_state([created, confirmed]).status == "confirmed"
     waiting = model.saga_state([created, confirmed, shipped])
-    assert waiting.status == "shipped" and not waiting.done
-    assert waiting.outcome == "shipped, customer not notified yet"
+    assert waiting.status == "shipped" and not waiting.done and waiting.kind == "success"
+    assert waiting.outcome == "shipped, waiting for NotificationSent"
     # A carrier refusal cancels an order already confirmed; the order of reading is irrelevant.
-    late = model.saga_state([model.NOTIFIED_EVENT, cancelled, confirmed, created])
+    late = model.saga_state([notified, cancelled, confirmed, created])
     assert late.status == "cancelled" and late.done and late.outcome == "cancelled"
+    assert late.kind == "failure"
+    # v2 of OrderCreated starts the same saga; a saga whose start aged out is still the shop's.
+    assert model.saga_state(["shop.order.v2.OrderCreated", shipped, notified]).done
+    assert model.saga_state([shipped, notified]).done
 
 
 def test_the_summaries_are_newest_first_with_the_time_to_the_notification() -> None:
@@ -232,8 +243,9 @@ def test_the_summaries_are_newest_first_with_the_time_to_the_notification() -> N
         ms=5,
         source="order",
     )
-    created = [m for m in first + second if m.subject.startswith(model.START_EVENT)]
-    later = [m for m in first + second if not m.subject.startswith(model.START_EVENT)]
+    start = "shop.order.v1.OrderCreated"
+    created = [m for m in first + second if m.subject.startswith(start)]
+    later = [m for m in first + second if not m.subject.startswith(start)]
     summaries = model.summarize_sagas(created, [*later, unlisted])
 
     assert [s.order_id for s in summaries] == ["o-2", "o-1"]
@@ -242,27 +254,39 @@ def test_the_summaries_are_newest_first_with_the_time_to_the_notification() -> N
     assert running.duration_s is None and running.finished_at is None
     assert done.state.done and done.state.status == "cancelled"
     assert done.duration_s == 0.040  # OrderCreated to NotificationSent
-    assert done.as_json()["outcome"] == "cancelled"
+    assert done.as_json()["outcome"] == "cancelled" and done.as_json()["saga"] == "order"
 
 
-def test_the_vocabulary_is_the_one_of_the_contracts_and_the_audit() -> None:
-    assert set(REQUIRED_COMPENSATIONS) == model.FAILURE_EVENTS
-    assert {
-        e for needed in REQUIRED_COMPENSATIONS.values() for e in needed
-    } == model.COMPENSATION_EVENTS
+def test_the_vocabulary_is_the_one_of_the_contracts() -> None:
+    """Failures, compensations and starts come from the saga option, one source."""
+    (shape,) = contracts.sagas()
+    assert (
+        model.failure_events()
+        == set(shape.compensations)
+        == {
+            "shop.inventory.v1.InventoryReservationFailed",
+            "shop.payment.v1.PaymentFailed",
+            "shop.shipping.v1.ShippingFailed",
+        }
+    )
+    assert model.compensation_events() == {
+        e for needed in shape.compensations.values() for e in needed
+    }
     # PlaceOrder emits OrderCreated in each schema version on the wire; the console lists a
     # saga by any of them.
     emits = contracts.command_emits()["shop.order.v1.OrderService.PlaceOrder"]
-    assert model.START_EVENT in emits
-    assert set(emits) == set(model.START_EVENTS)
-    known = contracts.event_classes()
-    assert {model.START_EVENT, model.NOTIFIED_EVENT, *model.STATUS_EVENTS} <= set(known)
+    assert set(emits) == set(model.start_events())
+    assert {name: status for name, (status, _) in model.status_events(shape).items()} == {
+        "shop.order.v1.OrderConfirmed": "confirmed",
+        "shop.order.v1.OrderShipped": "shipped",
+        "shop.order.v1.OrderCancelled": "cancelled",
+    }
 
 
 def test_a_body_that_is_not_its_event_says_so() -> None:
     unknown = model.decode_payload("shop.order.v1.NoSuchEvent", b"\x01")
     assert "unknown event type" in unknown["_error"]
-    broken = model.decode_payload(model.START_EVENT, b"\xff\xff\xff")
+    broken = model.decode_payload("shop.order.v1.OrderCreated", b"\xff\xff\xff")
     assert "not a valid shop.order.v1.OrderCreated body" in broken["_error"]
 
 
