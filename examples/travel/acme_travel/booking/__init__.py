@@ -1,0 +1,1 @@
+"""The booking service: takes trip bookings over gRPC and owns the trip's lifecycle."""
