@@ -1,9 +1,10 @@
 """A minimal service on the choreo runtime, used to test delivery semantics.
 
-It reacts to ``OrderCreated`` by counting the effect per order (so a double application shows
-as a count of 2) and emitting ``InventoryReserved``. Run as a process with
-``python -m tests.runtime.probe``; its settings come from ``CHOREO_*`` variables and
-``PROBE_FAIL=1`` makes the handler raise every time.
+It reacts to the testkit's ``TicketOpened`` (tests/testkit) by counting the effect per ticket
+(so a double application shows as a count of 2) and emitting ``ItemsHeld``. Run as a process
+with ``python -m tests.runtime.probe`` (or ``choreo serve probe --app tests.runtime.probe:build``);
+its settings come from ``CHOREO_*`` variables and ``PROBE_FAIL=1`` makes the handler raise every
+time.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from choreo.consumer import Ordering, Subscription
 from choreo.handling import HandlerContext
 from choreo.service import ServiceDefinition, ServiceRuntime
 from choreo.settings import RuntimeSettings
-from shop.inventory.v1 import events_pb2 as inventory_events
-from shop.order.v1 import events_pb2 as order_events
+from tests.testkit import desk_events, stock_events
 
 SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS effects (order_id TEXT PRIMARY KEY, applied INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS effects (ticket_id TEXT PRIMARY KEY, applied INTEGER NOT NULL)",
     # Portable SQL (the probe also runs on Postgres): order of application by a clock.
     "CREATE TABLE IF NOT EXISTS applied_versions (applied_ns BIGINT NOT NULL,"
     " aggregate_id TEXT, event_type TEXT, version INTEGER)",
@@ -38,20 +38,18 @@ class Behaviour:
 
 
 def definition(behaviour: Behaviour, ordered: bool = False) -> ServiceDefinition:
-    async def on_order_created(ctx: HandlerContext, event: order_events.OrderCreated) -> None:
+    async def on_ticket_opened(ctx: HandlerContext, event: desk_events.TicketOpened) -> None:
         behaviour.attempts.append(asyncio.get_running_loop().time())
         if behaviour.fail:
             raise RuntimeError("probe told to fail")
         await ctx.tx.execute(
-            "INSERT INTO effects (order_id, applied) VALUES (?, 1) ON CONFLICT (order_id)"
+            "INSERT INTO effects (ticket_id, applied) VALUES (?, 1) ON CONFLICT (ticket_id)"
             " DO UPDATE SET applied = effects.applied + 1",
-            (event.order_id,),
+            (event.ticket_id,),
         )
         ctx.emit(
-            inventory_events.InventoryReserved(
-                order_id=event.order_id, reservation_id=f"res-{event.order_id}"
-            ),
-            aggregate_id=event.order_id,
+            stock_events.ItemsHeld(ticket_id=event.ticket_id, hold_id=f"hold-{event.ticket_id}"),
+            aggregate_id=event.ticket_id,
         )
 
     async def record_version(ctx: HandlerContext, event: object) -> None:
@@ -72,17 +70,17 @@ def definition(behaviour: Behaviour, ordered: bool = False) -> ServiceDefinition
             Subscription(
                 "probe",
                 {
-                    order_events.OrderConfirmed: record_version,
-                    order_events.OrderShipped: record_version,
-                    order_events.OrderCancelled: record_version,
+                    desk_events.TicketAccepted: record_version,
+                    desk_events.TicketDone: record_version,
+                    desk_events.TicketCancelled: record_version,
                 },
-                name="order_lifecycle",
+                name="ticket_lifecycle",
                 ordering=Ordering.STRICT,
             )
         )
     return ServiceDefinition(
         name="probe",
-        handlers={order_events.OrderCreated: on_order_created},
+        handlers={desk_events.TicketOpened: on_ticket_opened},
         schema=SCHEMA,
         extra_subscriptions=extra,
     )
@@ -90,7 +88,7 @@ def definition(behaviour: Behaviour, ordered: bool = False) -> ServiceDefinition
 
 def effect_counts(db_path: Path) -> dict[str, int]:
     with sqlite3.connect(db_path) as connection:
-        return dict(connection.execute("SELECT order_id, applied FROM effects").fetchall())
+        return dict(connection.execute("SELECT ticket_id, applied FROM effects").fetchall())
 
 
 def outbox_rows(db_path: Path) -> int:
@@ -104,6 +102,11 @@ def applied_versions(db_path: Path) -> list[tuple[str, int]]:
             "SELECT event_type, version FROM applied_versions ORDER BY applied_ns"
         ).fetchall()
     return [(t.rsplit(".", 1)[1], v) for t, v in rows]
+
+
+def build(settings: RuntimeSettings) -> ServiceDefinition:
+    """The probe for ``choreo serve probe --app tests.runtime.probe:build``."""
+    return definition(Behaviour(fail=os.environ.get("PROBE_FAIL") == "1"))
 
 
 async def main() -> None:

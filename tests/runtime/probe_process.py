@@ -1,4 +1,5 @@
-"""The probe service as a separate process, and what tests wait for on it."""
+"""The probe service as a separate process (reading the testkit contracts), and what tests
+wait for on it."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ from typing import Any
 
 from choreo import subjects
 from choreo.broker import EmbeddedBroker
+from tests import testkit
 
 REPO = Path(__file__).resolve().parents[2]
-DURABLE = subjects.durable_name("probe", "shop.order.v1.OrderCreated")
+TRIGGER = testkit.desk_events.TicketOpened.DESCRIPTOR.full_name
+STREAM = subjects.stream_name(subjects.context_of(TRIGGER))
+DURABLE = subjects.durable_name("probe", TRIGGER)
 
 
 def start_probe_process(broker: EmbeddedBroker, db: Path, **env: str) -> subprocess.Popen[bytes]:
     environ = {
-        **os.environ,
+        **testkit.subprocess_env(os.environ),
         "CHOREO_NATS_URL": broker.url,
         "CHOREO_DATABASE_URL": f"sqlite:///{db}",
         "CHOREO_ACK_WAIT_S": "2",
@@ -36,7 +40,7 @@ def start_probe_process(broker: EmbeddedBroker, db: Path, **env: str) -> subproc
 
 async def consumer_ready(js: Any) -> bool:
     try:
-        info = await js.consumer_info("SHOP_ORDER", DURABLE)
+        info = await js.consumer_info(STREAM, DURABLE)
     except Exception:
         return False
     return bool(info.num_waiting)

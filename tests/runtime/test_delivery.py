@@ -16,11 +16,21 @@ from choreo.broker import EmbeddedBroker
 from choreo.service import ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, stream_count, wait_for
-from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
-from tests.runtime.probe_process import DURABLE, consumer_ready, exited, start_probe_process
+from tests.runtime.probe_process import (
+    DURABLE,
+    STREAM,
+    consumer_ready,
+    exited,
+    start_probe_process,
+)
+from tests.testkit import desk_events
 
-RESERVED = "shop.inventory.v1.InventoryReserved"
+pytestmark = pytest.mark.usefixtures("testkit_contracts")
+
+OPENED = "testkit.desk.v1.TicketOpened"
+HELD = "testkit.stock.v1.ItemsHeld"
+HELD_STREAM = "TESTKIT_STOCK"
 
 
 def settings_for(broker: EmbeddedBroker, db: Path, **overrides: Any) -> RuntimeSettings:
@@ -51,8 +61,8 @@ async def runtime(broker: EmbeddedBroker, tmp_path: Path) -> AsyncIterator[Servi
     await service.stop()
 
 
-def order_created(order_id: str) -> order_events.OrderCreated:
-    return order_events.OrderCreated(order_id=order_id, customer_id="c-1")
+def ticket_opened(ticket_id: str) -> desk_events.TicketOpened:
+    return desk_events.TicketOpened(ticket_id=ticket_id, customer_id="c-1")
 
 
 async def test_kill_after_commit_before_ack_applies_once_and_publishes_once(
@@ -62,7 +72,7 @@ async def test_kill_after_commit_before_ack_applies_once_and_publishes_once(
     doomed = start_probe_process(broker, db, CHOREO_CRASH_AT=faults.AFTER_COMMIT_BEFORE_ACK)
     try:
         await wait_for(lambda: consumer_ready(js), what="probe consumer")
-        await publish_event(js, order_created("o-1"), aggregate_id="o-1")
+        await publish_event(js, ticket_opened("o-1"), aggregate_id="o-1")
         await wait_for(lambda: exited(doomed), what="the probe to die after its commit")
         assert doomed.returncode == -signal.SIGKILL
         assert probe.effect_counts(db) == {"o-1": 1}  # committed, never acked
@@ -72,21 +82,21 @@ async def test_kill_after_commit_before_ack_applies_once_and_publishes_once(
     survivor = start_probe_process(broker, db)
     try:
 
-        async def reserved_published() -> bool:
-            return await stream_count(js, "SHOP_INVENTORY", RESERVED) >= 1
+        async def held_published() -> bool:
+            return await stream_count(js, HELD_STREAM, HELD) >= 1
 
-        await wait_for(reserved_published, what="InventoryReserved to be published")
+        await wait_for(held_published, what="ItemsHeld to be published")
 
         # The broker redelivers after ack_wait (2s); wait until the consumer has nothing pending.
         async def all_acked() -> bool:
-            info = await js.consumer_info("SHOP_ORDER", DURABLE)
+            info = await js.consumer_info(STREAM, DURABLE)
             return info.num_ack_pending == 0 and info.num_pending == 0
 
         await wait_for(all_acked, timeout=30, what="the redelivery to be acked")
         await asyncio.sleep(0.5)
         assert probe.effect_counts(db) == {"o-1": 1}
-        assert await stream_count(js, "SHOP_INVENTORY", RESERVED) == 1
-        info = await js.consumer_info("SHOP_ORDER", DURABLE)
+        assert await stream_count(js, HELD_STREAM, HELD) == 1
+        info = await js.consumer_info(STREAM, DURABLE)
         assert info.delivered.stream_seq == 1 and info.num_redelivered >= 0
     finally:
         survivor.send_signal(signal.SIGTERM)
@@ -100,11 +110,11 @@ async def test_relay_killed_after_publish_before_mark_is_deduplicated_by_broker(
     doomed = start_probe_process(broker, db, CHOREO_CRASH_AT=faults.AFTER_PUBLISH_BEFORE_MARK)
     try:
         await wait_for(lambda: consumer_ready(js), what="probe consumer")
-        await publish_event(js, order_created("o-2"), aggregate_id="o-2")
+        await publish_event(js, ticket_opened("o-2"), aggregate_id="o-2")
         await wait_for(lambda: exited(doomed), what="the relay to die after publishing")
     finally:
         doomed.kill()
-    assert await stream_count(js, "SHOP_INVENTORY", RESERVED) == 1
+    assert await stream_count(js, HELD_STREAM, HELD) == 1
     assert probe.outbox_rows(db) == 1  # published, but not marked sent
 
     survivor = start_probe_process(broker, db)
@@ -115,7 +125,7 @@ async def test_relay_killed_after_publish_before_mark_is_deduplicated_by_broker(
 
         await wait_for(outbox_empty, what="the relay to re-send and mark the row")
         # The re-send carried the same Nats-Msg-Id inside the duplicate window: dropped.
-        assert await stream_count(js, "SHOP_INVENTORY", RESERVED) == 1
+        assert await stream_count(js, HELD_STREAM, HELD) == 1
         assert probe.effect_counts(db) == {"o-2": 1}
     finally:
         survivor.send_signal(signal.SIGTERM)
@@ -125,21 +135,21 @@ async def test_relay_killed_after_publish_before_mark_is_deduplicated_by_broker(
 async def test_same_event_with_new_msg_id_is_a_no_op_thanks_to_the_inbox(
     runtime: ServiceRuntime, js: Any, tmp_path: Path
 ) -> None:
-    first = await publish_event(js, order_created("o-3"), aggregate_id="o-3")
+    first = await publish_event(js, ticket_opened("o-3"), aggregate_id="o-3")
 
-    async def reserved(count: int) -> bool:
-        return await stream_count(js, "SHOP_INVENTORY", RESERVED) == count
+    async def held(count: int) -> bool:
+        return await stream_count(js, HELD_STREAM, HELD) == count
 
-    await wait_for(lambda: reserved(1), what="first handling")
+    await wait_for(lambda: held(1), what="first handling")
     # Beyond the dedup window the broker accepts the same event again under a new msg id.
     await publish_event(
         js,
-        order_created("o-3"),
+        ticket_opened("o-3"),
         aggregate_id="o-3",
         event_id=first.event_id,
         msg_id=f"{first.event_id}-later",
     )
-    assert await stream_count(js, "SHOP_ORDER") == 2
+    assert await stream_count(js, STREAM) == 2
     consumer = runtime.consumers[0]
 
     async def duplicate_seen() -> bool:
@@ -147,7 +157,7 @@ async def test_same_event_with_new_msg_id_is_a_no_op_thanks_to_the_inbox(
 
     await wait_for(duplicate_seen, what="the duplicate to be recognised")
     assert probe.effect_counts(tmp_path / "probe.db") == {"o-3": 1}
-    assert await stream_count(js, "SHOP_INVENTORY", RESERVED) == 1
+    assert await stream_count(js, HELD_STREAM, HELD) == 1
 
 
 async def dead_letters(js: Any) -> list[dlq.DeadLetter]:
@@ -160,9 +170,9 @@ async def dead_letters(js: Any) -> list[dlq.DeadLetter]:
 async def test_poison_lands_in_dlq_with_reasons_and_consumer_keeps_going(
     runtime: ServiceRuntime, js: Any, tmp_path: Path
 ) -> None:
-    subject = "shop.order.v1.OrderCreated.o-ok"
+    subject = f"{OPENED}.o-ok"
     await js.publish(subject, b"\x00\xffgarbage")  # no envelope at all
-    valid = await publish_event(js, order_created("o-ok"), aggregate_id="o-ok")
+    valid = await publish_event(js, ticket_opened("o-ok"), aggregate_id="o-ok")
     headers = valid.to_headers()
     await js.publish(
         subject,
@@ -176,7 +186,7 @@ async def test_poison_lands_in_dlq_with_reasons_and_consumer_keeps_going(
             **headers,
             "Nats-Msg-Id": "unknown",
             "ce-id": "unknown",
-            "ce-type": "shop.order.v1.OrderTeleported",
+            "ce-type": "testkit.desk.v1.TicketTeleported",
         },
     )
     await js.publish(
@@ -186,11 +196,11 @@ async def test_poison_lands_in_dlq_with_reasons_and_consumer_keeps_going(
             **headers,
             "Nats-Msg-Id": "v9",
             "ce-id": "v9",
-            "ce-type": "shop.order.v9.OrderCreated",
+            "ce-type": "testkit.desk.v9.TicketOpened",
         },
     )
-    await publish_event(js, order_created("o-deep"), aggregate_id="o-deep", chain_depth=99)
-    await publish_event(js, order_created("o-after"), aggregate_id="o-after")
+    await publish_event(js, ticket_opened("o-deep"), aggregate_id="o-deep", chain_depth=99)
+    await publish_event(js, ticket_opened("o-after"), aggregate_id="o-after")
 
     async def five_letters() -> bool:
         return len(await dead_letters(js)) == 5
@@ -208,7 +218,7 @@ async def test_poison_lands_in_dlq_with_reasons_and_consumer_keeps_going(
     )
     for letter in letters:
         assert letter.service == "probe"
-        assert subjects.event_type_of_subject(letter.subject) == "shop.order.v1.OrderCreated"
+        assert subjects.event_type_of_subject(letter.subject) == OPENED
         assert letter.detail
     garbage = next(letter for letter in letters if letter.reason == dlq.MISSING_HEADERS)
     assert garbage.body == b"\x00\xffgarbage"
@@ -224,7 +234,7 @@ async def test_failing_handler_backs_off_then_dead_letters_and_replay_handles_it
 ) -> None:
     behaviour: probe.Behaviour = runtime.definition.resources["behaviour"]
     behaviour.fail = True
-    await publish_event(js, order_created("o-fail"), aggregate_id="o-fail")
+    await publish_event(js, ticket_opened("o-fail"), aggregate_id="o-fail")
 
     async def one_letter() -> bool:
         return len(await dead_letters(js)) == 1
@@ -260,14 +270,14 @@ async def test_failing_handler_backs_off_then_dead_letters_and_replay_handles_it
 async def test_out_of_order_events_of_one_aggregate_are_applied_in_order(
     runtime: ServiceRuntime, js: Any, tmp_path: Path
 ) -> None:
-    confirmed = order_events.OrderConfirmed(order_id="o-7")
-    shipped = order_events.OrderShipped(order_id="o-7")
-    cancelled = order_events.OrderCancelled(order_id="o-7")
+    accepted = desk_events.TicketAccepted(ticket_id="o-7")
+    done = desk_events.TicketDone(ticket_id="o-7")
+    cancelled = desk_events.TicketCancelled(ticket_id="o-7")
     # Versions 1..3 of aggregate o-7 arrive as 3, 1, 2; a stale 1 arrives again at the end.
     await publish_event(js, cancelled, aggregate_id="o-7", version=3)
-    await publish_event(js, confirmed, aggregate_id="o-7", version=1)
-    await publish_event(js, shipped, aggregate_id="o-7", version=2)
-    await publish_event(js, confirmed, aggregate_id="o-7", version=1)
+    await publish_event(js, accepted, aggregate_id="o-7", version=1)
+    await publish_event(js, done, aggregate_id="o-7", version=2)
+    await publish_event(js, accepted, aggregate_id="o-7", version=1)
 
     db = tmp_path / "probe.db"
 
@@ -275,16 +285,16 @@ async def test_out_of_order_events_of_one_aggregate_are_applied_in_order(
         return len(probe.applied_versions(db)) == 3
 
     await wait_for(three_applied, what="all three versions")
-    ordered = next(c for c in runtime.consumers if c.name == "probe__order_lifecycle")
+    ordered = next(c for c in runtime.consumers if c.name == "probe__ticket_lifecycle")
 
     async def stale_seen() -> bool:
         return ordered.stats.outcomes.get("stale", 0) >= 1
 
     await wait_for(stale_seen, what="the stale version 1 to be recognised")
     assert probe.applied_versions(db) == [
-        ("OrderConfirmed", 1),
-        ("OrderShipped", 2),
-        ("OrderCancelled", 3),
+        ("TicketAccepted", 1),
+        ("TicketDone", 2),
+        ("TicketCancelled", 3),
     ]
     assert ordered.stats.outcomes.get("held", 0) >= 1
     assert ordered.stats.outcomes.get("stale", 0) == 1

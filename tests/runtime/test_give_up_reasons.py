@@ -19,11 +19,10 @@ from choreo.handling import GaveUp, HandlerContext
 from choreo.service import ServiceDefinition, ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, wait_for
-from shop.inventory.v1 import events_pb2 as inventory_events
-from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
+from tests.testkit import desk_events, stock_events
 
-FAILED = "shop.inventory.v1.InventoryReservationFailed"
+pytestmark = pytest.mark.usefixtures("testkit_contracts")
 
 
 @dataclass
@@ -37,23 +36,23 @@ class Script:
 
 
 def give_up_definition(script: Script) -> ServiceDefinition:
-    async def charge(ctx: HandlerContext, event: order_events.OrderCreated) -> None:
+    async def charge(ctx: HandlerContext, event: desk_events.TicketOpened) -> None:
         script.handler_runs += 1
-        raise TransientError(f"charging order {event.order_id}: the gateway is unavailable")
+        raise TransientError(f"charging ticket {event.ticket_id}: the gateway is unavailable")
 
-    async def give_up(ctx: HandlerContext, event: order_events.OrderCreated, why: GaveUp) -> None:
+    async def give_up(ctx: HandlerContext, event: desk_events.TicketOpened, why: GaveUp) -> None:
         script.give_ups.append(why)
         if len(script.give_ups) <= script.compensation_failures:
-            raise TransientError(f"voiding order {event.order_id}: the gateway is unavailable")
+            raise TransientError(f"voiding ticket {event.ticket_id}: the gateway is unavailable")
         ctx.emit(
-            inventory_events.InventoryReservationFailed(order_id=event.order_id),
-            aggregate_id=event.order_id,
+            stock_events.HoldFailed(ticket_id=event.ticket_id),
+            aggregate_id=event.ticket_id,
         )
 
     return ServiceDefinition(
         name="probe",
-        handlers={order_events.OrderCreated: charge},
-        give_ups={order_events.OrderCreated: give_up},
+        handlers={desk_events.TicketOpened: charge},
+        give_ups={desk_events.TicketOpened: give_up},
         schema=probe.SCHEMA,
     )
 
@@ -115,7 +114,7 @@ async def test_a_compensation_retried_keeps_the_reason_and_counts_true_attempts(
     script = Script(compensation_failures=2)
     await start(script)
     await publish_event(
-        js, order_events.OrderCreated(order_id="o-r", customer_id="c-1"), aggregate_id="o-r"
+        js, desk_events.TicketOpened(ticket_id="o-r", customer_id="c-1"), aggregate_id="o-r"
     )
 
     letter = await one_letter(js)
@@ -144,7 +143,7 @@ async def test_a_compensation_that_runs_out_raises_an_alarm_saying_why(
     script = Script(compensation_failures=1000)
     await start(script, give_up_attempts=3)
     await publish_event(
-        js, order_events.OrderCreated(order_id="o-a", customer_id="c-1"), aggregate_id="o-a"
+        js, desk_events.TicketOpened(ticket_id="o-a", customer_id="c-1"), aggregate_id="o-a"
     )
 
     letter = await one_letter(js)
@@ -152,7 +151,7 @@ async def test_a_compensation_that_runs_out_raises_an_alarm_saying_why(
     assert letter.alarm and not letter.compensated
     assert letter.detail.startswith("retries_exhausted: after 2 attempts:")
     assert "compensating failed 3 time(s)" in letter.detail
-    assert "voiding order o-a: the gateway is unavailable" in letter.detail
+    assert "voiding ticket o-a: the gateway is unavailable" in letter.detail
     assert "crashed" not in letter.detail
     assert len(script.give_ups) == 3
     # Counted for the metric and `choreo status`, naming the order.
@@ -170,7 +169,7 @@ async def test_a_restart_during_the_compensation_keeps_the_reason_and_the_attemp
     failing = Script(compensation_failures=1000)
     first = await start(failing)
     await publish_event(
-        js, order_events.OrderCreated(order_id="o-s", customer_id="c-1"), aggregate_id="o-s"
+        js, desk_events.TicketOpened(ticket_id="o-s", customer_id="c-1"), aggregate_id="o-s"
     )
 
     async def compensating() -> bool:

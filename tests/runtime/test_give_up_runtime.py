@@ -20,9 +20,17 @@ from choreo.handling import HandlerContext
 from choreo.service import ServiceDefinition, ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, stream_count, wait_for
-from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
-from tests.runtime.probe_process import DURABLE, consumer_ready, exited, start_probe_process
+from tests.runtime.probe_process import (
+    DURABLE,
+    STREAM,
+    consumer_ready,
+    exited,
+    start_probe_process,
+)
+from tests.testkit import desk_events
+
+pytestmark = pytest.mark.usefixtures("testkit_contracts")
 
 
 async def letters(js: Any) -> list[dlq.DeadLetter]:
@@ -63,7 +71,7 @@ async def test_a_message_that_kills_its_process_is_given_up_after_server_counted
             if attempt == 0:
                 await wait_for(lambda: consumer_ready(js), what="probe consumer")
                 await publish_event(
-                    js, order_events.OrderCreated(order_id="o-k"), aggregate_id="o-k"
+                    js, desk_events.TicketOpened(ticket_id="o-k"), aggregate_id="o-k"
                 )
             if await crashed_or_gave_up(process, js):
                 crashes += 1
@@ -84,11 +92,11 @@ async def test_a_message_that_kills_its_process_is_given_up_after_server_counted
     # The letter is filed before the message is acked, and the server applies an ack on its
     # own time: wait for the consumer to have nothing left rather than read it at once.
     async def all_acked() -> bool:
-        info = await js.consumer_info("SHOP_ORDER", DURABLE)
+        info = await js.consumer_info(STREAM, DURABLE)
         return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
     await wait_for(all_acked, timeout=10, what="the given-up message to be acked")
-    info = await js.consumer_info("SHOP_ORDER", DURABLE)
+    info = await js.consumer_info(STREAM, DURABLE)
     # The server bounds deliveries too, above the runtime's own limit and the attempts a
     # give-up may use to compensate (30 by default).
     assert info.config.max_deliver == 2 + 30 + 3
@@ -117,11 +125,11 @@ def ordered_definition(failures: dict[int, int]) -> ServiceDefinition:
     lifecycle = Subscription(
         "probe",
         {
-            order_events.OrderConfirmed: record,
-            order_events.OrderShipped: record,
-            order_events.OrderCancelled: record,
+            desk_events.TicketAccepted: record,
+            desk_events.TicketDone: record,
+            desk_events.TicketCancelled: record,
         },
-        name="order_lifecycle",
+        name="ticket_lifecycle",
         ordering=Ordering.STRICT,
     )
     return ServiceDefinition(
@@ -151,12 +159,10 @@ async def ordered(broker: EmbeddedBroker, tmp_path: Path) -> AsyncIterator[Servi
 async def test_successors_wait_out_a_predecessor_that_needs_its_retries(
     ordered: ServiceRuntime, js: Any, tmp_path: Path
 ) -> None:
-    await publish_event(js, order_events.OrderConfirmed(order_id="o-9"), aggregate_id="o-9")
+    await publish_event(js, desk_events.TicketAccepted(ticket_id="o-9"), aggregate_id="o-9")
+    await publish_event(js, desk_events.TicketDone(ticket_id="o-9"), aggregate_id="o-9", version=2)
     await publish_event(
-        js, order_events.OrderShipped(order_id="o-9"), aggregate_id="o-9", version=2
-    )
-    await publish_event(
-        js, order_events.OrderCancelled(order_id="o-9"), aggregate_id="o-9", version=3
+        js, desk_events.TicketCancelled(ticket_id="o-9"), aggregate_id="o-9", version=3
     )
 
     async def all_applied() -> bool:
@@ -164,12 +170,12 @@ async def test_successors_wait_out_a_predecessor_that_needs_its_retries(
 
     await wait_for(all_applied, timeout=30, what="all three versions, in order")
     assert probe.applied_versions(tmp_path / "probe.db") == [
-        ("OrderConfirmed", 1),
-        ("OrderShipped", 2),
-        ("OrderCancelled", 3),
+        ("TicketAccepted", 1),
+        ("TicketDone", 2),
+        ("TicketCancelled", 3),
     ]
     assert await letters(js) == []
     (consumer,) = ordered.consumers
     assert consumer.stats.outcomes.get("retry") == FLAKY_TIMES
     assert consumer.stats.outcomes.get("held", 0) >= 2
-    assert await stream_count(js, "SHOP_ORDER") == 3
+    assert await stream_count(js, STREAM) == 3

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from choreo.broker import EmbeddedBroker
@@ -16,7 +17,9 @@ from choreo.handling import HandlerContext
 from choreo.service import ServiceDefinition, ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, wait_for
-from shop.order.v1 import events_pb2 as order_events
+from tests.testkit import desk_events
+
+pytestmark = pytest.mark.usefixtures("testkit_contracts")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -34,7 +37,7 @@ async def test_a_stalled_consumer_is_not_serving_until_it_moves_again(
         name="probe",
         handlers={},
         extra_subscriptions=[
-            Subscription("probe", {order_events.OrderCreated: stuck}, name="stuck")
+            Subscription("probe", {desk_events.TicketOpened: stuck}, name="stuck")
         ],
     )
     settings = RuntimeSettings.from_env(
@@ -60,7 +63,7 @@ async def test_a_stalled_consumer_is_not_serving_until_it_moves_again(
                 return check
 
             assert await status_is(SERVING)()
-            await publish_event(js, order_events.OrderCreated(order_id="o-1"), aggregate_id="o-1")
+            await publish_event(js, desk_events.TicketOpened(ticket_id="o-1"), aggregate_id="o-1")
             await wait_for(status_is(NOT_SERVING), timeout=5, what="NOT_SERVING")
             assert runtime.health is not None
             assert "probe__stuck" in runtime.health.verdict.reasons[0]

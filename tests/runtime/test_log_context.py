@@ -18,8 +18,10 @@ from choreo.logs import configure_logging
 from choreo.service import ServiceDefinition, ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, wait_for
-from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
+from tests.testkit import desk_events
+
+pytestmark = pytest.mark.usefixtures("testkit_contracts")
 
 
 @pytest.fixture
@@ -41,9 +43,9 @@ async def test_a_handled_events_log_lines_carry_its_order_and_event_ids(
 ) -> None:
     attempts: list[str] = []
 
-    async def on_order_created(ctx: HandlerContext, event: order_events.OrderCreated) -> None:
-        attempts.append(event.order_id)
-        logging.getLogger("probe.handler").info("reserving for %s", event.order_id)
+    async def on_ticket_opened(ctx: HandlerContext, event: desk_events.TicketOpened) -> None:
+        attempts.append(event.ticket_id)
+        logging.getLogger("probe.handler").info("holding for %s", event.ticket_id)
         if len(attempts) == 1:
             raise RuntimeError("the warehouse is busy")  # a retry, logged by the runtime
 
@@ -58,7 +60,7 @@ async def test_a_handled_events_log_lines_carry_its_order_and_event_ids(
     )
     definition = ServiceDefinition(
         name="probe",
-        handlers={order_events.OrderCreated: on_order_created},
+        handlers={desk_events.TicketOpened: on_ticket_opened},
         schema=probe.SCHEMA,
     )
     runtime = ServiceRuntime(definition, settings)
@@ -66,7 +68,7 @@ async def test_a_handled_events_log_lines_carry_its_order_and_event_ids(
     try:
         envelope = await publish_event(
             js,
-            order_events.OrderCreated(order_id="o-logs"),
+            desk_events.TicketOpened(ticket_id="o-logs"),
             aggregate_id="o-logs",
             correlation_id="o-logs",
         )

@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from choreo import consumer, dlq
 from choreo.broker import EmbeddedBroker
 from choreo.consumer import Subscription
@@ -20,9 +22,11 @@ from choreo.handling import HandlerContext
 from choreo.service import ServiceDefinition, ServiceRuntime
 from choreo.settings import RuntimeSettings
 from choreo.testing import publish_event, wait_for
-from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
 from tests.runtime.probe_process import consumer_ready, exited, start_probe_process
+from tests.testkit import desk_events
+
+pytestmark = pytest.mark.usefixtures("testkit_contracts")
 
 POISON_CUSTOMER = "c-poison"
 GOOD_SAME_AGGREGATE = ["o-1", "o-2", "o-3", "o-4"]  # queued behind the poison, in its group
@@ -55,20 +59,20 @@ async def test_a_crash_looping_message_is_singled_out_and_its_batch_mates_are_ha
         stop(process)
     await publish_event(
         js,
-        order_events.OrderCreated(order_id="o-poison", customer_id=POISON_CUSTOMER),
+        desk_events.TicketOpened(ticket_id="o-poison", customer_id=POISON_CUSTOMER),
         aggregate_id="shared",
     )
-    for order_id in GOOD_SAME_AGGREGATE:
+    for ticket_id in GOOD_SAME_AGGREGATE:
         await publish_event(
             js,
-            order_events.OrderCreated(order_id=order_id, customer_id="c-1"),
+            desk_events.TicketOpened(ticket_id=ticket_id, customer_id="c-1"),
             aggregate_id="shared",
         )
-    for order_id in GOOD_OTHER_AGGREGATES:
+    for ticket_id in GOOD_OTHER_AGGREGATES:
         await publish_event(
             js,
-            order_events.OrderCreated(order_id=order_id, customer_id="c-1"),
-            aggregate_id=order_id,
+            desk_events.TicketOpened(ticket_id=ticket_id, customer_id="c-1"),
+            aggregate_id=ticket_id,
         )
     good = GOOD_SAME_AGGREGATE + GOOD_OTHER_AGGREGATES
 
@@ -96,12 +100,12 @@ async def test_a_crash_looping_message_is_singled_out_and_its_batch_mates_are_ha
     # Killed in the batch, then twice when run alone; the fourth delivery is given up.
     assert crashes == 3
     (letter,) = await letters(js)
-    assert order_events.OrderCreated.FromString(letter.body).order_id == "o-poison"
+    assert desk_events.TicketOpened.FromString(letter.body).ticket_id == "o-poison"
     assert letter.reason == dlq.DELIVERY_LIMIT
     assert letter.alarm  # the probe has no give-up handler
     assert "handled alone 2 time(s), each time without an outcome" in letter.detail
     # Every batch-mate was handled, once, though the server delivered it up to four times.
-    assert probe.effect_counts(db) == {order_id: 1 for order_id in good}
+    assert probe.effect_counts(db) == {ticket_id: 1 for ticket_id in good}
 
 
 async def test_a_suspect_waiting_on_a_slow_call_is_alone_only_for_its_window(
@@ -112,7 +116,7 @@ async def test_a_suspect_waiting_on_a_slow_call_is_alone_only_for_its_window(
     db = tmp_path / "probe.db"
     seen: dict[str, Any] = {"runs": 0, "slow_running": False, "fast_saw_slow_running": None}
 
-    async def slow(ctx: HandlerContext, event: order_events.OrderCreated) -> None:
+    async def slow(ctx: HandlerContext, event: desk_events.TicketOpened) -> None:
         seen["runs"] += 1
         if seen["runs"] == 1:
             raise TransientError("the provider is away")  # handed back: a retry later
@@ -122,15 +126,15 @@ async def test_a_suspect_waiting_on_a_slow_call_is_alone_only_for_its_window(
         finally:
             seen["slow_running"] = False
 
-    async def fast(ctx: HandlerContext, event: order_events.OrderConfirmed) -> None:
+    async def fast(ctx: HandlerContext, event: desk_events.TicketAccepted) -> None:
         seen["fast_saw_slow_running"] = seen["slow_running"]
 
     definition = ServiceDefinition(
         name="probe",
-        handlers={order_events.OrderCreated: slow},
+        handlers={desk_events.TicketOpened: slow},
         schema=probe.SCHEMA,
         extra_subscriptions=[
-            Subscription("probe", {order_events.OrderConfirmed: fast}, name="confirmed")
+            Subscription("probe", {desk_events.TicketAccepted: fast}, name="accepted")
         ],
     )
     settings = RuntimeSettings(
@@ -143,7 +147,7 @@ async def test_a_suspect_waiting_on_a_slow_call_is_alone_only_for_its_window(
     )
     first = ServiceRuntime(definition, settings)
     await first.start()
-    await publish_event(js, order_events.OrderCreated(order_id="o-slow"), aggregate_id="o-slow")
+    await publish_event(js, desk_events.TicketOpened(ticket_id="o-slow"), aggregate_id="o-slow")
 
     async def failed_once() -> bool:
         return bool(seen["runs"] == 1)
@@ -168,7 +172,7 @@ async def test_a_suspect_waiting_on_a_slow_call_is_alone_only_for_its_window(
             ).fetchone()
         assert running == 0  # journaled as no longer alone: a crash now is not its own
         await publish_event(
-            js, order_events.OrderConfirmed(order_id="o-fast"), aggregate_id="o-fast"
+            js, desk_events.TicketAccepted(ticket_id="o-fast"), aggregate_id="o-fast"
         )
 
         async def fast_handled() -> bool:

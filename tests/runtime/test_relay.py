@@ -17,10 +17,12 @@ from choreo.store.schema import runtime_schema
 from choreo.store.sqlite import SqliteDatabase
 from choreo.streams import ensure_streams
 from choreo.testing import envelope_for, stream_count, wait_for
-from shop.order.v1 import events_pb2 as order_events
+from tests.testkit import desk_events
 
-STREAM = "SHOP_ORDER"
-SUBJECT = "shop.order.v1.OrderCreated"
+pytestmark = pytest.mark.usefixtures("testkit_contracts")
+
+STREAM = "TESTKIT_DESK"
+SUBJECT = "testkit.desk.v1.TicketOpened"
 
 
 @pytest.fixture
@@ -35,7 +37,7 @@ async def commit_events(db: Database, count: int) -> list[outbox.OutboxRow]:
     rows = []
     async with db.transaction() as tx:
         for n in range(count):
-            message = order_events.OrderCreated(order_id=f"o{n}", customer_id="c1")
+            message = desk_events.TicketOpened(ticket_id=f"o{n}", customer_id="c1")
             envelope = envelope_for(message, aggregate_id=f"o{n}")
             rows.append(await outbox.enqueue(tx, envelope, message.SerializeToString()))
     return rows

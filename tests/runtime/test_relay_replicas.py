@@ -17,9 +17,10 @@ from choreo.store.postgres import PostgresDatabase
 from choreo.store.schema import runtime_schema
 from choreo.streams import ensure_streams
 from choreo.testing import envelope_for, stream_count, wait_for
-from shop.order.v1 import events_pb2 as order_events
-from tests.postgres import fresh_database
 from tests.runtime.test_relay_robust import stop_relay
+from tests.testkit import desk_events, fresh_database
+
+pytestmark = pytest.mark.usefixtures("testkit_contracts")
 
 ROWS = 3000
 
@@ -42,7 +43,7 @@ async def test_two_relays_on_one_postgres_database_publish_each_row_once(
         await second.migrate(runtime_schema(second.dialect))
         async with first.transaction() as tx:  # a backlog, as after an outage
             for n in range(ROWS):
-                message = order_events.OrderCreated(order_id=f"o{n}", customer_id="c1")
+                message = desk_events.TicketOpened(ticket_id=f"o{n}", customer_id="c1")
                 envelope = envelope_for(message, aggregate_id=f"o{n}")
                 await outbox.enqueue(tx, envelope, message.SerializeToString())
                 if n == ROWS // 2:  # and one row no broker takes, in the middle of it
@@ -59,7 +60,7 @@ async def test_two_relays_on_one_postgres_database_publish_each_row_once(
             await wait_for(lambda: _empty(first), timeout=30, what="the shared outbox to drain")
         finally:
             await stop_relay(stopping, *running)
-        assert await stream_count(js, "SHOP_ORDER") == ROWS
+        assert await stream_count(js, "TESTKIT_DESK") == ROWS
         assert [relay.duplicates_dropped for relay in relays] == [0, 0]
         assert sum(relay.published for relay in relays) == ROWS
         assert all(relay.published > 0 for relay in relays)  # they shared the work

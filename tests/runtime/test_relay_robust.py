@@ -26,12 +26,14 @@ from choreo.store.schema import runtime_schema
 from choreo.store.sqlite import SqliteDatabase
 from choreo.streams import ensure_streams
 from choreo.testing import envelope_for, publish_event, stream_count, wait_for
-from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
+from tests.testkit import desk_events
 
-STREAM = "SHOP_ORDER"
-SUBJECT = "shop.order.v1.OrderCreated"
-RESERVED = "shop.inventory.v1.InventoryReserved"
+pytestmark = pytest.mark.usefixtures("testkit_contracts")
+
+STREAM = "TESTKIT_DESK"
+SUBJECT = "testkit.desk.v1.TicketOpened"
+HELD = "testkit.stock.v1.ItemsHeld"
 MAX_PAYLOAD = 1024 * 1024  # EmbeddedBroker's max_payload
 
 
@@ -43,8 +45,8 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
     await database.close()
 
 
-def order_created(n: int) -> tuple[Envelope, bytes]:
-    message = order_events.OrderCreated(order_id=f"o{n}", customer_id="c1")
+def ticket_opened(n: int) -> tuple[Envelope, bytes]:
+    message = desk_events.TicketOpened(ticket_id=f"o{n}", customer_id="c1")
     return envelope_for(message, aggregate_id=f"o{n}"), message.SerializeToString()
 
 
@@ -54,7 +56,7 @@ async def commit(db: Database, events: list[tuple[Envelope, bytes]]) -> list[out
 
 
 async def commit_normal(db: Database, first: int, count: int) -> list[outbox.OutboxRow]:
-    return await commit(db, [order_created(n) for n in range(first, first + count)])
+    return await commit(db, [ticket_opened(n) for n in range(first, first + count)])
 
 
 def oversized_by_headers(envelope: Envelope) -> tuple[Envelope, bytes]:
@@ -85,7 +87,7 @@ async def outbox_size(db: Database) -> int:
     return int(row[0])
 
 
-async def orders_on_stream(js: Any) -> int:
+async def tickets_on_stream(js: Any) -> int:
     return await stream_count(js, STREAM, SUBJECT)
 
 
@@ -93,8 +95,8 @@ async def test_a_row_over_max_payload_is_parked_with_its_reason_and_the_rows_beh
     nc: Any, js: Any, db: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await ensure_streams(js, RuntimeSettings())
-    relay = outbox.OutboxRelay(db, BrokerLink.of(nc), service="order", delete_delay_s=60)
-    envelope, _ = order_created(0)
+    relay = outbox.OutboxRelay(db, BrokerLink.of(nc), service="desk", delete_delay_s=60)
+    envelope, _ = ticket_opened(0)
     (big,) = await commit(db, [(envelope, b"x" * (MAX_PAYLOAD + 10))])  # the oldest row
     await commit_normal(db, 1, 5)
 
@@ -102,7 +104,7 @@ async def test_a_row_over_max_payload_is_parked_with_its_reason_and_the_rows_beh
         await relay.sweep(min_age_s=0.0)
     await relay.delete_published()
 
-    assert await orders_on_stream(js) == 5
+    assert await tickets_on_stream(js) == 5
     assert await outbox_size(db) == 0
     assert relay.in_flight == 0
     assert nc.is_connected
@@ -114,7 +116,7 @@ async def test_a_row_over_max_payload_is_parked_with_its_reason_and_the_rows_beh
     # The notice in the DLQ stream names the reason, service, event id and subject.
     (letter,) = await dlq.list_dead_letters(js)
     assert letter.is_parked_notice and letter.body == b""
-    assert (letter.reason, letter.service) == (dlq.TOO_LARGE, "order")
+    assert (letter.reason, letter.service) == (dlq.TOO_LARGE, "desk")
     assert subjects.event_type_of_subject(letter.subject) == SUBJECT
     assert letter.headers["ce-id"] == big.event_id
     with pytest.raises(dlq.ParkedRowNotice, match="unpark"):
@@ -148,7 +150,7 @@ async def test_a_row_whose_headers_push_it_over_max_payload_is_parked_not_sent(
     connection (`maximum payload exceeded`), and nats-py never reconnects."""
     await ensure_streams(js, RuntimeSettings())
     relay = outbox.OutboxRelay(db, BrokerLink.of(nc), delete_delay_s=0.0, sweep_interval_s=0.2)
-    envelope, _ = order_created(0)
+    envelope, _ = ticket_opened(0)
     stopping = asyncio.Event()
     running = asyncio.create_task(relay.run(stopping))
     try:
@@ -171,7 +173,7 @@ async def test_a_row_with_a_subject_the_server_cannot_read_is_parked_not_sent(
     """A subject past the server's 4 KiB control line makes it close the connection."""
     await ensure_streams(js, RuntimeSettings())
     relay = outbox.OutboxRelay(db, BrokerLink.of(nc), delete_delay_s=60)
-    envelope, body = order_created(0)
+    envelope, body = ticket_opened(0)
     async with db.transaction() as tx:
         await tx.execute(
             outbox.ENQUEUE_SQL,
@@ -181,7 +183,7 @@ async def test_a_row_with_a_subject_the_server_cannot_read_is_parked_not_sent(
     await relay.sweep(min_age_s=0.0)
     await relay.delete_published()
     assert nc.is_connected
-    assert await orders_on_stream(js) == 3
+    assert await tickets_on_stream(js) == 3
     (parked,) = await dlq.list_parked(db)
     assert (parked.event_id, parked.reason) == (envelope.event_id, dlq.REFUSED)
     (letter,) = await dlq.list_dead_letters(js)  # its notice, on a subject the server reads
@@ -236,7 +238,7 @@ async def test_acks_that_never_come_time_out_and_give_their_slots_back(
         broker.resume()
     await relay.flush(timeout_s=10)
     assert await outbox_size(db) == 0
-    assert await orders_on_stream(js) == 50
+    assert await tickets_on_stream(js) == 50
 
 
 async def test_an_outage_far_longer_than_the_reconnect_buffer_recovers_by_itself(
@@ -274,7 +276,7 @@ async def test_an_outage_far_longer_than_the_reconnect_buffer_recovers_by_itself
         await asyncio.sleep(1.0)  # sweeps run against the dead broker meanwhile
         broker.start()
         await wait_for(lambda: _size_is(db, 0), timeout=30, what="the outbox to drain")
-        assert await orders_on_stream(js) == 4510
+        assert await tickets_on_stream(js) == 4510
         assert relay.in_flight == 0
     finally:
         await stop_relay(stopping, running)
@@ -304,24 +306,24 @@ async def test_a_connection_the_server_closed_is_re_created_and_the_service_carr
     runtime = ServiceRuntime(probe.definition(probe.Behaviour()), settings)
     await runtime.start()
     try:
-        await publish_event(js, order_events.OrderCreated(order_id="before"), aggregate_id="before")
-        await wait_for(lambda: _count(js, "SHOP_INVENTORY", RESERVED, 1), what="first reply")
+        await publish_event(js, desk_events.TicketOpened(ticket_id="before"), aggregate_id="before")
+        await wait_for(lambda: _count(js, "TESTKIT_STOCK", HELD, 1), what="first reply")
         # Headers push this over max_payload: the server closes the connection for good.
         first = runtime.nc
         await first.publish("choreo.test.big", b"x" * (MAX_PAYLOAD - 10), headers={"h": "y" * 100})
         await wait_for(_closed(first), timeout=5, what="the server to close the connection")
         await wait_for(lambda: _differs(runtime, first), timeout=10, what="a new connection")
         # Consumers re-bind to the new connection, and the relay publishes on it.
-        await publish_event(js, order_events.OrderCreated(order_id="after"), aggregate_id="after")
+        await publish_event(js, desk_events.TicketOpened(ticket_id="after"), aggregate_id="after")
         await wait_for(
-            lambda: _count(js, "SHOP_INVENTORY", RESERVED, 2), timeout=20, what="second reply"
+            lambda: _count(js, "TESTKIT_STOCK", HELD, 2), timeout=20, what="second reply"
         )
     finally:
         await runtime.stop()
 
 
 async def _on_stream(js: Any, count: int) -> bool:
-    return await orders_on_stream(js) == count
+    return await tickets_on_stream(js) == count
 
 
 async def _count(js: Any, stream: str, subject: str, count: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -17,9 +18,11 @@ from choreo.streamread import read_stream
 from choreo.telemetry import configure_tracing
 from choreo.testing import publish_event, stream_count, wait_for
 from choreo.tracing import current_trace_headers, trace_id_of
-from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
 from tests.runtime.probe_process import consumer_ready, start_probe_process
+from tests.testkit import desk_events
+
+pytestmark = pytest.mark.usefixtures("testkit_contracts")
 
 
 async def test_a_handled_event_and_what_it_emits_stay_in_the_publishers_trace(
@@ -37,25 +40,25 @@ async def test_a_handled_event_and_what_it_emits_stay_in_the_publishers_trace(
     service = ServiceRuntime(probe.definition(probe.Behaviour()), settings)
     await service.start()
     try:
-        with trace.get_tracer("test").start_as_current_span("PlaceOrder") as root:
+        with trace.get_tracer("test").start_as_current_span("OpenTicket") as root:
             traceparent, _ = current_trace_headers()
             await publish_event(
                 js,
-                order_events.OrderCreated(order_id="t-1"),
+                desk_events.TicketOpened(ticket_id="t-1"),
                 aggregate_id="t-1",
                 traceparent=traceparent,
             )
         trace_id = f"{root.get_span_context().trace_id:032x}"
 
         async def emitted() -> bool:
-            return await stream_count(js, "SHOP_INVENTORY") == 1
+            return await stream_count(js, "TESTKIT_STOCK") == 1
 
-        await wait_for(emitted, what="InventoryReserved")
-        (reserved,) = await read_stream(js, "SHOP_INVENTORY")
-        assert trace_id_of(reserved.headers) == trace_id
+        await wait_for(emitted, what="ItemsHeld")
+        (held,) = await read_stream(js, "TESTKIT_STOCK")
+        assert trace_id_of(held.headers) == trace_id
         assert traceparent is not None
         # A new span (the relay's publish) is the parent the consumers will see.
-        assert reserved.headers[H_TRACEPARENT].split("-")[2] != traceparent.split("-")[2]
+        assert held.headers[H_TRACEPARENT].split("-")[2] != traceparent.split("-")[2]
     finally:
         await service.stop()
     spans = exporter.get_finished_spans()
@@ -80,17 +83,17 @@ async def test_without_an_sdk_an_emitted_event_carries_the_trace_it_arrived_with
         await wait_for(lambda: consumer_ready(js), what="probe consumer")
         await publish_event(
             js,
-            order_events.OrderCreated(order_id="u-1"),
+            desk_events.TicketOpened(ticket_id="u-1"),
             aggregate_id="u-1",
             traceparent=traceparent,
         )
 
         async def emitted() -> bool:
-            return await stream_count(js, "SHOP_INVENTORY") == 1
+            return await stream_count(js, "TESTKIT_STOCK") == 1
 
-        await wait_for(emitted, what="InventoryReserved")
-        (reserved,) = await read_stream(js, "SHOP_INVENTORY")
-        assert reserved.headers[H_TRACEPARENT] == traceparent
+        await wait_for(emitted, what="ItemsHeld")
+        (held,) = await read_stream(js, "TESTKIT_STOCK")
+        assert held.headers[H_TRACEPARENT] == traceparent
     finally:
         probe_process.terminate()
         probe_process.wait(15)

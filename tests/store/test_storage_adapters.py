@@ -23,8 +23,10 @@ from choreo.store import open_database
 from choreo.store.port import Database
 from choreo.store.schema import runtime_schema
 from choreo.testing import envelope_for, publish_event, stream_count, wait_for
-from shop.order.v1 import events_pb2 as order_events
 from tests.runtime import probe
+from tests.testkit import desk_events
+
+pytestmark = pytest.mark.usefixtures("testkit_contracts")
 
 STOCK_OF = "SELECT available FROM stock WHERE sku = ?"
 POSTGRES_ADMIN_URL = os.environ.get("CHOREO_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
@@ -69,17 +71,17 @@ async def test_a_transaction_commits_everything_or_nothing(db: Database) -> None
 
 async def test_the_inbox_key_tells_a_first_delivery_from_a_duplicate(db: Database) -> None:
     async with db.transaction() as tx:
-        assert await inbox.record_handled(tx, "inventory__shop_order_v1_OrderCreated", "e-1")
+        assert await inbox.record_handled(tx, "stock__testkit_desk_v1_TicketOpened", "e-1")
     async with db.transaction() as tx:
-        assert not await inbox.record_handled(tx, "inventory__shop_order_v1_OrderCreated", "e-1")
+        assert not await inbox.record_handled(tx, "stock__testkit_desk_v1_TicketOpened", "e-1")
         assert await inbox.record_handled(tx, "another_consumer", "e-1")
 
 
 async def test_outbox_rows_and_aggregate_versions_commit_with_the_state(db: Database) -> None:
-    event = order_events.OrderConfirmed(order_id="o-1")
+    event = desk_events.TicketAccepted(ticket_id="o-1")
     async with db.transaction() as tx:
-        first = await outbox.next_aggregate_version(tx, "order", "o-1")
-        second = await outbox.next_aggregate_version(tx, "order", "o-1")
+        first = await outbox.next_aggregate_version(tx, "ticket", "o-1")
+        second = await outbox.next_aggregate_version(tx, "ticket", "o-1")
         await outbox.enqueue(
             tx,
             envelope_for(event, aggregate_id="o-1", version=second, correlation_id="o-1"),
@@ -89,7 +91,7 @@ async def test_outbox_rows_and_aggregate_versions_commit_with_the_state(db: Data
     async with db.read() as tx:
         rows = await tx.fetchall("SELECT subject, body FROM choreo_outbox")
     assert [(subject, bytes(body)) for subject, body in rows] == [
-        ("shop.order.v1.OrderConfirmed.o-1", event.SerializeToString())
+        ("testkit.desk.v1.TicketAccepted.o-1", event.SerializeToString())
     ]
 
 
@@ -137,11 +139,11 @@ async def test_a_service_on_postgres_applies_a_redelivered_event_once(
     await service.start()
     try:
         first = await publish_event(
-            js, order_events.OrderCreated(order_id="pg-1"), aggregate_id="pg-1"
+            js, desk_events.TicketOpened(ticket_id="pg-1"), aggregate_id="pg-1"
         )
         await publish_event(
             js,
-            order_events.OrderCreated(order_id="pg-1"),
+            desk_events.TicketOpened(ticket_id="pg-1"),
             aggregate_id="pg-1",
             event_id=first.event_id,
             msg_id=f"{first.event_id}-again",
@@ -153,8 +155,8 @@ async def test_a_service_on_postgres_applies_a_redelivered_event_once(
 
         await wait_for(reserved_once_and_duplicate_seen, what="one handling and one duplicate")
         async with service.db.read() as tx:
-            assert await tx.fetchall("SELECT order_id, applied FROM effects") == [("pg-1", 1)]
-        assert await stream_count(js, "SHOP_INVENTORY") == 1
+            assert await tx.fetchall("SELECT ticket_id, applied FROM effects") == [("pg-1", 1)]
+        assert await stream_count(js, "TESTKIT_STOCK") == 1
     finally:
         await service.stop()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
