@@ -7,9 +7,13 @@ compensations) is declared on TripRequested in the contracts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import select
+import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,6 +34,12 @@ from acme_travel import CONTRACTS, SOLD_OUT
 from acme_travel.booking import domain as booking_domain
 from acme_travel.flights import domain as flights_domain
 from acme_travel.hotels import domain as hotels_domain
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 
 from choreo import grpc_errors
 from choreo.broker import EmbeddedBroker, free_port
@@ -356,3 +366,111 @@ async def test_a_bad_booking_is_refused_naming_each_field(travel: Travel) -> Non
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
             await booking.GetBooking(booking_pb.GetBookingRequest(trip_id="no-such-trip"))
         assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+# --- the console draws it -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_console(travel: Travel) -> Iterator[str]:
+    """``choreo console --port 0`` for the travel broker, told the travel contracts; yields its
+    URL (the first line it prints)."""
+    process = subprocess.Popen(
+        [CHOREO, "console", "--port", "0", "--nats-url", travel.nats_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_with_travel(PYTHONUNBUFFERED="1", **CONTRACTS_ENV),
+    )
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        line = process.stdout.readline() if ready else ""
+        assert line.startswith("choreo console: http://"), (
+            f"the console did not start: {line!r} {process.stderr.read() if process.stderr else ''}"
+        )
+        yield line.split()[2].rstrip("/")
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, process.stderr.read() if process.stderr else ""
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    """Headless Chromium from Debian (apt-get install chromium chromium-driver; make test and
+    CI install them): without it this test fails, it does not skip."""
+    driver_path = shutil.which("chromedriver")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if driver_path is None or chromium is None:
+        pytest.fail("this test needs Chromium and chromedriver: apt-get install -y chromium")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1300,1500")  # the path and the timeline
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def short(names: list[str]) -> list[str]:
+    return [name.rsplit(".", 1)[-1] for name in names]
+
+
+@pytest.mark.e2e
+def test_the_console_draws_a_trip_whose_hotel_was_full_with_its_compensation(
+    travel: Travel, browser: WebDriver, tmp_path: Path
+) -> None:
+    """The console knows the trip saga from its contracts alone: its list, its timeline and
+    its path, the failure and the compensations marked. CHOREO_EXAMPLES_SCREENSHOT=<path>
+    keeps the page's screenshot (docs/examples-console.png is one)."""
+    trip_id = asyncio.run(book_trip(travel, "TR300", SOLD_OUT))
+    assert asyncio.run(final_booking(travel, trip_id)).status == booking_pb.BOOKING_STATUS_CANCELLED
+    asyncio.run(saga_events(travel, trip_id, HOTEL_FULL))
+
+    with running_console(travel) as url:
+        browser.get(url + "/sagas")
+        row = browser.find_element(By.CSS_SELECTOR, f"tr.saga[data-order-id='{trip_id}']")
+        assert "cancelled" in row.find_element(By.CSS_SELECTOR, ".outcome").text
+        row.find_element(By.TAG_NAME, "a").click()
+
+        WebDriverWait(
+            browser, 30, poll_frequency=0.25, ignored_exceptions=[StaleElementReferenceException]
+        ).until(lambda b: b.find_element(By.ID, "order-id").text == trip_id)
+        assert browser.find_element(By.ID, "outcome").text == "cancelled"
+        rows = browser.find_elements(By.CSS_SELECTOR, "#timeline tr.event")
+        assert [row.get_attribute("data-event") for row in rows] == short(HOTEL_FULL)
+
+        svg = browser.find_element(By.CSS_SELECTOR, "svg#saga-path")
+        assert svg.is_displayed() and svg.size["height"] > 100
+        kinds = {
+            str(node.get_attribute("data-event")): str(node.get_attribute("class")).split()[-1]
+            for node in svg.find_elements(By.CSS_SELECTOR, "g.node:not(.command)")
+        }
+        assert kinds == {
+            "TripRequested": "step",
+            "SeatHeld": "step",
+            "TripFlightHeld": "step",
+            "RoomUnavailable": "failure",
+            "SeatReleased": "compensation",
+            "TripCancelled": "compensation",
+        }
+        assert len(svg.find_elements(By.CSS_SELECTOR, "g.arrow")) == len(HOTEL_FULL)
+        page = browser.find_element(By.TAG_NAME, "body").text
+        for name in short(HOTEL_FULL):
+            assert name in page
+
+        shot = tmp_path / "examples-console.png"
+        assert browser.save_screenshot(str(shot))
+        keep = os.environ.get("CHOREO_EXAMPLES_SCREENSHOT")
+        if keep:
+            Path(keep).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shot, keep)
