@@ -18,9 +18,9 @@ from choreo.cluster import EmbeddedCluster, seed_urls
 from choreo.settings import RuntimeSettings
 from choreo.streams import context_stream_config
 from choreo.testing import envelope_for
-from shop.order.v1 import events_pb2 as order_events
+from tests.testkit import desk_events
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("testkit_contracts")]
 T = TypeVar("T")
 
 
@@ -41,13 +41,13 @@ def test_a_seed_list_is_split_for_the_client() -> None:
 
 async def publish_until_stored(js: Any, index: int, timeout_s: float = 30.0) -> None:
     """Publish like the relay does: the same Nats-Msg-Id again until the cluster acks it."""
-    created = order_events.OrderCreated(order_id=f"o-{index}")
-    envelope = envelope_for(created, aggregate_id=f"o-{index}", correlation_id=f"o-{index}")
+    opened = desk_events.TicketOpened(ticket_id=f"o-{index}")
+    envelope = envelope_for(opened, aggregate_id=f"o-{index}", correlation_id=f"o-{index}")
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             await js.publish(
-                envelope.subject, created.SerializeToString(), headers=envelope.to_headers()
+                envelope.subject, opened.SerializeToString(), headers=envelope.to_headers()
             )
             return
         except Exception:
@@ -73,18 +73,18 @@ async def patiently(call: Callable[[], Awaitable[T]], timeout_s: float = 30.0) -
 
 
 async def stream_leader(js: Any) -> str:
-    info = await patiently(lambda: js.stream_info(subjects.stream_name("shop.order")))
+    info = await patiently(lambda: js.stream_info(subjects.stream_name("testkit.desk")))
     assert info.cluster is not None and info.cluster.leader
     return str(info.cluster.leader)
 
 
 async def wait_for_caught_up_replicas(js: Any, timeout_s: float = 30.0) -> None:
-    """Wait until both followers of the order stream are current. Killing the leader while the
+    """Wait until both followers of the ticket stream are current. Killing the leader while the
     node that just came back still catches up leaves one current replica of three: no quorum,
     no new leader, and the test would measure the restart rather than the election."""
     deadline = time.monotonic() + timeout_s
     while True:
-        info = await patiently(lambda: js.stream_info(subjects.stream_name("shop.order")))
+        info = await patiently(lambda: js.stream_info(subjects.stream_name("testkit.desk")))
         replicas = (info.cluster.replicas or []) if info.cluster else []
         if len(replicas) == 2 and all(r.current and not r.offline and not r.lag for r in replicas):
             return
@@ -101,12 +101,12 @@ async def test_r3_streams_survive_a_node_loss_and_a_leader_change(
     try:
         js = nc.jetstream(timeout=2.0)
         settings = RuntimeSettings(stream_replicas=3)
-        await patiently(lambda: js.add_stream(context_stream_config("shop.order", settings)))
+        await patiently(lambda: js.add_stream(context_stream_config("testkit.desk", settings)))
         for index in range(50):
             await publish_until_stored(js, index)
 
         # Kill a node that does not lead the stream, then the stream's leader.
-        info = await patiently(lambda: js.stream_info(subjects.stream_name("shop.order")))
+        info = await patiently(lambda: js.stream_info(subjects.stream_name("testkit.desk")))
         assert info.cluster is not None and len(info.cluster.replicas or []) == 2
         leader = str(info.cluster.leader)
         follower = next(n for n in ("n1", "n2", "n3") if n != leader)
@@ -129,10 +129,10 @@ async def test_r3_streams_survive_a_node_loss_and_a_leader_change(
         print(f"stream leader {leader} killed: next publish stored after {recovery_s:.2f}s")
         assert recovery_s < 20
 
-        # Nothing lost, nothing doubled: a durable reads each order exactly once.
+        # Nothing lost, nothing doubled: a durable reads each ticket exactly once.
         check = api.ConsumerConfig(durable_name="check", ack_policy=api.AckPolicy.EXPLICIT)
-        await patiently(lambda: js.add_consumer("SHOP_ORDER", check))
-        sub = await js.pull_subscribe_bind(durable="check", stream="SHOP_ORDER")
+        await patiently(lambda: js.add_consumer("TESTKIT_DESK", check))
+        sub = await js.pull_subscribe_bind(durable="check", stream="TESTKIT_DESK")
         seen: list[str] = []
         while len(seen) < 100:
             # The new consumer elects its own leader first: fetch as patiently as the runtime.
@@ -140,6 +140,6 @@ async def test_r3_streams_survive_a_node_loss_and_a_leader_change(
                 seen.append((msg.headers or {})["ce-subject"])
                 await msg.ack()
         assert sorted(seen) == sorted(f"o-{i}" for i in range(100))
-        assert (await patiently(lambda: js.stream_info("SHOP_ORDER"))).state.messages == 100
+        assert (await patiently(lambda: js.stream_info("TESTKIT_DESK"))).state.messages == 100
     finally:
         await nc.close()

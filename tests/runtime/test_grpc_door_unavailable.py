@@ -11,17 +11,16 @@ import grpc
 import pytest
 
 from choreo import validation
-from shop.order.v1 import order_service_pb2 as order_pb
-from shop.order.v1 import order_service_pb2_grpc as order_grpc
+from tests.testkit import desk_grpc, desk_service
 
 
-class Failing(order_grpc.OrderServiceServicer):
-    """An order API whose GetOrder fails the way it is told to."""
+class Failing(desk_grpc.DeskServiceServicer):
+    """A desk API whose GetTicket fails the way it is told to."""
 
     def __init__(self) -> None:
         self.error: BaseException = ConnectionResetError("Connection reset by peer")
 
-    async def GetOrder(self, request: Any, context: Any) -> Any:
+    async def GetTicket(self, request: Any, context: Any) -> Any:
         raise self.error
 
 
@@ -29,18 +28,20 @@ class Failing(order_grpc.OrderServiceServicer):
 async def stub_and_servicer() -> AsyncIterator[tuple[Any, Failing]]:
     servicer = Failing()  # type: ignore[abstract]  # the other RPCs answer UNIMPLEMENTED
     server = grpc.aio.server()
-    validation.add_servicer(server, order_pb.DESCRIPTOR.services_by_name["OrderService"], servicer)
+    validation.add_servicer(
+        server, desk_service.DESCRIPTOR.services_by_name["DeskService"], servicer
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield order_grpc.OrderServiceStub(channel), servicer
+        yield desk_grpc.DeskServiceStub(channel), servicer
     await server.stop(None)
 
 
 async def test_a_lost_connection_is_unavailable(stub_and_servicer: tuple[Any, Failing]) -> None:
     stub, _ = stub_and_servicer
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await stub.GetOrder(order_pb.GetOrderRequest(order_id="o-1"))
+        await stub.GetTicket(desk_service.GetTicketRequest(ticket_id="o-1"))
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "try again" in (refused.value.details() or "")
 
@@ -49,5 +50,5 @@ async def test_a_bug_is_not_dressed_as_unavailable(stub_and_servicer: tuple[Any,
     stub, servicer = stub_and_servicer
     servicer.error = KeyError("a bug")
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await stub.GetOrder(order_pb.GetOrderRequest(order_id="o-1"))
+        await stub.GetTicket(desk_service.GetTicketRequest(ticket_id="o-1"))
     assert refused.value.code() == grpc.StatusCode.UNKNOWN

@@ -12,45 +12,50 @@ from choreo import dlq, subjects
 from choreo.settings import RuntimeSettings
 from choreo.streams import ensure_streams
 from choreo.testing import envelope_for
-from shop.order.v1 import events_pb2 as order_events
+from tests.testkit import desk_events
+
+OPENED = "testkit.desk.v1.TicketOpened"
+HELD = "testkit.stock.v1.ItemsHeld"
+
+pytestmark = pytest.mark.usefixtures("testkit_contracts")
 
 
 def test_a_letters_service_and_subject_come_from_its_dead_letter_subject() -> None:
-    subject = "shop.inventory.v1.InventoryReserved.o-1"
-    assert subjects.parse_dlq_subject(subjects.dlq_subject("payment", subject)) == (
-        "payment",
+    subject = f"{HELD}.o-1"
+    assert subjects.parse_dlq_subject(subjects.dlq_subject("ledger", subject)) == (
+        "ledger",
         subject,
     )
-    assert subjects.parse_dlq_subject("choreo.dlq.payment") == ("", "")
-    assert subjects.parse_dlq_subject("shop.order.v1.OrderCreated.o-1") == ("", "")
+    assert subjects.parse_dlq_subject("choreo.dlq.ledger") == ("", "")
+    assert subjects.parse_dlq_subject(f"{OPENED}.o-1") == ("", "")
 
 
 def test_subject_matching_follows_nats_wildcards() -> None:
-    subject = "shop.order.v1.OrderCreated.o-1"
-    assert subjects.subject_matches("shop.order.v1.OrderCreated.>", subject)
-    assert subjects.subject_matches("shop.*.v1.OrderCreated.*", subject)
+    subject = f"{OPENED}.o-1"
+    assert subjects.subject_matches(f"{OPENED}.>", subject)
+    assert subjects.subject_matches("testkit.*.v1.TicketOpened.*", subject)
     assert subjects.subject_matches(">", subject)
-    assert not subjects.subject_matches("shop.order.v1.OrderCreated", subject)
-    assert not subjects.subject_matches("shop.order.v1.OrderCreated.o-1.>", subject)
-    assert not subjects.subject_matches("shop.order.v1.OrderCancelled.>", subject)
+    assert not subjects.subject_matches(OPENED, subject)
+    assert not subjects.subject_matches(f"{OPENED}.o-1.>", subject)
+    assert not subjects.subject_matches("testkit.desk.v1.TicketCancelled.>", subject)
 
 
 def test_headers_that_disagree_with_the_subject_make_a_letter_suspect() -> None:
-    subject = "shop.inventory.v1.InventoryReserved.o-1"
+    subject = f"{HELD}.o-1"
     honest = dlq._letter(
         1,
-        {dlq.H_SERVICE: "payment", dlq.H_SUBJECT: subject},
+        {dlq.H_SERVICE: "ledger", dlq.H_SUBJECT: subject},
         b"",
-        subjects.dlq_subject("payment", subject),
+        subjects.dlq_subject("ledger", subject),
     )
-    assert (honest.service, honest.subject, honest.suspect) == ("payment", subject, False)
+    assert (honest.service, honest.subject, honest.suspect) == ("ledger", subject, False)
     forged = dlq._letter(
         2,
-        {dlq.H_SERVICE: "payment", dlq.H_SUBJECT: subject + "x"},
+        {dlq.H_SERVICE: "ledger", dlq.H_SUBJECT: subject + "x"},
         b"",
-        subjects.dlq_subject("notification", subject),
+        subjects.dlq_subject("desk", subject),
     )
-    assert (forged.service, forged.subject) == ("notification", subject)
+    assert (forged.service, forged.subject) == ("desk", subject)
     assert len(forged.suspicions) == 2, forged.suspicions
 
 
@@ -61,16 +66,16 @@ async def test_a_source_about_to_age_out_is_not_replayed(
     services later than that could apply twice, so the source must have a margin of its
     retention left (10% of max_age here made 99% so that the test need not wait)."""
     settings = RuntimeSettings(
-        service="order", nats_url=broker.url, max_age_s=60.0, duplicate_window_s=30.0
+        service="desk", nats_url=broker.url, max_age_s=60.0, duplicate_window_s=30.0
     )
     await ensure_streams(js, settings)
-    created = order_events.OrderCreated(order_id="o-1", customer_id="c-1")
-    envelope = envelope_for(created, aggregate_id="o-1", correlation_id="o-1")
-    body = created.SerializeToString()
+    opened = desk_events.TicketOpened(ticket_id="o-1", customer_id="c-1")
+    envelope = envelope_for(opened, aggregate_id="o-1", correlation_id="o-1")
+    body = opened.SerializeToString()
     stored = await js.publish(envelope.subject, body, headers=envelope.to_headers())
     await dlq.dead_letter(
         js,
-        service="inventory",
+        service="stock",
         subject=envelope.subject,
         headers=envelope.to_headers(),
         body=body,

@@ -1,6 +1,6 @@
 """The naming scheme for any team's proto package (choreo.subjects): one pure function from an
 event's full name to its context, stream, subjects and durables. No organisation is special:
-the reference system's ``shop`` packages map exactly as another team's do."""
+the runtime's test contracts (``testkit``) map exactly as another team's do."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ import pytest
 
 from choreo import contracts, subjects
 from choreo.errors import ConfigurationError
+from tests import testkit
 
 
-def test_the_reference_names_follow_the_same_rule() -> None:
-    name = "shop.payment.v1.PaymentCompleted"
+def test_the_test_contracts_names_follow_the_same_rule() -> None:
+    name = "testkit.ledger.v1.FundsCaptured"
 
-    assert subjects.context_of(name) == "shop.payment"
-    assert subjects.stream_name("shop.payment") == "SHOP_PAYMENT"
-    assert subjects.stream_subjects("shop.payment") == ["shop.payment.>"]
-    assert subjects.durable_name("order", name) == "order__shop_payment_v1_PaymentCompleted"
-    assert subjects.saga_filter("shop.payment", "o-1") == "shop.payment.*.*.o-1"
-    assert subjects.service_of("shop.payment") == "payment"
+    assert subjects.context_of(name) == "testkit.ledger"
+    assert subjects.stream_name("testkit.ledger") == "TESTKIT_LEDGER"
+    assert subjects.stream_subjects("testkit.ledger") == ["testkit.ledger.>"]
+    assert subjects.durable_name("desk", name) == "desk__testkit_ledger_v1_FundsCaptured"
+    assert subjects.saga_filter("testkit.ledger", "o-1") == "testkit.ledger.*.*.o-1"
+    assert subjects.service_of("testkit.ledger") == "ledger"
     assert subjects.version_of(name) == 1
 
 
@@ -75,21 +76,17 @@ def test_same_event_type_ignores_the_version_only() -> None:
     assert not subjects.same_event_type("nonsense", "nonsense")
 
 
+@pytest.mark.usefixtures("testkit_contracts")
 def test_a_contract_package_that_is_not_there_is_a_clear_configuration_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv(contracts.PACKAGES_VARIABLE, "acme.nowhere.v1")
+    assert contracts.contexts() == testkit.CONTEXTS
+    monkeypatch.setenv(contracts.PACKAGES_VARIABLE, f"{testkit.PACKAGE},acme.nowhere.v1")
     contracts.refresh()  # the variable is read when the contracts are first looked for
     try:
         with pytest.raises(ConfigurationError, match=r"'acme\.nowhere\.v1' cannot be imported"):
             contracts.contexts()
     finally:
-        monkeypatch.delenv(contracts.PACKAGES_VARIABLE)
+        monkeypatch.setenv(contracts.PACKAGES_VARIABLE, testkit.PACKAGE)
         contracts.refresh()
-    assert contracts.contexts() == (
-        "shop.order",
-        "shop.inventory",
-        "shop.payment",
-        "shop.shipping",
-        "shop.notification",
-    )
+    assert contracts.contexts() == testkit.CONTEXTS
