@@ -1,4 +1,5 @@
-"""gRPC over TLS, and mutual TLS, on a real service: certificates from a private CA made here."""
+"""gRPC over TLS, and mutual TLS, on a real service (the probe, on the runtime's test contracts):
+certificates from a private CA made here."""
 
 from __future__ import annotations
 
@@ -23,9 +24,23 @@ from choreo.errors import ConfigurationError
 from choreo.grpc_tls import open_channel, server_credentials
 from choreo.service import ServiceRuntime
 from choreo.settings import RuntimeSettings
-from services.notification.service import build
-from services.settings import SagaSettings
-from tests.services import runtime_settings
+from tests import testkit
+from tests.runtime import probe
+
+pytestmark = pytest.mark.usefixtures("testkit_contracts")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def runtime_settings(name: str, broker: EmbeddedBroker, tmp_path: Path) -> RuntimeSettings:
+    return RuntimeSettings(
+        service=name,
+        nats_url=broker.url,
+        database_url=f"sqlite:///{tmp_path}/{name}.db",
+        grpc_port=0,
+        fetch_timeout_s=0.2,
+        relay_sweep_interval_s=0.2,
+        backoff_base_s=0.05,
+    )
 
 
 def _name(common_name: str) -> x509.Name:
@@ -87,8 +102,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-async def started(settings: RuntimeSettings, tmp_path: Path) -> ServiceRuntime:
-    runtime = ServiceRuntime(build(settings, SagaSettings(data_dir=tmp_path)), settings)
+async def started(settings: RuntimeSettings) -> ServiceRuntime:
+    runtime = ServiceRuntime(probe.build(settings), settings)
     await runtime.start()
     return runtime
 
@@ -105,12 +120,12 @@ async def health_status(address: str, env: dict[str, str]) -> int:
 async def tls_service(
     broker: EmbeddedBroker, tmp_path: Path, pki: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[ServiceRuntime]:
-    settings = runtime_settings("notification", broker, tmp_path).with_(
+    settings = runtime_settings("probe", broker, tmp_path).with_(
         grpc_tls_cert_file=str(pki / "server.crt"),
         grpc_tls_key_file=str(pki / "server.key"),
         grpc_tls_client_ca_file=str(pki / "ca.crt") if request.param == "mtls" else "",
     )
-    runtime = await started(settings, tmp_path)
+    runtime = await started(settings)
     yield runtime
     await runtime.stop()
 
@@ -158,7 +173,8 @@ def test_a_second_server_on_the_port_of_a_running_one_fails_to_bind(
     """gRPC's default SO_REUSEPORT let a second ``choreo serve`` bind the port of a running
     mTLS server, and the kernel shared the connections between them: plaintext clients
     without a certificate were served on the "mTLS" port."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHOREO_")}
+    outside = {k: v for k, v in os.environ.items() if not k.startswith("CHOREO_")}
+    env = testkit.subprocess_env(outside)  # the probe's contracts, and no other CHOREO_*
     env |= {
         "CHOREO_NATS_URL": broker.url,
         "CHOREO_DATABASE_URL": f"sqlite:///{tmp_path}/second.db",
@@ -169,7 +185,16 @@ def test_a_second_server_on_the_port_of_a_running_one_fails_to_bind(
         # The second one without TLS at all: it must not get any of the port's connections.
     }
     second = subprocess.Popen(
-        [sys.executable, "-m", "choreo.cli", "serve", "notification"],
+        [
+            sys.executable,
+            "-m",
+            "choreo.cli",
+            "serve",
+            "probe",
+            "--app",
+            "tests.runtime.probe:build",
+        ],
+        cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -10,7 +10,7 @@ import pytest
 from choreo.errors import ConfigurationError, TransientError
 from choreo.settings import RuntimeSettings
 from choreo.store import open_database
-from tests.postgres import fresh_database
+from tests.testkit import fresh_database
 
 
 def test_pool_settings_come_from_the_environment() -> None:

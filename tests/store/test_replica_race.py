@@ -10,6 +10,8 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from choreo import inbox
 from choreo.broker import EmbeddedBroker
 from choreo.handling import HandlerContext
@@ -18,9 +20,9 @@ from choreo.settings import RuntimeSettings
 from choreo.store import open_database
 from choreo.store.schema import runtime_schema
 from choreo.testing import publish_event, stream_count, wait_for
-from shop.inventory.v1 import events_pb2 as inventory_events
-from shop.order.v1 import events_pb2 as order_events
-from tests.postgres import fresh_database
+from tests.testkit import desk_events, fresh_database, stock_events
+
+pytestmark = pytest.mark.usefixtures("testkit_contracts")
 
 EVENTS = 12
 
@@ -31,9 +33,9 @@ async def test_the_inbox_key_lets_one_of_two_racing_transactions_record_an_event
         try:
             await first.migrate(runtime_schema(first.dialect))
             async with first.transaction() as tx_a:
-                assert await inbox.record_handled(tx_a, "inventory__OrderCreated", "e-1")
+                assert await inbox.record_handled(tx_a, "stock__TicketOpened", "e-1")
                 # The other replica's insert of the same key waits for this transaction ...
-                racing = asyncio.create_task(_record(second, "inventory__OrderCreated", "e-1"))
+                racing = asyncio.create_task(_record(second, "stock__TicketOpened", "e-1"))
                 await asyncio.sleep(0.3)
                 assert not racing.done(), "the second insert must wait for the first commit"
             # ... and, once it commits, finds the row: not recorded, so not applied.
@@ -49,27 +51,27 @@ async def _record(db: Any, consumer: str, event_id: str) -> bool:
 
 
 def replica_definition(entered: Counter[str]) -> ServiceDefinition:
-    async def on_order_created(ctx: HandlerContext, event: order_events.OrderCreated) -> None:
-        entered[event.order_id] += 1
+    async def on_ticket_opened(ctx: HandlerContext, event: desk_events.TicketOpened) -> None:
+        entered[event.ticket_id] += 1
         # Hold the event a moment before the transaction opens, so that the other replica
         # takes the other copy and both are inside this handler at once.
         await asyncio.sleep(0.2)
         await ctx.tx.execute(
-            "INSERT INTO effects (order_id, applied) VALUES (?, 1) ON CONFLICT (order_id)"
+            "INSERT INTO effects (ticket_id, applied) VALUES (?, 1) ON CONFLICT (ticket_id)"
             " DO UPDATE SET applied = effects.applied + 1",
-            (event.order_id,),
+            (event.ticket_id,),
         )
         ctx.emit(
-            inventory_events.InventoryReserved(order_id=event.order_id, reservation_id="r"),
-            aggregate_id=event.order_id,
+            stock_events.ItemsHeld(ticket_id=event.ticket_id, hold_id="h"),
+            aggregate_id=event.ticket_id,
         )
 
     return ServiceDefinition(
         name="racer",
-        handlers={order_events.OrderCreated: on_order_created},
+        handlers={desk_events.TicketOpened: on_ticket_opened},
         schema=[
             "CREATE TABLE IF NOT EXISTS effects"
-            " (order_id TEXT PRIMARY KEY, applied INTEGER NOT NULL)"
+            " (ticket_id TEXT PRIMARY KEY, applied INTEGER NOT NULL)"
         ],
     )
 
@@ -92,14 +94,14 @@ async def test_two_replicas_racing_on_the_same_event_apply_it_once(
             await replica.start()
         try:
             for n in range(EVENTS):
-                order_id = f"race-{n}-{uuid.uuid4().hex[:6]}"
-                event = order_events.OrderCreated(order_id=order_id)
-                first = await publish_event(js, event, aggregate_id=order_id)
+                ticket_id = f"race-{n}-{uuid.uuid4().hex[:6]}"
+                event = desk_events.TicketOpened(ticket_id=ticket_id)
+                first = await publish_event(js, event, aggregate_id=ticket_id)
                 # The same event again under a new Nats-Msg-Id: the broker keeps both copies.
                 await publish_event(
                     js,
                     event,
-                    aggregate_id=order_id,
+                    aggregate_id=ticket_id,
                     event_id=first.event_id,
                     msg_id=f"{first.event_id}-again",
                 )
@@ -118,7 +120,7 @@ async def test_two_replicas_racing_on_the_same_event_apply_it_once(
 
             await wait_for(all_copies_done, timeout=60, what="both copies of every event")
             async with replicas[0].db.read() as tx:
-                rows = await tx.fetchall("SELECT order_id, applied FROM effects")
+                rows = await tx.fetchall("SELECT ticket_id, applied FROM effects")
             effects: dict[str, int] = {str(k): int(v) for k, v in rows}
             # Deliveries each replica took (applied, or found already applied by the other):
             # which of two racing copies commits first is up to timing, not the point here.
@@ -137,11 +139,11 @@ async def test_two_replicas_racing_on_the_same_event_apply_it_once(
             assert all(per_replica), "both replicas took a share of the work"
 
             async def published() -> bool:
-                return await stream_count(js, "SHOP_INVENTORY") >= EVENTS
+                return await stream_count(js, "TESTKIT_STOCK") >= EVENTS
 
             await wait_for(published, what="the emitted events")
             await asyncio.sleep(0.5)
-            assert await stream_count(js, "SHOP_INVENTORY") == EVENTS  # emitted once each
+            assert await stream_count(js, "TESTKIT_STOCK") == EVENTS  # emitted once each
         finally:
             for replica in replicas:
                 await replica.stop()
