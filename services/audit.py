@@ -47,13 +47,15 @@ from shop.order.v1 import order_service_pb2_grpc as order_grpc
 SHIPPED = order_pb.ORDER_STATUS_SHIPPED
 CANCELLED = order_pb.ORDER_STATUS_CANCELLED
 
-# The required compensations (README, "The saga"): trigger => events that must follow for the
-# same order.
-REQUIRED_COMPENSATIONS: dict[str, tuple[str, ...]] = {
-    "InventoryReservationFailed": ("OrderCancelled",),
-    "PaymentFailed": ("InventoryReleased", "OrderCancelled"),
-    "ShippingFailed": ("PaymentRefunded", "InventoryReleased", "OrderCancelled"),
-}
+
+def required_compensations() -> dict[str, tuple[str, ...]]:
+    """The required compensations, by short name: failure => events that must follow it for the
+    same order once each. Read from the order saga's option in the contracts (one source)."""
+    return {
+        failure.rsplit(".", 1)[-1]: tuple(name.rsplit(".", 1)[-1] for name in required)
+        for shape in contracts.sagas()
+        for failure, required in shape.compensations.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,32 @@ async def audit(
     catalog: Catalog,
     ledgers: LedgerView,
 ) -> AuditReport:
+    """Every invariant, 1 to 5 (the checks of the contracts' saga shape included)."""
+    return await _audit(js=js, addresses=addresses, catalog=catalog, ledgers=ledgers)
+
+
+async def shop_audit(
+    *,
+    js: Any,
+    addresses: Mapping[str, str],
+    catalog: Catalog,
+    ledgers: LedgerView,
+) -> AuditReport:
+    """What only the shop can check, beyond what ``choreo audit`` checks of any saga (one final
+    event, the closing notification, the required compensations, correlation ids): the order
+    service's view of each order, OrderConfirmed first, the providers' ledgers (no double
+    charge or booking, refunds), stock, every reaction and every consumer."""
+    return await _audit(js=js, addresses=addresses, catalog=catalog, ledgers=ledgers, generic=False)
+
+
+async def _audit(
+    *,
+    js: Any,
+    addresses: Mapping[str, str],
+    catalog: Catalog,
+    ledgers: LedgerView,
+    generic: bool = True,
+) -> AuditReport:
     report = AuditReport()
     messages: list[StoredMessage] = []
     for context in CONTEXTS:
@@ -201,7 +229,7 @@ async def audit(
     report.orders = len(orders)
 
     for order in orders:
-        _check_order(report, order, by_order.get(order.order_id, []), ledgers)
+        _check_order(report, order, by_order.get(order.order_id, []), ledgers, generic=generic)
     known = {order.order_id for order in orders}
     for order_id in by_order:
         if order_id not in known:
@@ -240,38 +268,49 @@ def _check_confirmed_first(report: AuditReport, order: order_pb.Order, events: l
 
 
 def _check_order(
-    report: AuditReport, order: order_pb.Order, events: list[Event], ledgers: LedgerView
+    report: AuditReport,
+    order: order_pb.Order,
+    events: list[Event],
+    ledgers: LedgerView,
+    *,
+    generic: bool = True,
 ) -> None:
+    """The invariants of one order. ``generic``: also those ``choreo audit`` checks of any
+    saga from its shape (final state reached once, the closing notification, the required
+    compensations, correlation ids), which the shop's add-on leaves to it."""
     order_id = order.order_id
     status = order_pb.OrderStatus.Name(order.status).removeprefix("ORDER_STATUS_")
     report.final_states[status] += 1
     types = Counter(event.event_type for event in events)
 
-    # 1. One final state, reached, with its compensations.
+    # 1. One final state, reached, with its compensations. The order service's own view (its
+    # status, customer_notified) is the shop's; the events' is also checked by choreo audit.
     if order.status not in (SHIPPED, CANCELLED):
         report.violated(1, order_id, f"not final: {status}")
     if not order.customer_notified and order.status in (SHIPPED, CANCELLED):
         report.violated(1, order_id, f"{status} but the customer was never told")
-    if order.status == SHIPPED and types["OrderCancelled"]:
-        report.violated(1, order_id, "both shipped and cancelled")
     if order.status == CANCELLED:
         reason = order_events.CancellationReason.Name(order.cancellation_reason)
         report.cancellation_reasons[reason.removeprefix("CANCELLATION_REASON_")] += 1
-    for trigger, required in REQUIRED_COMPENSATIONS.items():
-        if types[trigger]:
-            for compensation in required:
-                if types[compensation] != 1:
-                    report.violated(
-                        1,
-                        order_id,
-                        f"{trigger} needs one {compensation}, saw {types[compensation]}",
-                    )
+    if generic:
+        if order.status == SHIPPED and types["OrderCancelled"]:
+            report.violated(1, order_id, "both shipped and cancelled")
+        for trigger, required in required_compensations().items():
+            if types[trigger]:
+                for compensation in required:
+                    if types[compensation] != 1:
+                        report.violated(
+                            1,
+                            order_id,
+                            f"{trigger} needs one {compensation}, saw {types[compensation]}",
+                        )
     _check_confirmed_first(report, order, events)
-    for event in events:
-        if event.correlation_id != order.correlation_id:
-            report.violated(
-                5, order_id, f"{event.event_type} has correlation id {event.correlation_id}"
-            )
+    if generic:
+        for event in events:
+            if event.correlation_id != order.correlation_id:
+                report.violated(
+                    5, order_id, f"{event.event_type} has correlation id {event.correlation_id}"
+                )
 
     # 3. Money and bookings, from the providers' own ledgers.
     charges = ledgers.charges.get(order_id, 0)
@@ -289,8 +328,8 @@ def _check_order(
     if order.status == CANCELLED and active > 0:
         report.violated(3, order_id, f"cancelled with {active} booking(s) still active")
 
-    # 4. One notification per final state.
-    if types["NotificationSent"] != 1:
+    # 4. One notification per final state (the saga's closing event: choreo audit checks it).
+    if generic and types["NotificationSent"] != 1:
         report.violated(4, order_id, f"{types['NotificationSent']} notifications, expected 1")
 
 

@@ -1,8 +1,10 @@
-"""The reference system's commands: ``choreo up``, ``demo``, ``order`` and ``audit``.
+"""The reference system's commands: ``choreo up``, ``demo`` and ``order``, and its checks for
+``choreo audit`` (:data:`shop_audit`).
 
 The runtime's command line does not know them: this package declares each in the entry point
-group ``choreo.commands`` (reference/pyproject.toml), and its five services in
-``choreo.services``, so ``choreo serve order`` finds them.
+group ``choreo.commands`` (reference/pyproject.toml), its five services in
+``choreo.services``, so ``choreo serve order`` finds them, and its audit add-on in
+``choreo.audits``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from choreo.cli.options import add_finder_options, add_json_option, env_int
 from choreo.errors import ConfigurationError
@@ -298,76 +301,76 @@ def _order(args: argparse.Namespace) -> int:
     return asyncio.run(run_order_command(args))
 
 
-def add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    audit = commands.add_parser(
-        "audit",
-        help="check invariants 1-5 on a running system: stuck sagas, missing"
-        " compensations, double charges, lost events",
-    )
-    audit.add_argument("--nats-url", default=None, help="default: the running system's")
-    audit.add_argument("--order-address", default=None, help="default: the running system's")
-    audit.add_argument("--inventory-address", default=None, help="default: the running system's")
-    audit.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(os.environ.get("CHOREO_DATA_DIR", "data")),
-        help="where the fake providers' ledgers and system.json are (env CHOREO_DATA_DIR)",
-    )
-    audit.add_argument("--catalog", type=Path, default=None)
-    audit.add_argument(
-        "--settle-timeout",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="wait up to this long for events in flight (outboxes, unacked consumers) first",
-    )
+class ShopAudit:
+    """The shop's checks for ``choreo audit`` (entry point group ``choreo.audits``), beyond
+    those the runtime makes of any saga from the contracts: the order service's view of each
+    order, the fake providers' ledgers (no double charge or booking, a refund per cancelled
+    charge), stock conservation, every reaction and every consumer (services.audit)."""
 
-    audit.set_defaults(run=lambda args: asyncio.run(run_audit(args)))
-
-
-async def run_audit(args: argparse.Namespace) -> int:
-    from choreo.status import connect_operator, operator_login, resolve_address
-    from services.audit import audit, read_ledgers, wait_for_quiescence
-    from services.catalog import load_catalog
-    from services.settings import SagaSettings
-
-    saga = SagaSettings.from_env()
-    if args.catalog:
-        saga = dataclasses.replace(saga, catalog_path=args.catalog)
-    addresses = {
-        "order": resolve_address(
-            args.order_address, "CHOREO_ORDER_ADDRESS", "order", args.data_dir
-        ),
-        "inventory": resolve_address(
-            args.inventory_address, "CHOREO_INVENTORY_ADDRESS", "inventory", args.data_dir
-        ),
-    }
-    nc = await connect_operator(operator_login(args.nats_url, args.data_dir))
-    try:
-        # The invariants hold for a system at rest: a compensation still in an outbox, or an
-        # event not yet acked, is not a violation yet. Wait for that, within a bound.
-        if not await wait_for_quiescence(
-            nc.jetstream(), args.data_dir, timeout_s=args.settle_timeout
-        ):
-            print(
-                f"events still in flight after {args.settle_timeout:g}s (a system under load);"
-                " findings about them may only be early"
-            )
-        report = await audit(
-            js=nc.jetstream(),
-            addresses=addresses,
-            catalog=load_catalog(saga.catalog_path),
-            ledgers=await read_ledgers(args.data_dir, saga),
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        shop = parser.add_argument_group("the shop (reference system)")
+        shop.add_argument("--order-address", default=None, help="default: the running system's")
+        shop.add_argument("--inventory-address", default=None, help="default: the running system's")
+        shop.add_argument(
+            "--catalog", type=Path, default=None, help="catalog JSON file (env CHOREO_CATALOG)"
         )
-    finally:
-        await nc.close()
-    print(
-        f"{report.orders} orders: " + ", ".join(f"{k} {v}" for k, v in report.final_states.items())
-    )
-    print(
-        "dead letters: " + (", ".join(f"{k} {v}" for k, v in report.dead_letters.items()) or "none")
-    )
-    for violation in report.violations:
-        print(violation)
-    print(f"{len(report.violations)} violation(s)")
-    return 0 if report.ok else 1
+
+    async def settle(self, args: argparse.Namespace) -> bool:
+        """The invariants hold for a system at rest: a compensation still in an outbox, or an
+        event not yet acked, is not a violation yet. Wait for that, within a bound."""
+        from choreo.status import connect_operator, operator_login
+        from services.audit import wait_for_quiescence
+
+        nc = await connect_operator(operator_login(args.nats_url, args.data_dir))
+        try:
+            return await wait_for_quiescence(
+                nc.jetstream(), args.data_dir, timeout_s=args.settle_timeout
+            )
+        finally:
+            await nc.close()
+
+    async def __call__(self, args: argparse.Namespace, report: Any) -> list[Any]:
+        from choreo.audit import Violation
+        from choreo.status import connect_operator, operator_login, resolve_address
+        from services.audit import read_ledgers, shop_audit
+        from services.catalog import load_catalog
+        from services.settings import SagaSettings
+
+        saga = SagaSettings.from_env()
+        if args.catalog:
+            saga = dataclasses.replace(saga, catalog_path=args.catalog)
+        addresses = {
+            "order": resolve_address(
+                args.order_address, "CHOREO_ORDER_ADDRESS", "order", args.data_dir
+            ),
+            "inventory": resolve_address(
+                args.inventory_address, "CHOREO_INVENTORY_ADDRESS", "inventory", args.data_dir
+            ),
+        }
+        nc = await connect_operator(operator_login(args.nats_url, args.data_dir))
+        try:
+            found = await shop_audit(
+                js=nc.jetstream(),
+                addresses=addresses,
+                catalog=load_catalog(saga.catalog_path),
+                ledgers=await read_ledgers(args.data_dir, saga),
+            )
+        finally:
+            await nc.close()
+        print(
+            f"{found.orders} orders: "
+            + ", ".join(f"{k} {v}" for k, v in found.final_states.items())
+        )
+        if found.cancellation_reasons:
+            print(
+                "cancelled for: "
+                + ", ".join(f"{k} {v}" for k, v in found.cancellation_reasons.items())
+            )
+        return [
+            Violation(f"invariant {v.invariant}", "order", v.order_id, v.message)
+            for v in found.violations
+        ]
+
+
+#: The entry point of ``choreo.audits`` (reference/pyproject.toml).
+shop_audit = ShopAudit()

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from choreo.cli import console, dlq, inspect, ops, plugins, serve
+from choreo.cli import audit, console, dlq, inspect, ops, plugins, serve
 from choreo.cli.options import version_text
 from choreo.errors import ConfigurationError
 from choreo.redact import redact_url
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version_text()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (serve, dlq, inspect, ops, console):
+    for group in (serve, dlq, inspect, ops, console, audit):
         group.add(commands)
     plugins.add_commands(commands)
     return parser
