@@ -5,12 +5,13 @@ choreo dlq list|show|replay|discard  dead letters: filter, inspect, replay or di
 choreo dlq parked|unpark ID    outbox rows a service could never publish, and a retry
 choreo flow                    the saga graph from the contracts, as Mermaid
 choreo status | lag | saga ID  health, lag and throughput; consumer lag; one saga's events
+choreo audit                   every saga against its shape in the contracts (+ installed checks)
 choreo console                 a web console: sagas, their timelines, dead letters, replay
 choreo secrets | health        deployment secrets; a container health check
 
 Installed packages add commands (entry point group ``choreo.commands``, see
-:mod:`choreo.cli.plugins`): the reference system adds ``up``, ``demo``, ``order``, ``audit``,
-``bench`` and ``chaos``. Each command group is its own module here.
+:mod:`choreo.cli.plugins`): the reference system adds ``up``, ``demo``, ``order``, ``bench``
+and ``chaos``. Each command group is its own module here.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 - ``choreo.commands``: a command. The entry point names a function ``add(commands)`` that adds
   its sub-parser and sets ``run`` (``args -> exit code``) as its default. The reference system
-  adds ``up``, ``demo``, ``order`` and ``audit``; its tools add ``bench`` and ``chaos``.
+  adds ``up``, ``demo`` and ``order``; its tools add ``bench`` and ``chaos``.
 - ``choreo.services``: a service ``choreo serve NAME`` runs without ``--app``. The entry point
   names a function ``build(RuntimeSettings) -> ServiceDefinition``, as ``--app`` does.
 - ``choreo.secrets``: more secrets for ``choreo secrets --out DIR``. The entry point names a
@@ -30,7 +30,7 @@ SECRETS = "choreo.secrets"
 
 # Commands a checkout of the choreo repository adds, named here only so that their absence is
 # explained instead of refused as a typo.
-REFERENCE_COMMANDS = ("up", "demo", "order", "audit", "bench", "chaos")
+REFERENCE_COMMANDS = ("up", "demo", "order", "bench", "chaos")
 
 
 def _entries(group: str) -> dict[str, EntryPoint]:
