@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 import asyncpg
-
-from services.system import drop_postgres_databases
 
 POSTGRES_ADMIN_URL = os.environ.get("CHOREO_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 
@@ -35,8 +33,11 @@ async def fresh_database(prefix: str = "choreo_test") -> AsyncIterator[str]:
         await admin.close()
 
 
-# Drop the databases of these URLs (a test system's, one per service).
-drop_databases = drop_postgres_databases
+async def drop_databases(urls: Iterable[str]) -> None:
+    """Drop the databases of these URLs (a test system's, one per service)."""
+    from services.system import drop_postgres_databases  # the reference system's tests only
+
+    await drop_postgres_databases(urls)
 
 
 def unique_base_url(prefix: str = "choreo_test") -> str:

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from choreo import contracts
+from tests import postgres as tests_postgres
 
 HERE = Path(__file__).resolve().parent
 GEN = HERE / "gen" / "python"
@@ -66,8 +65,6 @@ __all__ = [
     "use_only_testkit",
 ]
 
-POSTGRES_ADMIN_URL = os.environ.get("CHOREO_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
-
 
 def use_only_testkit(monkeypatch: pytest.MonkeyPatch) -> None:
     """For one test: the runtime's contracts are the testkit's alone (no installed contract
@@ -103,23 +100,5 @@ def subprocess_env(environ: Mapping[str, str] | None = None, **extra: str) -> di
     }
 
 
-def _url_of(database: str) -> str:
-    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
-
-
-@asynccontextmanager
-async def fresh_database(prefix: str = "choreo_test") -> AsyncIterator[str]:
-    """An empty database of the local Postgres with a unique name: its URL; dropped (and
-    anything still connected to it) afterwards."""
-    import asyncpg
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(POSTGRES_ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield _url_of(name)
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+# The local Postgres, as every other test has it (tests/postgres.py imports no reference code).
+fresh_database = tests_postgres.fresh_database
