@@ -54,10 +54,12 @@ import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.message import Message
 from nats.js import api
+from nats.js.errors import APIError, NotFoundError
 
 from choreo import dlq, faults, inbox, logs, metrics, subjects, validation
 from choreo.envelope import (
@@ -79,7 +81,7 @@ from choreo.handling import (
 )
 from choreo.outbox import OutboxRow
 from choreo.pull import ContinuousPull
-from choreo.settings import RuntimeSettings
+from choreo.settings import ConsumerStart, RuntimeSettings
 from choreo.store.port import Database, Transaction
 from choreo.tracing import consume_span
 
@@ -141,6 +143,31 @@ class Subscription:
         if len(contexts) != 1:
             raise ValueError(f"subscription {self.durable} spans several streams: {contexts}")
         return subjects.stream_name(contexts.pop())
+
+
+@dataclass(frozen=True)
+class StartPosition:
+    """Where a durable reads its stream from. Chosen once, when the durable is created: after
+    that it goes on from where it is, and JetStream refuses to change it anyway."""
+
+    policy: api.DeliverPolicy = api.DeliverPolicy.ALL
+    start_seq: int | None = None
+    start_time: datetime | None = None
+
+    @classmethod
+    def of(cls, config: api.ConsumerConfig) -> StartPosition:
+        """The position an existing durable was created with, to be sent back unchanged."""
+        policy = api.DeliverPolicy(config.deliver_policy or api.DeliverPolicy.ALL)
+        return cls(policy, config.opt_start_seq, config.opt_start_time)
+
+    @classmethod
+    def for_new(cls, start: ConsumerStart, now: datetime) -> StartPosition:
+        """The position of a durable created at ``now`` (CHOREO_NEW_CONSUMER_START)."""
+        if start.kind == "new":
+            return cls(api.DeliverPolicy.NEW)
+        if start.kind == "since":
+            return cls(api.DeliverPolicy.BY_START_TIME, start_time=start.start_time(now))
+        return cls()
 
 
 def one_subscription_per_event(
@@ -337,12 +364,15 @@ class Consumer:
         # stalled consumer by this not moving while the connection is up.
         self.last_cycle = time.monotonic()
 
-    def consumer_config(self) -> api.ConsumerConfig:
+    def consumer_config(self, start: StartPosition | None = None) -> api.ConsumerConfig:
         filters = [subjects.event_type_filter(t) for t in self.subscription.event_types]
+        start = start or StartPosition()
         return api.ConsumerConfig(
             durable_name=self.subscription.durable,
             ack_policy=api.AckPolicy.EXPLICIT,
-            deliver_policy=api.DeliverPolicy.ALL,
+            deliver_policy=start.policy,
+            opt_start_seq=start.start_seq,
+            opt_start_time=start.start_time,
             ack_wait=self._settings.ack_wait_s,
             # This consumer decides when to give up, before the server would: the bound is above
             # every attempt and hold it may ask for. It matters only when a message keeps
@@ -357,9 +387,7 @@ class Consumer:
 
     async def bind(self) -> None:
         """Create or update the durable consumer and bind a pull subscription to it."""
-        # Creating a durable that exists with the same config is a no-op; with an editable
-        # difference (e.g. ack_wait) the server updates it.
-        await self._js.add_consumer(self.subscription.stream, self.consumer_config())
+        await self._ensure_durable()
         await self._prepare_journal()
         pull = ContinuousPull(
             self._js._nc,
@@ -403,6 +431,60 @@ class Consumer:
             await self.handle_batch(msgs)
             self.last_cycle = time.monotonic()
         await self._drop_subscription()  # hands back what arrived but was not handled
+
+    async def _ensure_durable(self) -> None:
+        """Create the durable where CHOREO_NEW_CONSUMER_START says, or update the one that
+        exists without moving it."""
+        stream = self.subscription.stream
+        existing = await self._durable_config()
+        if existing is None:
+            start = StartPosition.for_new(self._settings.consumer_start, datetime.now(UTC))
+            try:
+                info = await self._js.add_consumer(stream, self.consumer_config(start))
+            except APIError:
+                # A replica created it between our look and our add, from another start time
+                # (since:<duration> counts from each one's clock), which the server refuses as
+                # an update. Theirs stands.
+                existing = await self._durable_config()
+                if existing is None:
+                    raise
+            else:
+                self._announce_stored(info, start)
+                return
+        # Its editable settings (ack_wait, max_deliver, ...) follow this process's; where it
+        # starts is sent back as it is, so a durable that has been reading goes on from where
+        # it is, whatever CHOREO_NEW_CONSUMER_START says now (the server would refuse a change).
+        await self._js.add_consumer(stream, self.consumer_config(StartPosition.of(existing)))
+
+    async def _durable_config(self) -> api.ConsumerConfig | None:
+        try:
+            info = await self._js.consumer_info(self.subscription.stream, self.name)
+        except NotFoundError:
+            return None
+        config: api.ConsumerConfig = info.config
+        return config
+
+    def _announce_stored(self, info: api.ConsumerInfo, start: StartPosition) -> None:
+        """One line when a new durable has stored events to go through before new ones: a
+        service added to a running system may replay days of history, and whoever runs it
+        should see that, and which setting chose it."""
+        stored = int(info.num_pending or 0)
+        if not stored:
+            return
+        if start.start_time is None:
+            origin, other = "the start of the stream", "new or since:<time> to start later"
+        else:
+            origin, other = start.start_time.isoformat(), "all, new or another since:<time>"
+        log.info(
+            "%s: created on %s from %s: it will receive %d stored event(s) of its types before"
+            " new ones (CHOREO_NEW_CONSUMER_START=%s; %s)",
+            self.name,
+            self.subscription.stream,
+            origin,
+            stored,
+            self._settings.new_consumer_start,
+            other,
+        )
 
     @property
     def name(self) -> str:

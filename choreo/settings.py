@@ -7,9 +7,11 @@ with the variable's name and what it expects.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from choreo.errors import ConfigurationError
 
@@ -56,6 +58,11 @@ class RuntimeSettings:
     backoff_base_s: float = 0.2
     backoff_max_s: float = 10.0
     max_chain_depth: int = 32
+    # Where a durable starts when this process creates it (one that exists keeps its position):
+    # "all" (every event the stream still keeps, so a service added later catches up), "new"
+    # (only events published after it is created), "since:<ISO-8601 time>" or
+    # "since:<duration>" (2h, 30m, 1d before it is created). See ConsumerStart.
+    new_consumer_start: str = "all"
     # A held successor (Ordering.STRICT) waits at least as long as its predecessor may still
     # be retried (retry_budget_s + gap_hold_margin_s) and never fewer than gap_hold_max times;
     # holds start at gap_hold_delay_s and double, up to backoff_max_s.
@@ -137,6 +144,13 @@ class RuntimeSettings:
                 raise ConfigurationError(f"CHOREO_{name.upper()} must be > 0 seconds")
         if self.server_deliver_margin < 1:
             raise ConfigurationError("CHOREO_SERVER_DELIVER_MARGIN must be >= 1")
+        # Parsed here for its errors: a bad value fails at start-up, not when a durable is made.
+        ConsumerStart.parse(self.new_consumer_start)
+
+    @property
+    def consumer_start(self) -> ConsumerStart:
+        """Where a durable starts when it is created (``new_consumer_start``, parsed)."""
+        return ConsumerStart.parse(self.new_consumer_start)
 
     def backoff(self, delivery: int) -> float:
         """Delay before redelivery number ``delivery + 1``: exponential, capped."""
@@ -180,6 +194,71 @@ class RuntimeSettings:
         """The broker-side bound: above every delivery the runtime itself may ask for."""
         holds = self.gap_holds if ordered else 0
         return self.max_deliveries + self.give_up_attempts + holds + self.server_deliver_margin
+
+
+NEW_CONSUMER_START_FORMS = (
+    "all (every event the stream keeps), new (only events published after the consumer is"
+    " created), since:<ISO-8601 time with a zone> (e.g. since:2024-05-01T12:00:00Z) or"
+    " since:<duration> (e.g. since:30m, since:2h, since:1d)"
+)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@dataclass(frozen=True)
+class ConsumerStart:
+    """Where a durable consumer starts when it is created (``CHOREO_NEW_CONSUMER_START``):
+    at every event the stream keeps (``all``), after the last one (``new``), or at a time
+    (``since``), given as such or as how long before the consumer is created."""
+
+    kind: Literal["all", "new", "since"] = "all"
+    at: datetime | None = None
+    ago_s: float | None = None
+
+    def start_time(self, now: datetime) -> datetime | None:
+        """The time a ``since`` consumer created at ``now`` starts at; None for the others."""
+        if self.at is not None:
+            return self.at
+        if self.ago_s is not None:
+            return now - timedelta(seconds=self.ago_s)
+        return None
+
+    @classmethod
+    def parse(cls, raw: str) -> ConsumerStart:
+        value = raw.strip()
+        if value.lower() in ("all", "new"):
+            return cls("all" if value.lower() == "all" else "new")
+        if not value.lower().startswith("since:"):
+            raise _bad_start(raw, "is not one of the accepted forms")
+        when = value[len("since:") :].strip()
+        duration = _DURATION.fullmatch(when.lower())
+        if duration is not None:
+            ago_s = float(duration[1]) * _UNIT_S[duration[2]]
+            if ago_s <= 0:
+                raise _bad_start(raw, "is no time before now (use new for that)")
+            try:
+                datetime.now(UTC) - timedelta(seconds=ago_s)
+            except OverflowError:  # here, not when a durable is created
+                raise _bad_start(raw, "reaches back before any date (use all for that)") from None
+            return cls("since", ago_s=ago_s)
+        try:
+            at = datetime.fromisoformat(when)
+        except ValueError:
+            raise _bad_start(raw, "is neither an ISO-8601 time nor a duration") from None
+        if at.tzinfo is None:
+            # Read as UTC or as the host's zone, it would be hours off on one machine or other.
+            raise _bad_start(raw, "has no time zone (add Z or an offset such as +02:00)")
+        if at > datetime.now(UTC):
+            # Likely a typo (a year), and a consumer created now would skip every event
+            # published until then.
+            raise _bad_start(raw, "is in the future")
+        return cls("since", at=at.astimezone(UTC))
+
+
+def _bad_start(raw: str, why: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"CHOREO_NEW_CONSUMER_START={raw!r} {why}; accepted: {NEW_CONSUMER_START_FORMS}"
+    )
 
 
 def _parse(key: str, raw: str, kind: type) -> Any:
