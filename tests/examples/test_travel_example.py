@@ -16,18 +16,21 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import nats
 import pytest
 from acme.booking.v1 import booking_service_pb2 as booking_pb
 from acme.booking.v1 import booking_service_pb2_grpc as booking_grpc
 from acme.booking.v1 import events_pb2 as booking_events
 from acme.flights.v1 import flights_service_pb2 as flights_pb
 from acme.flights.v1 import flights_service_pb2_grpc as flights_grpc
+from acme.hotels.v1 import events_pb2 as hotels_events
 from acme.hotels.v1 import hotels_service_pb2 as hotels_pb
 from acme.hotels.v1 import hotels_service_pb2_grpc as hotels_grpc
 from acme_travel import CONTRACTS, SOLD_OUT
@@ -44,7 +47,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from choreo import grpc_errors
 from choreo.broker import EmbeddedBroker, free_port
 from choreo.supervisor import ProcessSpec, Supervisor
-from choreo.testing import wait_for
+from choreo.testing import publish_event, wait_for
 from tests.examples import TRAVEL, TRAVEL_PATHS
 
 ROOT = TRAVEL.parents[1]
@@ -474,3 +477,66 @@ def test_the_console_draws_a_trip_whose_hotel_was_full_with_its_compensation(
         if keep:
             Path(keep).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(shot, keep)
+
+
+# --- choreo audit checks it -----------------------------------------------------------------
+
+
+def audit(travel: Travel, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``choreo audit`` against the travel broker, told the travel contracts. Only the checks
+    of the contracts (--generic-only): the reference system's add-on, installed in this venv,
+    would look for its own services."""
+    return subprocess.run(
+        [CHOREO, "audit", "--nats-url", travel.nats_url, "--generic-only", *flags],
+        env=env_with_travel(**CONTRACTS_ENV),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+async def test_choreo_audit_checks_the_trip_sagas_against_their_shape(travel: Travel) -> None:
+    """Every trip saga reached one final event, and the failed ones their compensations
+    (SeatReleased, then TripCancelled), once each; a trip that never got its TripCancelled is
+    reported by its id."""
+    confirmed, cancelled = await asyncio.gather(
+        book_trip(travel, "TR400", "grand-paris"), book_trip(travel, "TR400", SOLD_OUT)
+    )
+    for trip_id, expected in ((confirmed, HAPPY), (cancelled, HOTEL_FULL)):
+        await final_booking(travel, trip_id)
+        assert await saga_events(travel, trip_id, expected) == expected
+
+    clean = await asyncio.to_thread(audit, travel, "--settle-timeout", "10")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    sagas = re.search(r"^(\d+) trip sagas: (.*)$", clean.stdout, flags=re.MULTILINE)
+    assert sagas is not None, clean.stdout
+    ends = dict(end.rsplit(" ", 1) for end in sagas.group(2).split(", "))
+    assert {"TripConfirmed", "TripCancelled"} <= set(ends), clean.stdout
+    assert sum(int(count) for count in ends.values()) == int(sagas.group(1))
+    assert "0 violation(s)" in clean.stdout
+
+    # A trip the booking service never took (published by hand): flights holds its seat and,
+    # told the hotel is full, releases it; booking knows no such trip and never cancels it.
+    broken = f"broken-{uuid.uuid4().hex[:12]}"
+    nc = await nats.connect(travel.nats_url)
+    try:
+        js = nc.jetstream()
+        request = booking_events.TripRequested(
+            trip_id=broken, traveller_id="ada", flight_number="TR500", hotel_id="FULL", nights=1
+        )
+        await publish_event(js, request, aggregate_id=broken, correlation_id=broken)
+        assert await saga_events(travel, broken, HOTEL_FULL[:2]) == HOTEL_FULL[:2]  # held
+        refusal = hotels_events.RoomUnavailable(trip_id=broken, hotel_id="FULL", reason="test")
+        await publish_event(js, refusal, aggregate_id=broken, correlation_id=broken)
+        released = [*HOTEL_FULL[:2], *HOTEL_FULL[3:5]]  # RoomUnavailable, SeatReleased
+        assert await saga_events(travel, broken, released) == released
+    finally:
+        await nc.close()
+    found = await asyncio.to_thread(audit, travel, "--settle-timeout", "10", "--grace", "0")
+    assert found.returncode == 1, found.stdout + found.stderr
+    violations = [line for line in found.stdout.splitlines() if broken in line]
+    assert any(
+        line.startswith("compensation:") and "TripCancelled" in line for line in violations
+    ), found.stdout
+    assert any(line.startswith("final:") for line in violations), found.stdout
+    assert confirmed not in found.stdout and cancelled not in found.stdout
