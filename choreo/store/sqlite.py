@@ -32,6 +32,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import TracebackType
 from urllib.parse import parse_qs, urlparse
 
 from choreo.store.migrations import apply_versioned
@@ -95,6 +96,9 @@ class SqliteDatabase:
         )
         self._reader.execute("PRAGMA busy_timeout=5000")
         self._read_lock = asyncio.Lock()
+        # Stateless wrappers of the two connections, made once instead of once per unit.
+        self._writer_tx = SqliteTransaction(self._connection)
+        self._reader_tx = SqliteTransaction(self._reader)
 
     @classmethod
     def from_url(cls, url: str) -> SqliteDatabase:
@@ -113,38 +117,8 @@ class SqliteDatabase:
             )
         return cls(path, synchronous)
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqliteTransaction]:
-        failure: Exception | None = None
-        async with self._lock:
-            try:
-                if self._group is None:
-                    if self._connection.in_transaction:  # a failed ROLLBACK left one open
-                        self._connection.execute("ROLLBACK")
-                    self._connection.execute("BEGIN IMMEDIATE")
-                    self._group = []
-                self._connection.execute("SAVEPOINT unit")
-                try:
-                    yield SqliteTransaction(self._connection)
-                except Exception as exc:
-                    failure = exc
-                    self._connection.execute("ROLLBACK TO unit")
-                except BaseException:  # cancelled: nothing to decide, leave at once
-                    self._connection.execute("ROLLBACK TO unit")
-                    self._connection.execute("RELEASE unit")
-                    raise
-                self._connection.execute("RELEASE unit")
-                committed = asyncio.get_running_loop().create_future()
-                self._group.append(committed)
-            finally:
-                # However this unit ended, the units before it must not wait forever.
-                self._schedule_commit()
-        # A failed unit waits too: it may have read what earlier units of the group wrote, so
-        # its verdict (dead letter, duplicate) only stands once that is committed. If the
-        # COMMIT fails, the COMMIT's error is what every unit raises.
-        await committed
-        if failure is not None:
-            raise failure
+    def transaction(self) -> _Unit:
+        return _Unit(self)
 
     def _schedule_commit(self) -> None:
         if not self._commit_scheduled:
@@ -179,7 +153,7 @@ class SqliteDatabase:
         async with self._read_lock:
             self._reader.execute("BEGIN")
             try:
-                yield SqliteTransaction(self._reader)
+                yield self._reader_tx
             finally:
                 self._reader.execute("COMMIT")
 
@@ -196,3 +170,62 @@ class SqliteDatabase:
             finally:
                 self._reader.close()
                 self._connection.close()
+
+
+class _Unit:
+    """One ``transaction()``: a SAVEPOINT inside the group's open write transaction, committed
+    with the group (see the module's docstring).
+
+    A class rather than an ``@asynccontextmanager`` generator: every handled event opens one,
+    and the generator's machinery cost more than the unit's own Python work.
+    """
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+
+    async def __aenter__(self) -> SqliteTransaction:
+        db = self._db
+        await db._lock.acquire()
+        try:
+            if db._group is None:
+                if db._connection.in_transaction:  # a failed ROLLBACK left one open
+                    db._connection.execute("ROLLBACK")
+                db._connection.execute("BEGIN IMMEDIATE")
+                db._group = []
+            db._connection.execute("SAVEPOINT unit")
+        except BaseException:
+            # However this unit ended, the units before it must not wait forever.
+            db._schedule_commit()
+            db._lock.release()
+            raise
+        return db._writer_tx
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        db = self._db
+        connection = db._connection
+        try:
+            if exc is not None:
+                connection.execute("ROLLBACK TO unit")
+                if not isinstance(exc, Exception):  # cancelled: nothing to decide, leave at once
+                    connection.execute("RELEASE unit")
+                    return False
+            connection.execute("RELEASE unit")
+            committed = asyncio.get_running_loop().create_future()
+            assert db._group is not None  # opened by __aenter__, under the lock held since
+            db._group.append(committed)
+        finally:
+            db._schedule_commit()  # the units before this one must not wait forever
+            db._lock.release()
+        # A failed unit waits too: it may have read what earlier units of the group wrote, so
+        # its verdict (dead letter, duplicate) only stands once that is committed. If the
+        # COMMIT fails, the COMMIT's error is what every unit raises; otherwise a failed unit's
+        # own exception goes on (False: not suppressed).
+        await committed
+        return False
