@@ -58,10 +58,11 @@ AggregateTypeOf = Callable[[type[Message]], str]
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     message: Message
     aggregate_id: str
+    aggregate_type: str
 
 
 class _LazyTransaction:
@@ -118,16 +119,19 @@ class _Emitter:
     def emit(self, message: Message, *, aggregate_id: str) -> None:
         if not aggregate_id:
             raise ValueError(f"emit({type(message).__name__}): aggregate_id is required")
-        self._aggregate_type_of(type(message))  # fails now, in the handler, if not an event
-        self._pending.append(_Pending(message, aggregate_id))
+        # Fails now, in the handler, if not an event; kept for the write (one lookup, not two).
+        aggregate_type = self._aggregate_type_of(type(message))
+        self._pending.append(_Pending(message, aggregate_id, aggregate_type))
 
     async def write(
         self, tx: Transaction, envelope_for: Callable[[str, str, str, int], Envelope]
     ) -> None:
+        if not self._pending:
+            return  # nothing emitted: no trace context to look up either
         traceparent, tracestate = current_trace_headers()
         for pending in self._pending:
             event_type = pending.message.DESCRIPTOR.full_name
-            aggregate_type = self._aggregate_type_of(type(pending.message))
+            aggregate_type = pending.aggregate_type
             version = await outbox.next_aggregate_version(tx, aggregate_type, pending.aggregate_id)
             envelope = envelope_for(event_type, aggregate_type, pending.aggregate_id, version)
             if traceparent:
