@@ -9,10 +9,12 @@ choreo's own attributes are CloudEvents extensions (lower-case alphanumeric name
 
 from __future__ import annotations
 
-import uuid
+import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
@@ -43,7 +45,14 @@ REQUIRED_HEADERS = (H_ID, H_TYPE, H_SOURCE, H_TIME, H_CORRELATION_ID, H_CHAIN_DE
 
 
 def new_event_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as text, the same as ``str(uuid.uuid4())``: 16 random bytes,
+    the version and variant bits set, hex in 8-4-4-4-12 groups. Written out because
+    ``uuid.UUID``'s constructor and ``__str__`` are Python code that runs once per event."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,7 @@ class Envelope:
         return subjects.event_subject(self.event_type, self.correlation_id)
 
     def to_headers(self) -> dict[str, str]:
+        dataschema, schema_version = _type_headers(self.event_type)
         headers = {
             H_MSG_ID: self.event_id,
             H_SPECVERSION: "1.0",
@@ -80,9 +90,9 @@ class Envelope:
             H_SOURCE: self.source,
             H_TIME: self.time.isoformat(timespec="microseconds").replace("+00:00", "Z"),
             H_SUBJECT: self.aggregate_id,
-            H_DATASCHEMA: f"proto:{self.event_type}",
+            H_DATASCHEMA: dataschema,
             H_CONTENT_TYPE: CONTENT_TYPE,
-            H_SCHEMA_VERSION: str(self.schema_version),
+            H_SCHEMA_VERSION: schema_version,
             H_CORRELATION_ID: self.correlation_id,
             H_CAUSATION_ID: self.causation_id,
             H_CHAIN_DEPTH: str(self.chain_depth),
@@ -99,16 +109,17 @@ class Envelope:
     def from_headers(cls, headers: Mapping[str, str] | None) -> Envelope:
         """Read an envelope; a missing or malformed attribute is a :class:`PoisonMessage`."""
         headers = headers or {}
-        missing = [name for name in REQUIRED_HEADERS if not headers.get(name)]
-        if missing:
+        get = headers.get
+        if not all(map(get, REQUIRED_HEADERS)):
+            missing = [name for name in REQUIRED_HEADERS if not get(name)]
             raise PoisonMessage("missing_headers", f"required headers absent: {missing}")
         try:
             chain_depth = int(headers[H_CHAIN_DEPTH])
-            aggregate_version = int(headers.get(H_AGGREGATE_VERSION, "0"))
+            aggregate_version = int(get(H_AGGREGATE_VERSION, "0"))
             time = datetime.fromisoformat(headers[H_TIME].replace("Z", "+00:00"))
         except ValueError as exc:
             raise PoisonMessage("malformed_headers", str(exc)) from None
-        return cls(
+        return _envelope(
             event_id=headers[H_ID],
             event_type=headers[H_TYPE],
             source=headers[H_SOURCE],
@@ -135,7 +146,7 @@ class Envelope:
     ) -> Envelope:
         """The envelope of an event emitted in reaction to this one: same correlation id,
         this event as its cause, one step deeper in the chain."""
-        return Envelope(
+        return _envelope(
             event_id=new_event_id(),
             event_type=event_type,
             source=source,
@@ -165,9 +176,8 @@ def root_envelope(
     traceparent: str | None = None,
 ) -> Envelope:
     """The envelope of an event that starts a chain (emitted by a command, not an event)."""
-    event_id = new_event_id()
-    return Envelope(
-        event_id=event_id,
+    return _envelope(
+        event_id=new_event_id(),
         event_type=event_type,
         source=source,
         time=datetime.now(UTC),
@@ -178,7 +188,32 @@ def root_envelope(
         aggregate_id=aggregate_id,
         aggregate_version=aggregate_version,
         traceparent=traceparent,
+        tracestate=None,
     )
+
+
+def _envelope(**fields: Any) -> Envelope:
+    """``Envelope(**fields)`` without the frozen dataclass's ``__init__``, which sets each of the
+    twelve fields through ``object.__setattr__`` (made twice per handled event). Every field
+    must be given; the result is the same frozen, comparable envelope."""
+    if fields.keys() != _FIELDS:
+        raise TypeError(f"envelope fields {sorted(fields)} != {sorted(_FIELDS)}")
+    envelope = object.__new__(Envelope)
+    envelope.__dict__.update(fields)
+    return envelope
+
+
+_FIELDS = {field.name for field in dataclasses.fields(Envelope)}
+# Event type -> its ce-dataschema and ce-schemaversion header values (both follow from the type).
+_TYPE_HEADERS: dict[str, tuple[str, str]] = {}
+
+
+def _type_headers(event_type: str) -> tuple[str, str]:
+    found = _TYPE_HEADERS.get(event_type)
+    if found is None:
+        version = subjects.version_of(event_type)  # raises for a malformed name: not kept
+        found = _TYPE_HEADERS[event_type] = (f"proto:{event_type}", str(version))
+    return found
 
 
 Upcaster = Callable[[Message], Message]
