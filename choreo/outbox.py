@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -189,9 +190,18 @@ class PublishWindow:
                     )
                 )
             else:
-                future.set_result(api.PubAck.from_response(reply))
+                future.set_result(_pub_ack(reply))
         except Exception as exc:  # a reply we cannot read: the row is retried
             future.set_exception(exc)
+
+
+# PubAck's fields, looked up once: ``PubAck.from_response`` lists them for every reply.
+_PUB_ACK_FIELDS = tuple(f.name for f in dataclasses.fields(api.PubAck))
+
+
+def _pub_ack(reply: dict[str, Any]) -> api.PubAck:
+    """``api.PubAck.from_response(reply)``: the reply's known fields, unknown ones ignored."""
+    return api.PubAck(**{name: reply[name] for name in _PUB_ACK_FIELDS if name in reply})
 
 
 @dataclass
