@@ -69,7 +69,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy choreo services tools tests examples/loyalty/acme_loyalty
+	$(BIN)/mypy choreo services tools tests examples/loyalty/acme_loyalty examples/travel/acme_travel
 
 ## The web console's browser test drives Debian's Chromium through chromedriver.
 browser:

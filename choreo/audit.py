@@ -314,7 +314,7 @@ def _check_saga(report: AuditReport, saga: SagaAudit, *, now: datetime, grace: t
                 shape.name,
                 key,
                 f"no final event ({names}) within {grace.total_seconds():g}s; last event"
-                f" {saga.events[-1].name if saga.events else '-'}",
+                f" {_latest(saga.events)}",
             )
     else:
         report.outcomes[f"{shape.name}: {finals[0].name}"] += 1
@@ -435,3 +435,12 @@ async def settle(add_on: AddOn, args: Any) -> bool:
     """Run an add-on's ``settle(args)`` if it has one; whether the system came to rest."""
     hook: Callable[[Any], Awaitable[bool]] | None = getattr(add_on, "settle", None)
     return True if hook is None else bool(await hook(args))
+
+
+def _latest(events: list[AuditEvent]) -> str:
+    """The saga's last event by its own time (streams are read one after another, so the last
+    one read is not the last to happen)."""
+    if not events:
+        return "-"
+    timed = [event for event in events if event.at is not None]
+    return max(timed, key=lambda event: event.at or datetime.min).name if timed else events[-1].name

@@ -66,7 +66,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
-from choreo import natsconn, subjects
+from choreo import contracts, natsconn, subjects
 from choreo.cluster import EmbeddedCluster, node_name
 from choreo.errors import ConfigurationError
 from choreo.redact import redact_url
@@ -1041,7 +1041,7 @@ class NetworkChaos(Chaos):
         counts: dict[str, int] = {}
         try:
             js = nc.jetstream()
-            for context in SERVICE_NAMES:
+            for context in contracts.contexts():
                 stream = subjects.stream_name(context)
                 try:
                     messages = await read_stream(js, stream)

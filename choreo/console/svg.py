@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 
+from choreo import contracts, subjects
 from choreo.console.model import TimelineEvent, kind_of, short_name
 
 COMMAND = "command"  # the node every saga starts from (PlaceOrder)
@@ -46,6 +47,16 @@ class Arrow:
     order: int  # 1 for the first effect of the saga, 2 for the next ...
 
 
+def command_name(events: list[TimelineEvent]) -> str:
+    """The RPC whose call started the saga (the one the contracts say emits its first event),
+    e.g. ``PlaceOrder``; ``command`` when no RPC declares it."""
+    starts = [event.event_type for event in events if not event.cause_type]
+    for command, emitted in contracts.command_emits().items():
+        if any(subjects.same_event_type(start, event) for start in starts for event in emitted):
+            return command.rsplit(".", 1)[-1]
+    return "command"
+
+
 def saga_graph(events: list[TimelineEvent]) -> tuple[list[Node], list[Arrow]]:
     """Nodes and arrows of the saga's path (later copies of an event, i.e. replays, add no
     node: the event already happened once)."""
@@ -53,7 +64,7 @@ def saga_graph(events: list[TimelineEvent]) -> tuple[list[Node], list[Arrow]]:
     ranks: dict[str, int] = {}
     for event in firsts:
         ranks.setdefault(event.event_type, event.chain_depth + 1)
-    nodes = [Node(COMMAND, "PlaceOrder", "command", 0, 0)] if firsts else []
+    nodes = [Node(COMMAND, command_name(firsts), "command", 0, 0)] if firsts else []
     slots_used: dict[int, int] = {0: 1}
     for event_type, rank in ranks.items():  # first-seen order: earliest on the left
         slot = slots_used.get(rank, 0)

@@ -17,12 +17,11 @@ import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from choreo import subjects
+from choreo import contracts, subjects
 from choreo.envelope import H_TRACEPARENT
 from choreo.streamread import read_stream
 from choreo.testing import wait_for
 from choreo.tracing import trace_id_of
-from services.registry import SERVICE_NAMES
 from services.system import System, SystemConfig
 from services.workload import Placed, SagaPath, request_for, wait_until_final
 from shop.order.v1 import order_service_pb2_grpc as order_grpc
@@ -146,7 +145,7 @@ async def test_without_an_exporter_events_still_carry_the_clients_trace(tmp_path
                 # The order is final and its customer told, but InventoryShipped (inventory's
                 # answer to ShipmentCreated) is off that path and may still be on its way.
                 headers.clear()
-                for context in SERVICE_NAMES:
+                for context in contracts.contexts():
                     stream = subjects.stream_name(context)
                     for message in await read_stream(
                         js, stream, subjects.saga_filter(context, order_id)

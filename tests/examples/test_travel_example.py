@@ -33,10 +33,6 @@ from acme.flights.v1 import flights_service_pb2_grpc as flights_grpc
 from acme.hotels.v1 import events_pb2 as hotels_events
 from acme.hotels.v1 import hotels_service_pb2 as hotels_pb
 from acme.hotels.v1 import hotels_service_pb2_grpc as hotels_grpc
-from acme_travel import CONTRACTS, SOLD_OUT
-from acme_travel.booking import domain as booking_domain
-from acme_travel.flights import domain as flights_domain
-from acme_travel.hotels import domain as hotels_domain
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -44,6 +40,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from acme_travel import CONTRACTS, SOLD_OUT
+from acme_travel.booking import domain as booking_domain
+from acme_travel.flights import domain as flights_domain
+from acme_travel.hotels import domain as hotels_domain
 from choreo import grpc_errors
 from choreo.broker import EmbeddedBroker, free_port
 from choreo.supervisor import ProcessSpec, Supervisor
@@ -467,6 +467,9 @@ def test_the_console_draws_a_trip_whose_hotel_was_full_with_its_compensation(
             "TripCancelled": "compensation",
         }
         assert len(svg.find_elements(By.CSS_SELECTOR, "g.arrow")) == len(HOTEL_FULL)
+        # The path starts at the RPC the contracts say emits TripRequested.
+        (command,) = svg.find_elements(By.CSS_SELECTOR, "g.node.command")
+        assert command.text == "BookTrip"
         page = browser.find_element(By.TAG_NAME, "body").text
         for name in short(HOTEL_FULL):
             assert name in page
