@@ -61,7 +61,7 @@ from google.protobuf.message import Message
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
-from choreo import dlq, faults, inbox, logs, metrics, subjects, validation
+from choreo import checkpoints, dlq, inbox, logs, metrics, subjects, validation
 from choreo.envelope import (
     H_CORRELATION_ID,
     H_ID,
@@ -676,11 +676,7 @@ class Consumer:
             why = GaveUp(dlq.REJECTED, detail, deliveries, tries.attempts)
             return await self._give_up(msg, envelope, event, why, tries, alone)
 
-        if settings.unsafe_ack_before_handling:
-            # The classic auto-ack bug, kept as a switch so chaos runs can show they catch it.
-            await msg.ack()
-            faults.crash_point(faults.AFTER_ACK_BEFORE_COMMIT)
-
+        await checkpoints.reached(checkpoints.BEFORE_HANDLING, msg)
         attempt = tries.attempts + 1
         if alone:
             tries.running = True
@@ -688,8 +684,7 @@ class Consumer:
         context = self._context(envelope)
         try:
             with consume_span(self.subscription.service, envelope):
-                faults.crash_point(faults.IN_HANDLER)
-                faults.crash_on_marked_message(event)
+                await checkpoints.reached(checkpoints.IN_HANDLER, event)
                 await self._within_timeout(handler(context, event))
                 await context.commit(lambda tx: self._advance(tx, envelope))
         except AlreadyHandled as exc:
@@ -728,7 +723,7 @@ class Consumer:
             await self._save(seq, tries)
             await msg.nak(delay=delay)
             return Outcome.RETRY
-        faults.crash_point(faults.AFTER_COMMIT_BEFORE_ACK)
+        await checkpoints.reached(checkpoints.AFTER_COMMIT_BEFORE_ACK)
         # The relay first, then the ack: the relay's task is then woken before nats-py's
         # flusher, so its publish and this ack leave in one socket write, not two.
         if context.outbox_rows:
@@ -771,7 +766,6 @@ class Consumer:
             db=self._db,
             settings=self._settings,
             aggregate_type_of=self._aggregate_type_of,
-            use_inbox=not self._settings.unsafe_disable_inbox,
         )
 
     async def _within_timeout(self, call: Awaitable[None]) -> None:
@@ -966,8 +960,6 @@ class Consumer:
             log.warning("%s: could not clear the attempts of %d (%r)", self.name, seq, exc)
 
     async def _handled(self, envelope: Envelope) -> bool:
-        if self._settings.unsafe_disable_inbox:
-            return False
         async with self._db.read() as tx:
             return await inbox.already_handled(tx, self.name, envelope.event_id)
 
@@ -978,9 +970,7 @@ class Consumer:
         if self.subscription.ordering is not Ordering.STRICT:
             return None
         async with self._db.read() as tx:
-            if not self._settings.unsafe_disable_inbox and await inbox.already_handled(
-                tx, self.name, envelope.event_id
-            ):
+            if await inbox.already_handled(tx, self.name, envelope.event_id):
                 return Outcome.DUPLICATE
             applied = await inbox.position(
                 tx, self.name, envelope.aggregate_type, envelope.aggregate_id

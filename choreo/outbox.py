@@ -33,7 +33,7 @@ import nats.errors
 from nats.js import api
 from nats.js.errors import APIError
 
-from choreo import dlq, faults
+from choreo import checkpoints, dlq
 from choreo.broker import BrokerLink
 from choreo.envelope import Envelope
 from choreo.store.port import Database, Transaction
@@ -500,7 +500,7 @@ class OutboxRelay:
                 result.unpublishable.append((row, dlq.REFUSED, str(error)))
             else:
                 log.warning("outbox relay: publish to %s failed: %r", row.subject, error)
-        faults.crash_point(faults.AFTER_PUBLISH_BEFORE_MARK)
+        await checkpoints.reached(checkpoints.AFTER_PUBLISH_BEFORE_MARK)
         return result
 
     def _mark_published(self, ids: list[str]) -> None:

@@ -25,7 +25,7 @@ import nats.errors
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from choreo import contracts, faults, inbox, natsconn
+from choreo import checkpoints, contracts, inbox, natsconn
 from choreo.broker import BrokerLink
 from choreo.cluster import seed_urls
 from choreo.consumer import Consumer, Subscription, one_subscription_per_event
@@ -427,7 +427,7 @@ class ServiceRuntime:
             )
             yield uow
             await uow.write_outbox()
-        faults.crash_point(faults.AFTER_COMMIT_BEFORE_PUBLISH)
+        await checkpoints.reached(checkpoints.AFTER_COMMIT_BEFORE_PUBLISH)
         if uow.outbox_rows:
             self.relay.submit(uow.outbox_rows)
 

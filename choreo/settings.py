@@ -93,10 +93,6 @@ class RuntimeSettings:
     # nats-py's buffer for publishes while it reconnects (bytes); the relay sends nothing then.
     nats_pending_size: int = 2 * 1024 * 1024
     inbox_prune_interval_s: float = 300.0
-    # Test-only switches that break delivery guarantees on purpose, to prove that the chaos
-    # checks can fail. Never set in production.
-    unsafe_disable_inbox: bool = False
-    unsafe_ack_before_handling: bool = False
 
     @classmethod
     def from_env(

@@ -61,7 +61,7 @@ from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.table import Table
 
-from choreo import contracts, dlq, faults, grpc_errors, sealing, subjects
+from choreo import checkpoints, contracts, dlq, grpc_errors, sealing, subjects
 from choreo.cluster import seed_urls
 from choreo.envelope import H_CORRELATION_ID, H_ID, H_MSG_ID, H_SUBJECT, H_TIME, H_TYPE
 from choreo.errors import ConfigurationError
@@ -94,13 +94,14 @@ from services.workload import (
 from shop.order.v1 import events_pb2 as order_events
 from shop.order.v1 import order_service_pb2 as order_pb
 from shop.order.v1 import order_service_pb2_grpc as order_grpc
+from tools import faults
 
 CHAOS_CATALOG = REPO_ROOT / "catalog" / "chaos.json"
 CRASH_CUSTOMER = "cust-crash"  # its PaymentCompleted kills shipping on every delivery
 CRASH_EVENT = "shop.payment.v1.PaymentCompleted"
 CRASH_POINTS = {
-    "kill_after_commit_before_ack": faults.AFTER_COMMIT_BEFORE_ACK,
-    "kill_after_publish_before_mark": faults.AFTER_PUBLISH_BEFORE_MARK,
+    "kill_after_commit_before_ack": checkpoints.AFTER_COMMIT_BEFORE_ACK,
+    "kill_after_publish_before_mark": checkpoints.AFTER_PUBLISH_BEFORE_MARK,
 }
 POISON_SUBJECTS = (
     "shop.order.v1.OrderCreated",
@@ -281,10 +282,14 @@ class Chaos:
             "CHOREO_CATALOG": str(CHAOS_CATALOG),
         }
         if config.disable_inbox:
-            env["CHOREO_UNSAFE_DISABLE_INBOX"] = "1"
+            env["CHOREO_FAULT_DISABLE_INBOX"] = "1"
         if config.ack_before_handling:
-            env["CHOREO_UNSAFE_ACK_BEFORE_HANDLING"] = "1"
-        system_config = SystemConfig(data_dir=self.workdir, grpc_base_port=None, env=env)
+            env["CHOREO_FAULT_ACK_FIRST"] = "1"
+        # Every service runs with the fault harness installed: it acts at the runtime's named
+        # checkpoints when the environment arms it (tools/faults.py), and nowhere else.
+        system_config = SystemConfig(
+            data_dir=self.workdir, grpc_base_port=None, env=env, service_argv=faults.SERVE_ARGV
+        )
         if config.store not in STORES:
             raise ConfigurationError(
                 f"store {config.store!r} is not known: use --store sqlite or --store postgres"
@@ -336,7 +341,7 @@ class Chaos:
         if self.rng.random() < 0.3:
             kind, point, name = (
                 "kill_after_command_commit",
-                faults.AFTER_COMMIT_BEFORE_PUBLISH,
+                checkpoints.AFTER_COMMIT_BEFORE_PUBLISH,
                 "order",
             )
         managed = self.system.supervisor.processes[name]

@@ -32,6 +32,7 @@ from services.system import System, SystemConfig
 from services.workload import SagaPath, request_for
 from shop.order.v1 import order_service_pb2 as order_pb
 from shop.order.v1 import order_service_pb2_grpc as order_grpc
+from tools import faults
 
 POISON_CUSTOMER = "cust-console-poison"
 POISON_TYPE = "shop.order.v1.OrderShipped"
@@ -39,7 +40,10 @@ POISON_TYPE = "shop.order.v1.OrderShipped"
 
 @contextlib.contextmanager
 def running_system(data_dir: Path) -> Iterator[System]:
-    system = System(SystemConfig(data_dir=data_dir, grpc_base_port=None))
+    # The fault harness is installed in every service, so a test can arm one (tools/faults.py).
+    system = System(
+        SystemConfig(data_dir=data_dir, grpc_base_port=None, service_argv=faults.SERVE_ARGV)
+    )
     try:
         asyncio.run(system.start())
         yield system

@@ -59,3 +59,16 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path: Path) -> None:
         "services",
         "shop.order.v1.events_pb2",
     ]
+
+
+def test_no_variable_can_make_the_runtime_crash_or_drop_a_guarantee() -> None:
+    # Fault injection lives in the harness (tools/faults.py), which acts at the runtime's
+    # checkpoints only in a process started through it.
+    switches = ("CHOREO_CRASH", "CHOREO_UNSAFE", "CHOREO_FAULT", "os.getpid(), signal.SIGKILL")
+    found = [
+        f"{path.relative_to(REPO)}: {switch}"
+        for path in sorted((REPO / "choreo").rglob("*.py"))
+        for switch in switches
+        if switch in path.read_text()
+    ]
+    assert not found, found

@@ -111,6 +111,11 @@ def build(settings: RuntimeSettings) -> ServiceDefinition:
 
 async def main() -> None:
     logging.basicConfig(level=logging.INFO)
+    # A test arms the process through its environment (CHOREO_CRASH_AT ...); the harness acts
+    # at the runtime's checkpoints.
+    from tools import faults
+
+    faults.install()
     settings = RuntimeSettings.from_env(service="probe")
     runtime = ServiceRuntime(
         definition(Behaviour(fail=os.environ.get("PROBE_FAIL") == "1")), settings

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from choreo import dlq, faults, subjects
+from choreo import checkpoints, dlq, subjects
 from choreo.broker import EmbeddedBroker
 from choreo.service import ServiceRuntime
 from choreo.settings import RuntimeSettings
@@ -69,7 +69,7 @@ async def test_kill_after_commit_before_ack_applies_once_and_publishes_once(
     broker: EmbeddedBroker, js: Any, tmp_path: Path
 ) -> None:
     db = tmp_path / "probe.db"
-    doomed = start_probe_process(broker, db, CHOREO_CRASH_AT=faults.AFTER_COMMIT_BEFORE_ACK)
+    doomed = start_probe_process(broker, db, CHOREO_CRASH_AT=checkpoints.AFTER_COMMIT_BEFORE_ACK)
     try:
         await wait_for(lambda: consumer_ready(js), what="probe consumer")
         await publish_event(js, ticket_opened("o-1"), aggregate_id="o-1")
@@ -107,7 +107,7 @@ async def test_relay_killed_after_publish_before_mark_is_deduplicated_by_broker(
     broker: EmbeddedBroker, js: Any, tmp_path: Path
 ) -> None:
     db = tmp_path / "probe.db"
-    doomed = start_probe_process(broker, db, CHOREO_CRASH_AT=faults.AFTER_PUBLISH_BEFORE_MARK)
+    doomed = start_probe_process(broker, db, CHOREO_CRASH_AT=checkpoints.AFTER_PUBLISH_BEFORE_MARK)
     try:
         await wait_for(lambda: consumer_ready(js), what="probe consumer")
         await publish_event(js, ticket_opened("o-2"), aggregate_id="o-2")

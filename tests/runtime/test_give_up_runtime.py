@@ -57,7 +57,7 @@ async def test_a_message_that_kills_its_process_is_given_up_after_server_counted
     broker: EmbeddedBroker, js: Any, tmp_path: Path
 ) -> None:
     db = tmp_path / "probe.db"
-    # faults.IN_HANDLER, spelled out: on a runtime without that crash point nothing crashes.
+    # checkpoints.IN_HANDLER, spelled out: on a runtime without that point nothing crashes.
     env = {"CHOREO_CRASH_AT": "consumer.in_handler", "CHOREO_MAX_DELIVERIES": "2"}
     crashes = 0
     # Each process dies inside the handler; the broker redelivers after ack_wait (2 s) to the
