@@ -174,14 +174,12 @@ class HandlerContext(_EmitsEvents):
         db: Database,
         settings: RuntimeSettings,
         aggregate_type_of: AggregateTypeOf,
-        use_inbox: bool = True,
     ) -> None:
         self.service = service
         self.consumer = consumer
         self.envelope = envelope
         self.settings = settings
         self._emitter = _Emitter(aggregate_type_of)
-        self._use_inbox = use_inbox
         self._tx = _LazyTransaction(db, self._record_in_inbox)
 
     @property
@@ -201,7 +199,7 @@ class HandlerContext(_EmitsEvents):
             raise CallTimedOut(f"{what}: no answer within {limit:.1f}s") from exc
 
     async def _record_in_inbox(self, tx: Transaction) -> None:
-        if self._use_inbox and not await inbox.record_handled(
+        if not await inbox.record_handled(
             tx, self.consumer, self.envelope.event_id
         ):
             raise AlreadyHandled(self.envelope.event_id)
