@@ -199,9 +199,7 @@ class HandlerContext(_EmitsEvents):
             raise CallTimedOut(f"{what}: no answer within {limit:.1f}s") from exc
 
     async def _record_in_inbox(self, tx: Transaction) -> None:
-        if not await inbox.record_handled(
-            tx, self.consumer, self.envelope.event_id
-        ):
+        if not await inbox.record_handled(tx, self.consumer, self.envelope.event_id):
             raise AlreadyHandled(self.envelope.event_id)
 
     async def commit(self, after_open: Callable[[Transaction], Awaitable[None]]) -> None:
