@@ -26,12 +26,15 @@ from choreo.settings import ConsumerStart, RuntimeSettings
 from choreo.store.port import Database
 from choreo.streams import ensure_streams
 from choreo.testing import publish_event, wait_for
-from shop.order.v1 import events_pb2 as order_events
+from tests.testkit import desk_events
 
 SERVICE = "newcomer"
-STREAM = "SHOP_ORDER"
-DURABLE = subjects.durable_name(SERVICE, "shop.order.v1.OrderCreated")
+STREAM = "TESTKIT_DESK"
+DURABLE = subjects.durable_name(SERVICE, "testkit.desk.v1.TicketOpened")
 VARIABLE = "CHOREO_NEW_CONSUMER_START"
+
+# The runtime reads the testkit contracts alone (tests/testkit), not the reference system's.
+pytestmark = pytest.mark.usefixtures("testkit_contracts")
 
 
 def settings_for(broker: EmbeddedBroker, tmp_path: Path, **overrides: Any) -> RuntimeSettings:
@@ -47,16 +50,16 @@ def settings_for(broker: EmbeddedBroker, tmp_path: Path, **overrides: Any) -> Ru
 
 @dataclass
 class Newcomer:
-    """A service added to a running system: it records the orders whose OrderCreated it got."""
+    """A service added to a running system: it records the tickets whose TicketOpened it got."""
 
     seen: list[str] = field(default_factory=list)
 
     def definition(self) -> ServiceDefinition:
-        async def on_order_created(ctx: HandlerContext, event: order_events.OrderCreated) -> None:
-            self.seen.append(event.order_id)
+        async def on_ticket_opened(ctx: HandlerContext, event: desk_events.TicketOpened) -> None:
+            self.seen.append(event.ticket_id)
 
         return ServiceDefinition(
-            name=SERVICE, handlers={order_events.OrderCreated: on_order_created}
+            name=SERVICE, handlers={desk_events.TicketOpened: on_ticket_opened}
         )
 
 
@@ -72,12 +75,12 @@ async def running(settings: RuntimeSettings) -> AsyncIterator[Newcomer]:
 
 
 async def store(js: Any, broker: EmbeddedBroker, tmp_path: Path, *order_ids: str) -> None:
-    """Publish OrderCreated events as the order service would (its stream made if need be)."""
-    await ensure_streams(js, settings_for(broker, tmp_path), contexts=("shop.order",))
+    """Publish TicketOpened events as the desk service would (its stream made if need be)."""
+    await ensure_streams(js, settings_for(broker, tmp_path), contexts=("testkit.desk",))
     for order_id in order_ids:
         await publish_event(
             js,
-            order_events.OrderCreated(order_id=order_id, customer_id="c-1"),
+            desk_events.TicketOpened(ticket_id=order_id, customer_id="c-1"),
             aggregate_id=order_id,
         )
 
