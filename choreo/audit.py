@@ -407,7 +407,7 @@ def add_ons() -> dict[str, AddOn]:
     A package declares one in its ``pyproject.toml``::
 
         [project.entry-points."choreo.audits"]
-        shop = "services.commands:shop_audit"
+        ledgers = "acme_shop.audit:check_ledgers"
     """
     found: dict[str, AddOn] = {}
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):

@@ -3,7 +3,6 @@ table and JSON it reports (so the tool does not rot while nobody runs it under v
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,6 @@ def test_every_choreo_layer_runs_the_events_and_is_reported(tmp_path: Path) -> N
     assert [line.split()[0] for line in table.splitlines()[1:]] == [*CHOREO_KEYS, "total"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("faststream") is None, reason="no faststream")
 def test_the_faststream_handler_runs_beside_it(tmp_path: Path) -> None:
     _, written = run(tmp_path)
     assert written["counts"]["faststream_handled"] == 6
