@@ -50,6 +50,7 @@ from choreo.broker import BrokerLink
 from choreo.consumer import Consumer, Subscription
 from choreo.envelope import EventRegistry, decode
 from choreo.handling import Handler, HandlerContext
+from choreo.natsconn import RuntimeClient
 from choreo.outbox import OutboxRelay, OutboxRow
 from choreo.pull import ContinuousPull
 from choreo.settings import RuntimeSettings
@@ -141,7 +142,7 @@ class ChoreoPath:
         await self.db.migrate(runtime_schema(self.db.dialect) + workload.SCHEMA)
         async with self.db.transaction() as tx:
             await workload.seed(tx)
-        self.nc, self._tasks = await connected_client(self.transport)
+        self.nc, self._tasks = await connected_client(self.transport, RuntimeClient)
         self.relay = OutboxRelay(self.db, BrokerLink.of(self.nc), service=workload.SERVICE)
         self.pull = ContinuousPull(
             self.nc,

@@ -123,10 +123,13 @@ def ack_subject(stream: str, durable: str, delivered: int, stream_seq: int, pend
     return f"$JS.ACK.{stream}.{durable}.{delivered}.{stream_seq}.{stream_seq}.0.{pending}"
 
 
-async def connected_client(transport: MemoryTransport) -> tuple[Client, list[asyncio.Task[Any]]]:
-    """A nats-py client in its CONNECTED state on ``transport``, with its flusher and read
-    loop running; cancel the returned tasks when done."""
-    nc = Client()
+async def connected_client(
+    transport: MemoryTransport, client_class: type[Client] = Client
+) -> tuple[Client, list[asyncio.Task[Any]]]:
+    """A nats-py client (``client_class``: the runtime's own, or nats-py's for FastStream) in
+    its CONNECTED state on ``transport``, with its flusher and read loop running; cancel the
+    returned tasks when done."""
+    nc = client_class()
     transport.client = nc
     nc._transport = transport  # type: ignore[assignment]
     nc._status = Client.CONNECTED
