@@ -1,8 +1,8 @@
 """``make bench`` / ``choreo bench``: sagas per second against FastStream and the raw JetStream
 limit.
 
-For each broker fsync setting (the default, and ``sync_interval: always``) it runs, on a fresh
-embedded broker with the same stream settings:
+For each broker fsync setting (the default, and ``sync_interval: always``) it runs, each on a
+fresh embedded broker of its own with the same stream settings:
 - the **saga**: the five real services as processes (``choreo serve``), orders placed over gRPC;
 - the **FastStream build** (the baseline): ``tools.faststream_build``, the same services'
   handlers, stores and gRPC API on faststream[nats], as a Python team that skips exactly-once
@@ -15,7 +15,10 @@ embedded broker with the same stream settings:
   subscriptions, fan-out and message sizes, orders started by publishing ``OrderCreated``;
 - the **durable raw chain**: the same, plus the runtime's inbox and outbox rows in SQLite per
   message (``--durable-db``): what exactly-once effects cost before any decoding or logic.
-The two raw chains are the floor. (The serial naive build, ``tools.naive``, one message at a
+The two raw chains are the floor. The saga and the FastStream build are up at the same time
+and take turns (each level in windows A B B A, the open loop likewise), so that a drift of the
+machine's speed over minutes, up to 60% on the development VM, falls on both alike; each
+line's CPU is read over its own windows only. The raw chains run one after the other. (The serial naive build, ``tools.naive``, one message at a
 time per consumer on asyncio's loop, is no longer a line here: it measured concurrency more
 than guarantees. ``choreo bench --profile`` still profiles it.)
 A saga is complete when its ``NotificationSent`` is published (the same point in every line).
@@ -41,7 +44,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import nats
@@ -141,6 +144,7 @@ class Completions:
 
 
 Starter = Callable[[], Awaitable[str]]  # starts one saga, returns its correlation id
+T = TypeVar("T")
 
 
 async def _completions(nc: Any) -> Completions:
@@ -215,9 +219,11 @@ async def one_saga(start: Starter, completions: Completions, timeout: float = 60
     return (finished - began) * 1000
 
 
-async def closed_loop(
+async def closed_window(
     start: Starter, completions: Completions, concurrency: int, seconds: float
-) -> LoopResult:
+) -> tuple[list[float], float]:
+    """``concurrency`` clients, each starting a saga as soon as its last one completed, for
+    ``seconds``: every saga's latency (ms) and the time it took, the last ones' included."""
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
 
@@ -227,7 +233,10 @@ async def closed_loop(
 
     began = time.monotonic()
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    elapsed = time.monotonic() - began
+    return latencies, time.monotonic() - began
+
+
+def loop_result(concurrency: int, latencies: list[float], elapsed: float) -> LoopResult:
     return LoopResult(
         concurrency,
         len(latencies),
@@ -237,10 +246,18 @@ async def closed_loop(
     )
 
 
-async def open_loop(
+async def closed_loop(
+    start: Starter, completions: Completions, concurrency: int, seconds: float
+) -> LoopResult:
+    latencies, elapsed = await closed_window(start, completions, concurrency, seconds)
+    return loop_result(concurrency, latencies, elapsed)
+
+
+async def open_window(
     start: Starter, completions: Completions, rate: float, seconds: float
-) -> dict[str, Any]:
-    """Arrivals at a fixed rate regardless of completions (no coordinated omission)."""
+) -> list[float]:
+    """Arrivals at a fixed rate regardless of completions (no coordinated omission): every
+    saga's latency (ms)."""
     latencies: list[float] = []
     tasks = []
     interval = 1.0 / rate
@@ -255,12 +272,22 @@ async def open_loop(
 
         tasks.append(asyncio.create_task(arrival()))
     await asyncio.gather(*tasks)
+    return latencies
+
+
+def open_loop_result(rate: float, latencies: list[float]) -> dict[str, Any]:
     return {
         "rate_per_s": round(rate, 2),
         "sagas": len(latencies),
         "latency_ms": percentiles(latencies),
         "cdf_ms": sorted(latencies),
     }
+
+
+async def open_loop(
+    start: Starter, completions: Completions, rate: float, seconds: float
+) -> dict[str, Any]:
+    return open_loop_result(rate, await open_window(start, completions, rate, seconds))
 
 
 def cpu_ms_per_saga(
@@ -286,7 +313,38 @@ def process_stats(pids: dict[str, int]) -> tuple[dict[str, float], dict[str, flo
     return cpu, rss
 
 
+@dataclass
+class Line:
+    """One line of the bench, up and ready for load: its starter and completions, its
+    processes, the figures so far, and the CPU its processes spent in its own windows."""
+
+    result: RunResult
+    start: Starter
+    completions: Completions
+    pids: dict[str, int]
+    cpu_s: dict[str, dict[str, float]] = field(default_factory=dict)  # by phase, by process
+
+    async def measured(self, phase: str, work: Awaitable[T]) -> T:
+        """Await ``work``, adding what this line's processes spent meanwhile to ``phase``."""
+        before, _ = process_stats(self.pids)
+        done = await work
+        after, _ = process_stats(self.pids)
+        spent = self.cpu_s.setdefault(phase, {})
+        for name, seconds in after.items():
+            spent[name] = spent.get(name, 0.0) + seconds - before[name]
+        return done
+
+
+def _ms_per_saga(spent: dict[str, float], sagas: int) -> dict[str, float]:
+    return {name: round(s * 1000 / max(1, sagas), 2) for name, s in spent.items()}
+
+
 class Bench:
+    # The saga and the FastStream build run side by side and take turns, so that a drift of
+    # this machine's speed (10-60% over minutes) falls on both alike: each level is measured
+    # in ROUNDS windows per line, in the order A B B A ...
+    ROUNDS = 2
+
     def __init__(self, console: Console, args: argparse.Namespace) -> None:
         self.console = console
         self.quick: bool = args.quick
@@ -296,7 +354,29 @@ class Bench:
         self.soak: int = args.soak
 
     async def run(self, mode: str, sync_always: bool, rate: float | None) -> RunResult:
-        result = RunResult(mode, sync_always)
+        """One line on its own (the raw chains), at ``rate`` in the open loop (None: half its
+        best)."""
+        async with self.line(mode, sync_always) as line:
+            await self._measure([line], rate)
+        return line.result
+
+    async def run_pair(self, sync_always: bool) -> tuple[RunResult, RunResult]:
+        """The saga and the FastStream build, both up, measured in turns; the open loop runs
+        at half the saga's best rate."""
+        async with (
+            self.line("saga", sync_always) as saga,
+            self.line("faststream", sync_always) as faststream,
+        ):
+            await self._measure([saga, faststream], None)
+            if self.soak:
+                await self._soak(saga.result, saga.start, saga.completions, saga.pids)
+            for line in (saga, faststream):
+                _, line.result.rss_mb_after = process_stats(line.pids)
+        return saga.result, faststream.result
+
+    @contextlib.asynccontextmanager
+    async def line(self, mode: str, sync_always: bool) -> AsyncIterator[Line]:
+        """``mode`` started on a fresh broker of its own, with load ready; stopped after."""
         workdir = Path(tempfile.mkdtemp(prefix=f"choreo-bench-{mode}-"))
         pids: dict[str, int] = {}
         system: System | None = None
@@ -342,7 +422,13 @@ class Bench:
                 pids = {n: p.pid for n, p in supervisor.processes.items() if p.pid}
             assert broker.pid is not None
             pids["nats-server"] = broker.pid
-            await self._measure(result, mode, broker.url, system, pids, rate)
+            load = happy_path_load(system) if system is not None else raw_chain_load(broker.url)
+            async with load as (start, completions):
+                line = Line(RunResult(mode, sync_always), start, completions, pids)
+                _, line.result.rss_mb_before = process_stats(pids)
+                yield line
+                if not line.result.rss_mb_after:
+                    _, line.result.rss_mb_after = process_stats(pids)
         finally:
             if system is not None:
                 system.stop()
@@ -351,55 +437,66 @@ class Bench:
             if broker is not None and system is None:
                 broker.stop()
             shutil.rmtree(workdir, ignore_errors=True)
-        return result
 
-    async def _measure(
-        self,
-        result: RunResult,
-        mode: str,
-        url: str,
-        system: System | None,
-        pids: dict[str, int],
-        rate: float | None,
-    ) -> None:
-        load = happy_path_load(system) if system is not None else raw_chain_load(url)
-        async with load as (start, completions):
-            label = f"{mode:<10} sync={'always' if result.sync_always else 'default'}"
-            await closed_loop(start, completions, self.levels[-1], self.warmup)  # warm-up
-            cpu_before, result.rss_mb_before = process_stats(pids)
-            sagas_measured = 0
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TimeElapsedColumn(),
-                console=self.console,
-                transient=True,
-            ) as progress:
-                task = progress.add_task(label, total=len(self.levels) + 1)
-                for level in self.levels:
-                    loop_result = await closed_loop(start, completions, level, self.seconds)
-                    result.closed.append(loop_result)
-                    sagas_measured += loop_result.sagas
-                    progress.advance(task)
-                target = rate if rate is not None else result.best / 2
-                open_before, _ = process_stats(pids)
-                result.open_loop = await open_loop(start, completions, target, self.seconds)
-                open_after, _ = process_stats(pids)
-                sagas_measured += result.open_loop["sagas"]
+    async def _measure(self, lines: list[Line], rate: float | None) -> None:
+        """Every closed-loop level, then the open loop, for each of ``lines`` in turns."""
+        rounds = self.ROUNDS if len(lines) > 1 else 1
+        window_s = self.seconds / rounds
+        for line in lines:
+            await closed_loop(line.start, line.completions, self.levels[-1], self.warmup)
+        sagas = {id(line): {"closed": 0, "open": 0} for line in lines}
+        label = " + ".join(
+            f"{line.result.mode} sync={'always' if line.result.sync_always else 'default'}"
+            for line in lines
+        )
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(label, total=len(self.levels) + 1)
+            for level in self.levels:
+                gathered: dict[int, tuple[list[float], float]] = {id(n): ([], 0.0) for n in lines}
+                for order in _turns(lines, rounds):
+                    for line in order:
+                        latencies, elapsed = await line.measured(
+                            "closed",
+                            closed_window(line.start, line.completions, level, window_s),
+                        )
+                        kept, seconds = gathered[id(line)]
+                        gathered[id(line)] = (kept + latencies, seconds + elapsed)
+                for line in lines:
+                    kept, seconds = gathered[id(line)]
+                    line.result.closed.append(loop_result(level, kept, seconds))
+                    sagas[id(line)]["closed"] += len(kept)
+                progress.advance(task)
+            target = rate if rate is not None else lines[0].result.best / 2
+            opened: dict[int, list[float]] = {id(line): [] for line in lines}
+            for order in _turns(lines, rounds):
+                for line in order:
+                    opened[id(line)] += await line.measured(
+                        "open", open_window(line.start, line.completions, target, window_s)
+                    )
+            for line in lines:
+                result = line.result
+                result.open_loop = open_loop_result(target, opened[id(line)])
+                sagas[id(line)]["open"] = result.open_loop["sagas"]
                 # Below saturation a saga costs more than at the best level (less batching):
                 # the open loop's own figure, beside the whole run's.
-                result.open_loop["cpu_ms_per_saga"] = cpu_ms_per_saga(
-                    open_before, open_after, result.open_loop["sagas"]
+                result.open_loop["cpu_ms_per_saga"] = _ms_per_saga(
+                    line.cpu_s["open"], result.open_loop["sagas"]
                 )
-                progress.advance(task)
-            cpu_after, _ = process_stats(pids)
-            result.cpu_s_per_saga = {
-                name: round(ms / 1000, 5)
-                for name, ms in cpu_ms_per_saga(cpu_before, cpu_after, sagas_measured).items()
-            }
-            if self.soak and mode == "saga":
-                await self._soak(result, start, completions, pids)
-            _, result.rss_mb_after = process_stats(pids)
+                whole = {
+                    name: line.cpu_s["closed"][name] + line.cpu_s["open"][name]
+                    for name in line.pids
+                }
+                total = sagas[id(line)]["closed"] + sagas[id(line)]["open"]
+                result.cpu_s_per_saga = {
+                    name: round(ms / 1000, 5) for name, ms in _ms_per_saga(whole, total).items()
+                }
+            progress.advance(task)
 
     async def _soak(
         self, result: RunResult, start: Starter, completions: Completions, pids: dict[str, int]
@@ -430,6 +527,12 @@ class Bench:
                 for name, value in rss.items():
                     samples[name].append(value)
         result.soak_rss_mb = samples
+
+
+def _turns(lines: list[Line], rounds: int) -> list[list[Line]]:
+    """The order of the lines in each round: A B, then B A, ... (a drift during a level then
+    weighs on both)."""
+    return [lines if index % 2 == 0 else lines[::-1] for index in range(rounds)]
 
 
 def faststream_settings() -> dict[str, Any]:
@@ -651,10 +754,10 @@ async def run_bench(args: argparse.Namespace) -> int:
     bench = Bench(console, args)
     runs: list[RunResult] = []
     for sync_always in (False, True):
-        saga = await bench.run("saga", sync_always, None)
-        runs.append(saga)
-        # The others get the same open-loop rate as the saga, for a like-for-like CDF.
-        for mode in MODES[1:]:
+        saga, faststream = await bench.run_pair(sync_always)
+        runs += [saga, faststream]
+        # The raw chains get the same open-loop rate as the saga, for a like-for-like CDF.
+        for mode in MODES[2:]:
             runs.append(await bench.run(mode, sync_always, saga.best / 2))
         bench.soak = 0  # one soak is enough
     output: Path = args.output
