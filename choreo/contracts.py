@@ -172,7 +172,7 @@ def _service_descriptors() -> list[tuple[str, ServiceDescriptor]]:
                 method.GetOptions().Extensions[choreography_pb2.emits] for method in service.methods
             )
             if declares:
-                found.append((subjects.context_of_namespace(_namespace(file)), service))
+                found.append((_namespace(file), service))  # a context is its namespace
     return found
 
 

@@ -100,12 +100,7 @@ def parse_event_name(full_name: str) -> tuple[str, str, str]:
 def context_of(full_name: str) -> str:
     """The context of an event: ``shop.order.v1.OrderCreated`` -> ``shop.order``."""
     namespace, _, _ = parse_event_name(full_name)
-    return context_of_namespace(namespace)
-
-
-def context_of_namespace(namespace: str) -> str:
-    """A namespace is its own context: ``shop.order`` -> ``shop.order``."""
-    return namespace
+    return namespace  # a context is its namespace
 
 
 def namespace_of(context: str) -> str:
@@ -154,7 +149,7 @@ def stream_subjects(context: str) -> list[str]:
 @functools.lru_cache(maxsize=4096)
 def durable_name(service: str, full_name: str) -> str:
     namespace, version, event_type = parse_event_name(full_name)
-    context = context_of_namespace(namespace).replace(".", "_")
+    context = namespace.replace(".", "_")
     return f"{service}__{context}_{version}_{event_type}"
 
 
