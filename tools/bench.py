@@ -18,9 +18,10 @@ fresh embedded broker of its own with the same stream settings:
 The two raw chains are the floor. The saga and the FastStream build are up at the same time
 and take turns (each level in windows A B B A, the open loop likewise), so that a drift of the
 machine's speed over minutes, up to 60% on the development VM, falls on both alike; each
-line's CPU is read over its own windows only. The raw chains run one after the other. (The serial naive build, ``tools.naive``, one message at a
-time per consumer on asyncio's loop, is no longer a line here: it measured concurrency more
-than guarantees. ``choreo bench --profile`` still profiles it.)
+line's CPU is read over its own windows only. The raw chains run one after the other. (The
+serial naive build, ``tools.naive``, one message at a time per consumer on asyncio's loop, is
+no longer a line here: it measured concurrency more than guarantees. ``choreo bench
+--profile`` still profiles it.)
 A saga is complete when its ``NotificationSent`` is published (the same point in every line).
 Closed loop: sagas/s and p50/p95/p99 at several client concurrencies. Open loop: latency at a
 fixed arrival rate of half the saga's best throughput, the same rate for every line. CPU
