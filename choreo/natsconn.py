@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
@@ -137,10 +138,44 @@ class BoundedCloseTransport(TcpTransport):
                 closing.result()
 
 
+# A handler of replies taken inline: (subject, payload, raw header block or None).
+ReplyHandler = Callable[[bytes, bytes, bytes | None], None]
+
+
 class RuntimeClient(Client):
     """nats-py's ``Client`` with header blocks written and read by :mod:`choreo.natsheaders`
     (the same bytes and the same dict, in a fraction of the instructions). Anything that fast
-    path does not accept goes through nats-py's own code unchanged."""
+    path does not accept goes through nats-py's own code unchanged.
+
+    It also takes replies inline (:meth:`subscribe_inline`): the relay's PubAcks reach their
+    handler from the read loop itself, without a ``Msg``, a queue and a task switch each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._inline: dict[int, ReplyHandler] = {}
+
+    async def subscribe_inline(self, subject: str, handler: ReplyHandler) -> Any:
+        """Subscribe ``subject`` with ``handler`` called synchronously for every message, in
+        the read loop: it must be quick and never raise. The subscription is nats-py's own
+        (re-subscribed after a reconnect like any other); unsubscribing it ends the calls."""
+        sub = await self.subscribe(subject, pending_msgs_limit=0, pending_bytes_limit=0)
+        self._inline[sub._id] = handler
+        return sub
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        # (``headers`` is None for a message without any, whatever nats-py's annotation says.)
+        handler = self._inline.get(sid)
+        if handler is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        if sid not in self._subs:  # unsubscribed: nothing more for it
+            del self._inline[sid]
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        handler(subject, data, headers)
 
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
@@ -174,7 +209,13 @@ def _check_client_internals() -> None:
     rather than run with a publish that skips a step nats-py added."""
     missing = [
         name
-        for name in ("_parse_header_lines", "_send_publish", "_send_command", "_flush_pending")
+        for name in (
+            "_parse_header_lines",
+            "_send_publish",
+            "_send_command",
+            "_flush_pending",
+            "_process_msg",
+        )
         if not callable(getattr(Client, name, None))
     ]
     if missing or not callable(getattr(command, "hpub_cmd", None)):

@@ -120,6 +120,7 @@ class PublishWindow:
         self._waiting: dict[str, asyncio.Future[api.PubAck]] = {}
         self._freed = asyncio.Event()
         self._prefix = ""
+        self._prefix_bytes = b""
         self._count = 0
 
     @property
@@ -132,8 +133,12 @@ class PublishWindow:
         """Send one message; the future resolves with its ack. Raises if it was not sent."""
         if not self._prefix:
             prefix = f"{self._nc.new_inbox()}."
-            await self._nc.subscribe(f"{prefix}*", cb=self._on_reply)
+            if hasattr(self._nc, "subscribe_inline"):  # the runtime's client: no task per reply
+                await self._nc.subscribe_inline(f"{prefix}*", self._on_raw_reply)
+            else:
+                await self._nc.subscribe(f"{prefix}*", cb=self._on_reply)
             self._prefix = prefix
+            self._prefix_bytes = prefix.encode()
         if len(self._waiting) >= self._limit:  # (no timer on the hot path: only when full)
             async with asyncio.timeout(wait_s):
                 while len(self._waiting) >= self._limit:
@@ -172,14 +177,26 @@ class PublishWindow:
         self._freed.set()
 
     async def _on_reply(self, msg: Any) -> None:
-        future = self._waiting.get(msg.subject[len(self._prefix) :])
+        """A reply through a nats-py subscription (a client other than the runtime's)."""
+        status = (msg.headers or {}).get("Status")
+        self._settle_reply(msg.subject[len(self._prefix) :], msg.data, status == "503")
+
+    def _on_raw_reply(self, subject: bytes, data: bytes, headers: bytes | None) -> None:
+        """A reply taken inline by :class:`choreo.natsconn.RuntimeClient`: the status line of
+        a header block is ``NATS/1.0 503`` when no stream took the publish."""
+        no_stream = headers is not None and headers.startswith(b"NATS/1.0 503")
+        token = subject[len(self._prefix_bytes) :].decode()
+        self._settle_reply(token, data, no_stream)
+
+    def _settle_reply(self, token: str, data: bytes, no_stream: bool) -> None:
+        future = self._waiting.get(token)
         if future is None or future.done():
             return  # timed out and given back already
-        if msg.headers and msg.headers.get("Status") == "503":
+        if no_stream:
             future.set_exception(nats.js.errors.NoStreamResponseError())
             return
         try:
-            reply = json.loads(msg.data)
+            reply = json.loads(data)
             if "error" in reply:
                 error = reply["error"]
                 future.set_exception(

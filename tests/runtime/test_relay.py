@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nats.js.errors
 import pytest
 
-from choreo import outbox
+from choreo import natsconn, outbox
 from choreo.broker import BrokerLink
 from choreo.settings import RuntimeSettings
 from choreo.store.port import Database
@@ -113,3 +114,32 @@ async def _has(js: Any, count: int) -> bool:
 
 async def _empty(db: Database) -> bool:
     return await outbox_size(db) == 0
+
+
+async def test_on_the_runtime_s_client_acks_are_taken_inline_and_a_missing_stream_is_an_error(
+    broker: Any, js: Any, db: Database
+) -> None:
+    """The services' connections (RuntimeClient) hand PubAcks to the relay from the read loop,
+    with no subscription task: rows are published and settled once each, a duplicate is told
+    apart, and a publish no stream takes fails (the row waits for the sweep)."""
+    await ensure_streams(js, RuntimeSettings())
+    client = await natsconn.connect([broker.url])
+    try:
+        relay = outbox.OutboxRelay(db, BrokerLink.of(client), delete_delay_s=60)
+        rows = await commit_events(db, 6)
+        relay.submit(rows)
+        assert await relay.publish_queued() == 6
+        relay.submit(rows[:2])  # the same events again: the broker drops them as duplicates
+        assert await relay.publish_queued() == 2
+        assert (relay.published, relay.duplicates_dropped) == (6, 2)
+        assert await stream_count(js, STREAM, SUBJECT) == 6
+        window = relay._current_window()
+        reply_subs = [sub for sid, sub in client._subs.items() if sid in client._inline]
+        assert len(reply_subs) == 1 and reply_subs[0]._wait_for_msgs_task is None
+        assert window.in_flight == 0
+        future = await window.publish("nowhere.at.all", b"x", {"ce-id": "1"}, wait_s=5)
+        with pytest.raises(nats.js.errors.NoStreamResponseError):
+            await asyncio.wait_for(future, 5)
+        assert window.in_flight == 0
+    finally:
+        await client.close()
