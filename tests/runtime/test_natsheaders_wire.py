@@ -27,11 +27,12 @@ HEADER_SETS = [
 
 
 async def _received(sender: Any, receiver: Any, headers: dict[str, str]) -> dict[str, str]:
-    sub = await receiver.subscribe("wire.test")
-    await receiver.flush()
-    await sender.publish("wire.test", b"body", headers=headers)
-    await sender.flush()
-    msg = await sub.next_msg(timeout=5)
+    subject = receiver.new_inbox()  # a subject of its own: nothing of an earlier call reaches it
+    sub = await receiver.subscribe(subject)
+    await receiver.flush(timeout=10)
+    await sender.publish(subject, b"body", headers=headers)
+    await sender.flush(timeout=10)
+    msg = await sub.next_msg(timeout=10)
     await sub.unsubscribe()
     assert msg.data == b"body"
     got: dict[str, str] = msg.headers
