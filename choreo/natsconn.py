@@ -175,7 +175,10 @@ class RuntimeClient(Client):
             return
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
-        handler(subject, data, headers)
+        try:
+            handler(subject, data, headers)
+        except Exception:  # the read loop must go on whatever one reply does to its handler
+            log.exception("handler of %s failed on a message", subject.decode(errors="replace"))
 
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
@@ -221,7 +224,8 @@ def _check_client_internals() -> None:
     if missing or not callable(getattr(command, "hpub_cmd", None)):
         raise RuntimeError(
             f"nats-py's Client no longer has {missing or ['hpub_cmd']}: choreo's header fast"
-            " path (choreo/natsconn.py) cannot be installed; check the upgrade"
+            " path and inline replies (choreo/natsconn.py) cannot be installed; check the"
+            " upgrade"
         )
 
 

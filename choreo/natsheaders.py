@@ -8,12 +8,12 @@ line. Counted under callgrind (``python -m tools.callgrind.budget``) that was so
 instructions per header each way: a quarter of what a service spends per event.
 
 Here a header block is one ``join``, one regular expression and one ``encode`` to write, and
-one regular expression to read, with the same result as nats-py's on every block this fast
-path accepts. A block it does not accept (a name that is not a token, a value with a line
-break or whitespace around it; bytes that are not printable ASCII on the way in) goes through
-nats-py's own code, so its checks and its error (``BadHeaderError``) stay exactly as they
-were. ``tests/properties/test_natsheaders_properties.py`` compares both ways on generated
-blocks.
+two regular expressions (a check, then the lines) to read, with the same result as nats-py's
+on every block this fast path accepts. A block it does not accept (a name that is not a
+token, a value with a line break or whitespace around it; bytes that are not printable ASCII
+on the way in) goes through nats-py's own code, so its checks and its error
+(``BadHeaderError``) stay exactly as they were.
+``tests/properties/test_natsheaders_properties.py`` compares both ways on generated blocks.
 """
 
 from __future__ import annotations
