@@ -146,6 +146,7 @@ class Completions:
 
 Starter = Callable[[], Awaitable[str]]  # starts one saga, returns its correlation id
 T = TypeVar("T")
+L = TypeVar("L")
 
 
 async def _completions(nc: Any) -> Completions:
@@ -445,7 +446,6 @@ class Bench:
         window_s = self.seconds / rounds
         for line in lines:
             await closed_loop(line.start, line.completions, self.levels[-1], self.warmup)
-        sagas = {id(line): {"closed": 0, "open": 0} for line in lines}
         label = " + ".join(
             f"{line.result.mode} sync={'always' if line.result.sync_always else 'default'}"
             for line in lines
@@ -459,31 +459,17 @@ class Bench:
         ) as progress:
             task = progress.add_task(label, total=len(self.levels) + 1)
             for level in self.levels:
-                gathered: dict[int, tuple[list[float], float]] = {id(n): ([], 0.0) for n in lines}
-                for order in _turns(lines, rounds):
-                    for line in order:
-                        latencies, elapsed = await line.measured(
-                            "closed",
-                            closed_window(line.start, line.completions, level, window_s),
-                        )
-                        kept, seconds = gathered[id(line)]
-                        gathered[id(line)] = (kept + latencies, seconds + elapsed)
-                for line in lines:
-                    kept, seconds = gathered[id(line)]
-                    line.result.closed.append(loop_result(level, kept, seconds))
-                    sagas[id(line)]["closed"] += len(kept)
+                turns = await _take_turns(lines, rounds, "closed", closed_window, level, window_s)
+                for line, windows in zip(lines, turns, strict=True):
+                    latencies = [ms for window, _ in windows for ms in window]
+                    elapsed = sum(seconds for _, seconds in windows)
+                    line.result.closed.append(loop_result(level, latencies, elapsed))
                 progress.advance(task)
             target = rate if rate is not None else lines[0].result.best / 2
-            opened: dict[int, list[float]] = {id(line): [] for line in lines}
-            for order in _turns(lines, rounds):
-                for line in order:
-                    opened[id(line)] += await line.measured(
-                        "open", open_window(line.start, line.completions, target, window_s)
-                    )
-            for line in lines:
+            opened = await _take_turns(lines, rounds, "open", open_window, target, window_s)
+            for line, runs in zip(lines, opened, strict=True):
                 result = line.result
-                result.open_loop = open_loop_result(target, opened[id(line)])
-                sagas[id(line)]["open"] = result.open_loop["sagas"]
+                result.open_loop = open_loop_result(target, [ms for run in runs for ms in run])
                 # Below saturation a saga costs more than at the best level (less batching):
                 # the open loop's own figure, beside the whole run's.
                 result.open_loop["cpu_ms_per_saga"] = _ms_per_saga(
@@ -493,9 +479,9 @@ class Bench:
                     name: line.cpu_s["closed"][name] + line.cpu_s["open"][name]
                     for name in line.pids
                 }
-                total = sagas[id(line)]["closed"] + sagas[id(line)]["open"]
+                sagas = sum(loop.sagas for loop in result.closed) + result.open_loop["sagas"]
                 result.cpu_s_per_saga = {
-                    name: round(ms / 1000, 5) for name, ms in _ms_per_saga(whole, total).items()
+                    name: round(ms / 1000, 5) for name, ms in _ms_per_saga(whole, sagas).items()
                 }
             progress.advance(task)
 
@@ -530,10 +516,28 @@ class Bench:
         result.soak_rss_mb = samples
 
 
-def _turns(lines: list[Line], rounds: int) -> list[list[Line]]:
+def _turns(lines: list[L], rounds: int) -> list[list[L]]:
     """The order of the lines in each round: A B, then B A, ... (a drift during a level then
     weighs on both)."""
     return [lines if index % 2 == 0 else lines[::-1] for index in range(rounds)]
+
+
+async def _take_turns(
+    lines: list[Line],
+    rounds: int,
+    phase: str,
+    window: Callable[..., Awaitable[T]],
+    *args: float,
+) -> list[list[T]]:
+    """``window(start, completions, *args)`` for every line, ``rounds`` times, the lines taking
+    turns: each line's results, one per round (its CPU added to ``phase``)."""
+    results: list[list[T]] = [[] for _ in lines]
+    for order in _turns(list(range(len(lines))), rounds):
+        for index in order:
+            line = lines[index]
+            work = window(line.start, line.completions, *args)
+            results[index].append(await line.measured(phase, work))
+    return results
 
 
 def faststream_settings() -> dict[str, Any]:
