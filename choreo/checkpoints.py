@@ -33,6 +33,11 @@ def listen(listener: Listener) -> None:
     _listeners.append(listener)
 
 
+def listening() -> bool:
+    """Whether anything listens: a hot path can skip announcing a point that needs a task."""
+    return bool(_listeners)
+
+
 def stop_listening() -> None:
     _listeners.clear()
 

@@ -19,13 +19,12 @@ The relay must never wedge, whatever a row or the broker does:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,6 +229,62 @@ class SendResult:
     broker_gone: bool = False  # the connection failed mid-batch: stop, the sweep retries
 
 
+@dataclass(eq=False)
+class Sending:
+    """A batch on its way: what was sent, with the futures of its acks, and by when they are
+    due; its result so far holds the rows that were never sent.
+
+    ``watch`` counts the futures down with a callback each, so the relay needs no task and no
+    ``asyncio.wait`` per batch to learn that one has settled."""
+
+    window: PublishWindow
+    deadline: float  # time.monotonic()
+    sent: list[tuple[OutboxRow, asyncio.Future[api.PubAck]]] = field(default_factory=list)
+    result: SendResult = field(default_factory=SendResult)
+    settled: bool = False
+    _unsettled: int = 0
+    _on_settled: Callable[[Sending], None] | None = None
+    _waiter: asyncio.Future[None] | None = None
+
+    def watch(self, on_settled: Callable[[Sending], None]) -> None:
+        """Call ``on_settled(self)`` once every future has ended (acked, failed, cancelled)."""
+        self._on_settled = on_settled
+        self._unsettled = len(self.sent)
+        if not self._unsettled:
+            self._settle()
+            return
+        for _, future in self.sent:
+            future.add_done_callback(self._one_ended)
+
+    def _one_ended(self, _: asyncio.Future[api.PubAck]) -> None:
+        self._unsettled -= 1
+        if not self._unsettled:
+            self._settle()
+
+    def _settle(self) -> None:
+        self.settled = True
+        if self._on_settled is not None:
+            self._on_settled(self)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def expire(self) -> None:
+        """Past its deadline: give back every slot still awaited (their futures are cancelled,
+        so the batch settles; its rows stay in the table for the sweep)."""
+        self.window.give_back([future for _, future in self.sent])
+
+    async def wait(self) -> None:
+        """Until the watched batch has settled; past its deadline, expire it first."""
+        if self.settled:
+            return
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        await asyncio.wait([self._waiter], timeout=max(0.0, self.deadline - time.monotonic()))
+        if not self.settled:
+            self.expire()
+            await self._waiter
+
+
 class OutboxRelay:
     """Publishes committed outbox rows, pipelined, and deletes them once the broker has them.
 
@@ -275,6 +330,13 @@ class OutboxRelay:
         self._published_ids: list[str] = []  # published, not yet deleted from the table
         self._delete_due = 0.0  # when the oldest of those must be deleted
         self._wake = asyncio.Event()
+        # Batches sent whose acks the run loop did not wait for, oldest first (settled ones
+        # leave from the front), and the follow-ups some of them need (parking, checkpoints).
+        self._sending: deque[Sending] = deque()
+        self._following_up: set[asyncio.Task[None]] = set()
+        self._taken = 0  # rows of those batches the broker took, since ``settled()`` last said
+        self._alarm: asyncio.TimerHandle | None = None  # wakes the run loop when work is due
+        self._alarm_at = 0.0
         self._broker_was_down = False
         self.published = 0
         self.duplicates_dropped = 0
@@ -300,10 +362,12 @@ class OutboxRelay:
         # One waiter for the whole run turns ``stopping`` into a wake-up.
         stop_waker = asyncio.create_task(self._wake_when(stopping))
         next_sweep = time.monotonic() + self._sweep_interval_s
+        loop = asyncio.get_running_loop()
         try:
             while not stopping.is_set():
-                await self._guarded(self.publish_queued())
+                await self._guarded(self.send_queued())
                 now = time.monotonic()
+                self._expire_overdue(now)
                 if now >= next_sweep:
                     await self._guarded(self.sweep(min_age_s=self._sweep_interval_s))
                     next_sweep = time.monotonic() + self._sweep_interval_s
@@ -315,11 +379,26 @@ class OutboxRelay:
                     continue
                 self._wake.clear()
                 until = min(next_sweep, self._delete_due) if self._published_ids else next_sweep
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, until - time.monotonic())):
-                        await self._wake.wait()
+                if self._sending:
+                    until = min(until, self._sending[0].deadline)
+                # One timer, moved only when the time to wake changes (not once per batch).
+                if self._alarm is not None and self._alarm_at != until:
+                    self._alarm.cancel()
+                    self._alarm = None
+                if self._alarm is None:
+                    self._alarm_at = until
+                    delay = max(0.0, until - time.monotonic())
+                    self._alarm = loop.call_at(loop.time() + delay, self._ring)
+                await self._wake.wait()
         finally:
             stop_waker.cancel()
+            if self._alarm is not None:
+                self._alarm.cancel()
+                self._alarm = None
+
+    def _ring(self) -> None:
+        self._alarm = None
+        self._wake.set()
 
     async def _wake_when(self, stopping: asyncio.Event) -> None:
         await stopping.wait()
@@ -337,7 +416,7 @@ class OutboxRelay:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                await self.publish_queued()
+                await self.publish_queued()  # the queue, and the batches still awaiting acks
                 await self.delete_published()
                 if await self.sweep(min_age_s=0.0) == 0:
                     return
@@ -358,22 +437,87 @@ class OutboxRelay:
         return False
 
     async def publish_queued(self) -> int:
-        published = 0
+        """Send every queued row and wait for the acks of every batch sent so far: how many
+        rows the broker took (stored, or dropped as duplicates)."""
+        await self.send_queued()
+        return await self.settled()
+
+    async def send_queued(self) -> int:
+        """Send every queued row now, and return how many were sent; each batch settles when
+        its acks come (``Sending.watch``), without the relay waiting for it.
+
+        The relay does not wait for one batch's acks before sending the next: a row committed
+        while a batch is on its way to the broker goes out at once instead of a round trip
+        later. The order of sends is the order of commits, as before; a batch that fails
+        leaves its rows in the table for the sweep either way."""
+        sent = 0
         while self._queue:
             if not self._connected():
                 # Nothing is sent into a dead connection (it would only fill nats-py's
                 # reconnect buffer); the rows are in the table and the sweep sends them later.
                 self._queue.clear()
-                return published
+                break
             rows = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
-            result = await self._send(rows)
-            self._mark_published(result.done)
+            sending = await self._start_send(rows)
+            self._sending.append(sending)
+            sending.watch(self._on_settled)
+            sent += len(sending.sent)
+        return sent
+
+    async def settled(self) -> int:
+        """Wait for every batch sent so far to settle (or expire): how many of their rows the
+        broker took since the last call."""
+        while self._sending:
+            oldest = self._sending[0]
+            await oldest.wait()
+            if self._sending and self._sending[0] is oldest:
+                self._sending.popleft()
+        while self._following_up:
+            await asyncio.gather(*self._following_up)
+        taken, self._taken = self._taken, 0
+        return taken
+
+    def _expire_overdue(self, now: float) -> None:
+        """Drop settled batches from the front, expiring those past their deadline."""
+        while self._sending and (self._sending[0].settled or self._sending[0].deadline <= now):
+            oldest = self._sending.popleft()
+            if not oldest.settled:
+                log.warning(
+                    "outbox relay: no ack within %.1fs for some of %d rows; the sweep retries",
+                    self._publish_timeout_s,
+                    len(oldest.sent),
+                )
+                oldest.expire()
+
+    def _on_settled(self, sending: Sending) -> None:
+        """A pipelined batch has settled (a future's callback): mark what the broker took. A
+        batch with rows to park, or a harness listening, goes on in a task."""
+        result = self._sort(sending)
+        if result.unpublishable or checkpoints.listening():
+            task = asyncio.create_task(self._follow_up(result))
+            self._following_up.add(task)
+            task.add_done_callback(self._following_up.discard)
+            return
+        self._taken_now(result)
+
+    async def _follow_up(self, result: SendResult) -> None:
+        try:
+            await checkpoints.reached(checkpoints.AFTER_PUBLISH_BEFORE_MARK)
+            self._taken_now(result)
             if result.unpublishable:
                 async with self._db.transaction() as tx:
                     await self._park(tx, result.unpublishable)
                 await self._file_notices()
-            published += len(result.done)
-        return published
+        except Exception:
+            # The rows stay in the table; the next sweep tries again.
+            log.exception("outbox relay: publish failed; the sweep will retry")
+
+    def _taken_now(self, result: SendResult) -> None:
+        first = not self._published_ids
+        self._mark_published(result.done)
+        self._taken += len(result.done)
+        if first and result.done:
+            self._wake.set()  # the run loop times the batched delete from the first id
 
     async def sweep(self, min_age_s: float) -> int:
         """Publish rows committed at least ``min_age_s`` ago that are still in the table.
@@ -449,61 +593,90 @@ class OutboxRelay:
 
     async def _send(self, rows: list[OutboxRow]) -> SendResult:
         """Publish ``rows`` and wait (up to ``publish_timeout_s``) for their acks."""
-        result = SendResult()
+        return await self._finish_send(await self._start_send(rows))
+
+    async def _start_send(self, rows: list[OutboxRow]) -> Sending:
+        """Publish ``rows`` (those that can be: the others are set aside as unpublishable),
+        without waiting for their acks."""
         window = self._current_window()
+        sending = Sending(window, time.monotonic() + self._publish_timeout_s)
+        result = sending.result
         max_payload = int(self._broker.nc.max_payload)
-        sent: list[tuple[OutboxRow, asyncio.Future[api.PubAck]]] = []
         try:
-            async with asyncio.timeout(self._publish_timeout_s):
-                for row in rows:
-                    with publish_span(row.subject, row.headers) as headers:
-                        size = len(row.body) + header_block_bound(headers)
-                        if size > max_payload:
-                            size = len(row.body) + header_block_size(headers)
-                        if size > max_payload:
-                            # Never sent: the server would close the connection over it.
-                            result.unpublishable.append(
-                                (
-                                    row,
-                                    dlq.TOO_LARGE,
-                                    f"{size} bytes with headers ({len(row.body)} body) >"
-                                    f" the broker's max_payload {max_payload}",
-                                )
+            for row in rows:
+                with publish_span(row.subject, row.headers) as headers:
+                    size = len(row.body) + header_block_bound(headers)
+                    if size > max_payload:
+                        size = len(row.body) + header_block_size(headers)
+                    if size > max_payload:
+                        # Never sent: the server would close the connection over it.
+                        result.unpublishable.append(
+                            (
+                                row,
+                                dlq.TOO_LARGE,
+                                f"{size} bytes with headers ({len(row.body)} body) >"
+                                f" the broker's max_payload {max_payload}",
                             )
-                            continue
-                        if len(row.subject.encode()) > MAX_SUBJECT_BYTES:
-                            result.unpublishable.append(
-                                (
-                                    row,
-                                    dlq.REFUSED,
-                                    f"subject of {len(row.subject.encode())} bytes >"
-                                    f" {MAX_SUBJECT_BYTES}: over the server's control line",
-                                )
+                        )
+                        continue
+                    if len(row.subject.encode()) > MAX_SUBJECT_BYTES:
+                        result.unpublishable.append(
+                            (
+                                row,
+                                dlq.REFUSED,
+                                f"subject of {len(row.subject.encode())} bytes >"
+                                f" {MAX_SUBJECT_BYTES}: over the server's control line",
                             )
-                            continue
-                        try:
-                            future = await window.publish(
-                                row.subject, row.body, headers, self._publish_timeout_s
-                            )
-                        except (nats.errors.BadSubjectError, nats.errors.BadHeaderError) as exc:
-                            result.unpublishable.append((row, dlq.REFUSED, repr(exc)))
-                            continue
-                        sent.append((row, future))
-                if sent:
-                    await asyncio.wait([future for _, future in sent])
-        except TimeoutError:
+                        )
+                        continue
+                    try:
+                        future = await window.publish(
+                            row.subject, row.body, headers, self._publish_timeout_s
+                        )
+                    except (nats.errors.BadSubjectError, nats.errors.BadHeaderError) as exc:
+                        result.unpublishable.append((row, dlq.REFUSED, repr(exc)))
+                        continue
+                    sending.sent.append((row, future))
+        except TimeoutError:  # the window stayed full for publish_timeout_s
             log.warning(
-                "outbox relay: no ack within %.1fs for some of %d rows; the sweep retries",
-                self._publish_timeout_s,
+                "outbox relay: no room to publish %d rows within %.1fs; the sweep retries",
                 len(rows),
+                self._publish_timeout_s,
             )
         except nats.errors.Error as exc:
             # The connection dropped (or its reconnect buffer is full) mid-batch.
             log.warning("outbox relay: publish failed (%r); the sweep retries", exc)
             result.broker_gone = True
+        except BaseException:
+            window.give_back([future for _, future in sending.sent])
+            raise
+        return sending
+
+    async def _finish_send(self, sending: Sending) -> SendResult:
+        """Wait for the acks of what ``_start_send`` sent, up to its deadline, and sort the
+        rows by how their publish ended."""
+        futures = [future for _, future in sending.sent]
+        try:
+            if futures:
+                timeout = max(0.0, sending.deadline - time.monotonic())
+                _, late = await asyncio.wait(futures, timeout=timeout)
+                if late:
+                    log.warning(
+                        "outbox relay: no ack within %.1fs for %d of %d rows; the sweep retries",
+                        self._publish_timeout_s,
+                        len(late),
+                        len(futures),
+                    )
         finally:
-            window.give_back([future for _, future in sent])  # whatever happened above
-        for row, future in sent:
+            sending.window.give_back(futures)  # whatever happened above
+        result = self._sort(sending)
+        await checkpoints.reached(checkpoints.AFTER_PUBLISH_BEFORE_MARK)
+        return result
+
+    def _sort(self, sending: Sending) -> SendResult:
+        """Sort a settled batch's rows by how their publish ended, and count them."""
+        result = sending.result
+        for row, future in sending.sent:
             if future.cancelled():
                 continue
             error = future.exception()
@@ -517,7 +690,6 @@ class OutboxRelay:
                 result.unpublishable.append((row, dlq.REFUSED, str(error)))
             else:
                 log.warning("outbox relay: publish to %s failed: %r", row.subject, error)
-        await checkpoints.reached(checkpoints.AFTER_PUBLISH_BEFORE_MARK)
         return result
 
     def _mark_published(self, ids: list[str]) -> None:

@@ -15,8 +15,17 @@ gRPC:
   moves much less from run to run than sagas/s does.
 
 Prints a table and the ratios (after / before, per pair and their median) and writes them to
-``--output``. The measurement part runs inside each build with that build's Python, so it uses
-only what both builds have (``tools.bench``, ``services.system``, ``services.workload``).
+``--output``.
+
+``--interleave`` measures the two builds in the same minutes instead: both systems are up at
+once, each started by its own build (``--serve``), and one load generator runs windows A B B A
+on them, a closed loop at the highest ``--levels`` and the open loop at ``--rate``, ``--pairs``
+times. Each build's CPU per saga is read over its own windows. This VM's speed can move by half
+within a minute, which whole-system turns of a minute each cannot tell from a change; windows
+of a few seconds can.
+
+The measurement part runs inside each build with that build's Python, so it uses only what
+both builds have (``tools.bench``, ``services.system``, ``services.workload``).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +131,41 @@ async def measure(levels: list[int], seconds: float, rate: float) -> dict[str, A
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+# --- one build's system, for --interleave: up until stdin closes ---------------------------------
+
+
+async def serve(cluster: int) -> None:
+    from services.system import System, SystemConfig
+    from tools import bench
+
+    workdir = Path(tempfile.mkdtemp(prefix="choreo-before-after-"))
+    env = {"CHOREO_CATALOG": str(bench.BENCH_CATALOG), "CHOREO_METRICS_PORT": "0"}
+    config = SystemConfig(data_dir=workdir, grpc_base_port=None, env=env, cluster=cluster)
+    system = System(config)
+    await system.start()
+    try:
+        assert system.supervisor is not None
+        pids = {name: p.pid for name, p in system.supervisor.processes.items() if p.pid}
+        if system.cluster is not None:
+            for index, node in enumerate(system.cluster.nodes):
+                pids[f"nats-server-{index + 1}"] = node.pid or 0
+        else:
+            assert system.broker is not None
+            pids["nats-server"] = system.broker.pid or 0
+        credentials = getattr(system, "credentials_file", None)
+        up = {
+            "nats_url": system.nats_url,
+            "credentials_file": str(credentials) if credentials else None,
+            "order": system.addresses["order"],
+            "pids": pids,
+        }
+        print(json.dumps(up), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    finally:
+        system.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 # --- the driver ------------------------------------------------------------------------------
 
 
@@ -148,6 +193,168 @@ def run_build(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+class Served:
+    """A build's system started by ``--serve``, with a load generator on it."""
+
+    def __init__(self, name: str, tree: Path, cluster: int) -> None:
+        self.name = name
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        python = tree / ".venv" / "bin" / "python"
+        script = str(Path(__file__).resolve())
+        command = [str(python), script, "--serve", "--cluster", str(cluster)]
+        self.process = subprocess.Popen(
+            command, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{name}: its system did not come up (see the output above)")
+        self.up: dict[str, Any] = json.loads(line)
+        self.windows: list[dict[str, Any]] = []
+
+    def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+async def interleave(before: Served, after: Served, args: argparse.Namespace) -> dict[str, Any]:
+    import contextlib
+    import random
+
+    import grpc
+    import nats
+
+    from choreo import permissions, subjects
+    from services.workload import SagaPath, request_for
+    from shop.order.v1 import order_service_pb2_grpc as order_grpc
+    from tools import bench
+
+    level = max(int(n) for n in args.levels.split(","))
+    window_s = args.seconds / 2
+    async with contextlib.AsyncExitStack() as stack:
+        loads = {}
+        for served in (before, after):
+            options: dict[str, Any] = {}
+            if served.up["credentials_file"]:
+                creds = permissions.read_credentials(
+                    Path(served.up["credentials_file"]), permissions.OPERATOR
+                )
+                options = {"user": creds.user, "password": creds.password}
+            nc = await nats.connect(served.up["nats_url"].split(","), **options)
+            stack.push_async_callback(nc.close)
+            completions = bench.Completions()
+            await nc.subscribe(
+                subjects.event_type_filter(bench.DONE_SUBJECT), cb=completions.on_message
+            )
+            channel = grpc.aio.insecure_channel(served.up["order"])
+            stack.push_async_callback(channel.close)
+            stub = order_grpc.OrderServiceStub(channel)
+            rng = random.Random(5)
+            counter = iter(range(10**9))
+
+            async def start(stub: Any = stub, rng: Any = rng, counter: Any = counter) -> str:
+                request = request_for(SagaPath.HAPPY, next(counter), rng)
+                return str((await stub.PlaceOrder(request, timeout=30)).order.order_id)
+
+            loads[served.name] = (served, start, completions)
+            await bench.closed_loop(start, completions, level, 3.0)  # warm-up
+
+        async def window(name: str, kind: str) -> None:
+            served, start, completions = loads[name]
+            pids = served.up["pids"]
+            cpu_before, _ = bench.process_stats(pids)
+            began = time.monotonic()
+            if kind == "closed":
+                latencies, elapsed = await bench.closed_window(start, completions, level, window_s)
+            else:
+                latencies = await bench.open_window(start, completions, args.rate, window_s)
+                elapsed = time.monotonic() - began
+            cpu_after, _ = bench.process_stats(pids)
+            cpu_s = sum(cpu_after[n] - cpu_before[n] for n in pids)
+            served.windows.append(
+                {
+                    "kind": kind,
+                    "sagas": len(latencies),
+                    "seconds": elapsed,
+                    "cpu_s": cpu_s,
+                    "latencies_ms": latencies,
+                }
+            )
+
+        for index in range(args.pairs):
+            order = ("before", "after") if index % 2 == 0 else ("after", "before")
+            for kind in ("closed", "open"):
+                for name in (*order, *reversed(order)):  # A B B A
+                    await window(name, kind)
+
+    def figures(served: Served) -> dict[str, Any]:
+        def of(kind: str) -> dict[str, Any]:
+            runs = [w for w in served.windows if w["kind"] == kind]
+            sagas = sum(w["sagas"] for w in runs)
+            return {
+                "sagas": sagas,
+                "sagas_per_s": round(sagas / sum(w["seconds"] for w in runs), 1),
+                "latency_ms": bench.percentiles([ms for w in runs for ms in w["latencies_ms"]]),
+                "cpu_ms_per_saga": round(sum(w["cpu_s"] for w in runs) * 1000 / max(1, sagas), 2),
+            }
+
+        return {
+            "closed_loop": {"clients": level, **of("closed")},
+            "open_loop": {"rate_per_s": args.rate, **of("open")},
+        }
+
+    return {"before": figures(before), "after": figures(after)}
+
+
+def run_interleaved(args: argparse.Namespace, before_tree: Path, after_rev: str) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    before = Served("before", before_tree, args.cluster)
+    try:
+        after = Served("after", REPO, args.cluster)
+        try:
+            result = asyncio.run(interleave(before, after, args))
+        finally:
+            after.stop()
+    finally:
+        before.stop()
+    b, a = result["before"], result["after"]
+    table = Table(title=f"{after_rev} (after) against {args.rev} (before), windows in turns")
+    for column in ("", "before", "after", "after/before"):
+        table.add_column(column, justify="right")
+
+    def row(label: str, get: Any) -> None:
+        table.add_row(label, f"{get(b):.2f}", f"{get(a):.2f}", f"{ratio(get(a), get(b)):.2f}")
+
+    row(
+        f"sagas/s, {b['closed_loop']['clients']} clients", lambda r: r["closed_loop"]["sagas_per_s"]
+    )
+    row("CPU ms/saga, closed loop", lambda r: r["closed_loop"]["cpu_ms_per_saga"])
+    row(f"p50 ms at {args.rate:g}/s", lambda r: r["open_loop"]["latency_ms"]["p50"])
+    row(f"p99 ms at {args.rate:g}/s", lambda r: r["open_loop"]["latency_ms"]["p99"])
+    row("CPU ms/saga, open loop", lambda r: r["open_loop"]["cpu_ms_per_saga"])
+    console.print(table)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(
+        json.dumps(
+            {
+                "command": "scripts/bench_before_after.py " + " ".join(sys.argv[1:]),
+                "before": args.rev,
+                "after": after_rev,
+                "seconds_per_window": args.seconds / 2,
+                **result,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    console.print(f"figures in {args.output}")
+    return 0
+
+
 def ratio(after: float, before: float) -> float:
     return round(after / before, 3) if before else 0.0
 
@@ -161,12 +368,22 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=60.0, help="open-loop sagas/s")
     parser.add_argument("--before-tree", type=Path, help="default: a worktree in /tmp")
     parser.add_argument("--output", type=Path, default=REPO / "docs/bench/before_after.json")
+    parser.add_argument(
+        "--interleave", action="store_true", help="both systems up at once, windows in turns"
+    )
+    parser.add_argument(
+        "--cluster", type=int, default=1, help="with --interleave: broker nodes (3: R3 streams)"
+    )
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",") if level.strip()]
 
     if args.measure:
         print(json.dumps(asyncio.run(measure(levels, args.seconds, args.rate))))
+        return 0
+    if args.serve:
+        asyncio.run(serve(args.cluster))
         return 0
     if not args.rev:
         parser.error("name the earlier commit to compare with, e.g. 9026920")
@@ -182,6 +399,8 @@ def main() -> int:
     after_rev = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
+    if args.interleave:
+        return run_interleaved(args, before_tree, after_rev)
 
     pairs: list[dict[str, Any]] = []
     with Progress(console=console) as progress:

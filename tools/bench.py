@@ -123,12 +123,16 @@ class Completions:
     def __init__(self) -> None:
         self._waiting: dict[str, asyncio.Future[float]] = {}
         self._early: dict[str, float] = {}
+        # When set, every sighting is kept here too (monotonic seconds): ``--hops`` reads it.
+        self.seen_at: dict[str, float] | None = None
 
     async def on_message(self, msg: Any) -> None:
         headers = msg.headers or {}
         # choreo's envelope header, or FastStream's own (the FastStream build's).
         correlation_id = headers.get("ce-correlationid") or headers.get("correlation_id", "")
         now = time.monotonic()
+        if self.seen_at is not None:
+            self.seen_at[correlation_id] = now
         future = self._waiting.pop(correlation_id, None)
         if future is None:
             self._early[correlation_id] = now

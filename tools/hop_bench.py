@@ -10,6 +10,10 @@ stored it (the stream's own timestamp). Each hop from one event to the next spli
 - **to the broker**: from that emit to the reaction being stored: the commit, the relay's
   publish and the broker's store.
 
+The client's own clock adds the two ends: from calling ``PlaceOrder`` to the order service
+emitting ``OrderCreated`` (the gRPC call and the command's handler), and from the broker
+storing ``NotificationSent`` to the client seeing it on core NATS.
+
 Both services and the broker run on this machine, so the two clocks are one. The figures tell
 which half of the path a latency target has to be won on.
 """
@@ -22,6 +26,7 @@ import json
 import shutil
 import statistics
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -43,7 +48,13 @@ from tools.bench import bench_config, closed_loop, happy_path_load, open_loop
 CHAIN = ("OrderCreated", "InventoryReserved", "PaymentCompleted", "ShipmentCreated", "OrderShipped")
 LAST = "NotificationSent"
 
-# Event name -> (emitted at, stored at), epoch seconds, for one saga.
+# The client's own clock, beside the events': when it called PlaceOrder, and when it saw the
+# saga's NotificationSent (on core NATS, as the bench's completions do).
+CALLED = "PlaceOrder called"
+SEEN = "NotificationSent seen"
+
+# Event name (or CALLED, SEEN) -> (emitted at, stored at), epoch seconds, for one saga; the
+# client's two moments have one time, given twice.
 SagaClock = Mapping[str, tuple[float, float]]
 
 
@@ -66,22 +77,27 @@ class Spread:
 @dataclass(frozen=True)
 class Hop:
     name: str  # "InventoryReserved -> PaymentCompleted"
-    to_handler_ms: Spread | None  # stored(previous) -> emitted(this); None for the command
-    to_broker_ms: Spread  # emitted(this) -> stored(this)
+    # stored(previous) -> emitted(this); for the command, the client's call -> emitted
+    # (None without the client's clock); for the last row, stored -> seen by the client.
+    to_handler_ms: Spread | None
+    to_broker_ms: Spread | None  # emitted(this) -> stored(this); None for the last row
 
 
 def hop_breakdown(sagas: Iterable[SagaClock]) -> tuple[int, list[Hop]]:
     """Per-hop latency spreads over the sagas whose whole chain is present; returns how many
-    sagas that is, and the hops in chain order (the first is the command's own event)."""
+    sagas that is, and the hops in chain order (the first is the command's own event). Where
+    every such saga has the client's clock too, the first hop starts at the client's call and
+    a last row runs from the broker to the client."""
     chain = (*CHAIN, LAST)
     complete = [saga for saga in sagas if all(name in saga for name in chain)]
     if not complete:
         raise ValueError("no saga with its whole chain of events in the streams")
+    clocked = all(CALLED in saga and SEEN in saga for saga in complete)
     first = chain[0]
     hops = [
         Hop(
             f"PlaceOrder -> {first}",
-            None,
+            Spread.of([(s[first][0] - s[CALLED][0]) * 1000 for s in complete]) if clocked else None,
             Spread.of([(s[first][1] - s[first][0]) * 1000 for s in complete]),
         )
     ]
@@ -93,6 +109,14 @@ def hop_breakdown(sagas: Iterable[SagaClock]) -> tuple[int, list[Hop]]:
                 Spread.of([(s[this][1] - s[this][0]) * 1000 for s in complete]),
             )
         )
+    if clocked:
+        hops.append(
+            Hop(
+                f"{LAST} -> the client",
+                Spread.of([(s[SEEN][0] - s[LAST][1]) * 1000 for s in complete]),
+                None,
+            )
+        )
     return len(complete), hops
 
 
@@ -100,7 +124,7 @@ def _epoch(raw: str) -> float:
     return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
 
 
-async def read_clocks(url: str) -> list[SagaClock]:
+async def read_clocks(url: str) -> dict[str, dict[str, tuple[float, float]]]:
     """Every stored event of the chain, grouped by saga (correlation id)."""
     nc = await nats.connect(url)
     clocks: dict[str, dict[str, tuple[float, float]]] = {}
@@ -124,7 +148,7 @@ async def read_clocks(url: str) -> list[SagaClock]:
                 )
     finally:
         await nc.close()
-    return list(clocks.values())
+    return clocks
 
 
 def _chain_event_types() -> list[str]:
@@ -138,7 +162,7 @@ def hops_table(rate: float, sagas: int, end_to_end: Mapping[str, float], hops: l
         f" end to end p50 {end_to_end['p50']:.1f} ms, p99 {end_to_end['p99']:.1f} ms"
     )
     table.add_column("hop")
-    table.add_column("to the handler p50 / p90 / p99 ms", justify="right")
+    table.add_column("to the handler (client) p50 / p90 / p99 ms", justify="right")
     table.add_column("to the broker p50 / p90 / p99 ms", justify="right")
 
     def cell(spread: Spread | None) -> str:
@@ -159,12 +183,32 @@ async def measure_hops(
     system = System(bench_config(workdir))
     try:
         await system.start()
+        called: dict[str, float] = {}  # correlation id -> epoch seconds
+        seen: dict[str, float] = {}  # correlation id -> monotonic seconds
         async with happy_path_load(system) as (start, completions):
             await closed_loop(start, completions, 4, 2.0)  # warm-up
+
+            async def clocked_start() -> str:
+                at = time.time()
+                correlation_id = await start()
+                called[correlation_id] = at
+                return correlation_id
+
+            completions.seen_at = seen
             console.print(f"open loop at {rate:g} sagas/s for {seconds:g}s ...")
-            loop = await open_loop(start, completions, rate, seconds)
+            loop = await open_loop(clocked_start, completions, rate, seconds)
+        to_epoch = time.time() - time.monotonic()
         assert system.broker is not None
-        sagas, hops = hop_breakdown(await read_clocks(system.broker.url))
+        clocks = await read_clocks(system.broker.url)
+        for correlation_id, at in called.items():
+            if correlation_id in clocks and correlation_id in seen:
+                clocks[correlation_id][CALLED] = (at, at)
+                sighted = seen[correlation_id] + to_epoch
+                clocks[correlation_id][SEEN] = (sighted, sighted)
+        # The warm-up's sagas lack the client's clock: only the open loop's are measured.
+        sagas, hops = hop_breakdown(
+            clock for correlation_id, clock in clocks.items() if correlation_id in called
+        )
     finally:
         system.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,32 @@ async def test_flush_publishes_and_deletes_everything_at_once(
     await relay.flush(timeout_s=10)
     assert await outbox_size(db) == 0
     assert await stream_count(js, STREAM, SUBJECT) == 5
+
+
+async def test_a_row_committed_while_a_batch_awaits_its_acks_is_sent_at_once(
+    broker: Any, nc: Any, js: Any, db: Database
+) -> None:
+    """The relay pipelines: the next batch goes out while the one before still awaits its
+    acks (here for as long as the broker is stopped), and both settle when they come."""
+    await ensure_streams(js, RuntimeSettings())
+    relay = outbox.OutboxRelay(db, BrokerLink.of(nc), delete_delay_s=60)
+    first, second = await commit_events(db, 1), await commit_events(db, 1)
+    assert broker.pid is not None
+    os.kill(broker.pid, signal.SIGSTOP)  # no ack can come back until SIGCONT
+    try:
+        relay.submit(first)
+        assert await relay.send_queued() == 1
+        relay.submit(second)
+        assert await asyncio.wait_for(relay.send_queued(), timeout=2) == 1
+        assert relay.in_flight == 2  # both sent, neither acked
+        assert relay.published == 0
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+    assert await relay.settled() == 2
+    assert (relay.published, relay.in_flight) == (2, 0)
+    await relay.delete_published()
+    assert await outbox_size(db) == 0
+    assert await stream_count(js, STREAM, SUBJECT) == 2
 
 
 async def test_a_sweep_of_a_backlog_larger_than_a_batch_sends_each_row_once(

@@ -233,10 +233,18 @@ class ChoreoPath:
             raise
         return context.outbox_rows
 
+    async def relay_batch(self) -> None:
+        """What the relay's run loop does for one batch: send it, and go on while its acks
+        come back (through the read loop, then the futures' callbacks: a few loop steps)."""
+        await self.relay.send_queued()
+        while self.relay.in_flight:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the last future's callbacks, which mark the batch published
+
     async def relay_rows(self, rows: list[OutboxRow]) -> None:
         for start in range(0, len(rows), self.batch):
             self.relay.submit(rows[start : start + self.batch])
-            await self.relay.publish_queued()
+            await self.relay_batch()
             if (start // self.batch + 1) * self.batch % DELETE_EVERY < self.batch:
                 await self.relay.delete_published()
         await self.relay.delete_published()
@@ -254,7 +262,7 @@ class ChoreoPath:
             self.transport.feed(frame)
             msgs = await self.pull.next_batch(self.batch, timeout=5.0)
             await self.consumer.handle_batch(msgs)
-            await self.relay.publish_queued()
+            await self.relay_batch()
             handled += len(msgs)
             if handled % DELETE_EVERY < self.batch:
                 await self.relay.delete_published()
