@@ -337,22 +337,17 @@ def run_interleaved(args: argparse.Namespace, before_tree: Path, after_rev: str)
     row(f"p99 ms at {args.rate:g}/s", lambda r: r["open_loop"]["latency_ms"]["p99"])
     row("CPU ms/saga, open loop", lambda r: r["open_loop"]["cpu_ms_per_saga"])
     console.print(table)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps(
-            {
-                "command": "scripts/bench_before_after.py " + " ".join(sys.argv[1:]),
-                "before": args.rev,
-                "after": after_rev,
-                "seconds_per_window": args.seconds / 2,
-                **result,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    write_figures(args, after_rev, {"seconds_per_window": args.seconds / 2, **result})
     console.print(f"figures in {args.output}")
     return 0
+
+
+def write_figures(args: argparse.Namespace, after_rev: str, figures: dict[str, Any]) -> None:
+    """``figures`` in ``--output``, under the command and the two builds' commits."""
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    command = "scripts/bench_before_after.py " + " ".join(sys.argv[1:])
+    heading = {"command": command, "before": args.rev, "after": after_rev}
+    args.output.write_text(json.dumps({**heading, **figures}, indent=2) + "\n")
 
 
 def ratio(after: float, before: float) -> float:
@@ -456,22 +451,13 @@ def main() -> int:
         f" {summary['throughput_ratio_of_means']:.2f}; CPU per saga at"
         f" {args.rate:.0f}/s: median {summary['open_loop_cpu_ratio_median']:.2f}"
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps(
-            {
-                "command": "scripts/bench_before_after.py " + " ".join(sys.argv[1:]),
-                "before": args.rev,
-                "after": after_rev,
-                "levels": levels,
-                "seconds_per_level": args.seconds,
-                "pairs": pairs,
-                "summary": summary,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    figures = {
+        "levels": levels,
+        "seconds_per_level": args.seconds,
+        "pairs": pairs,
+        "summary": summary,
+    }
+    write_figures(args, after_rev, figures)
     console.print(f"figures in {args.output}")
     return 0
 

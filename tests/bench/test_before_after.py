@@ -3,11 +3,14 @@ on this tree as it runs inside each build: a real system, real sagas, figures th
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "bench_before_after.py"
@@ -45,3 +48,37 @@ def test_the_driver_asks_for_the_commit_to_compare_with() -> None:
     )
     assert done.returncode == 2
     assert "name the earlier commit" in done.stderr
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_before_after", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_interleaved_windows_take_turns_on_two_systems_up_at_once() -> None:
+    """``--interleave`` on two systems of this tree: each gets its closed and open windows
+    (A B B A), and its figures are read over its own windows only."""
+    script = _script()
+    args = argparse.Namespace(levels="2", seconds=2.0, rate=10.0, pairs=1, cluster=1)
+    before = script.Served("before", REPO, 1)
+    try:
+        after = script.Served("after", REPO, 1)
+        try:
+            assert before.up["pids"] != after.up["pids"]  # two systems, not one twice
+            result = await script.interleave(before, after, args)
+        finally:
+            after.stop()
+    finally:
+        before.stop()
+    for served in (before, after):
+        assert [w["kind"] for w in served.windows] == ["closed", "closed", "open", "open"]
+    for build in ("before", "after"):
+        closed, opened = result[build]["closed_loop"], result[build]["open_loop"]
+        assert closed["clients"] == 2 and closed["sagas"] > 0 and closed["cpu_ms_per_saga"] > 0
+        # 10/s for two windows of 1 s: the open loop ended the sagas it started.
+        assert opened["sagas"] == 20
+        assert 0 < opened["latency_ms"]["p50"] <= opened["latency_ms"]["p99"]
+        assert opened["cpu_ms_per_saga"] > 0
