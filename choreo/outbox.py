@@ -246,8 +246,9 @@ class Sending:
     _on_settled: Callable[[Sending], None] | None = None
     _waiter: asyncio.Future[None] | None = None
 
-    def watch(self, on_settled: Callable[[Sending], None]) -> None:
-        """Call ``on_settled(self)`` once every future has ended (acked, failed, cancelled)."""
+    def watch(self, on_settled: Callable[[Sending], None] | None = None) -> None:
+        """Count the futures down, and call ``on_settled(self)`` (if given) once every one has
+        ended (acked, failed, cancelled)."""
         self._on_settled = on_settled
         self._unsettled = len(self.sent)
         if not self._unsettled:
@@ -269,20 +270,33 @@ class Sending:
             self._waiter.set_result(None)
 
     def expire(self) -> None:
-        """Past its deadline: give back every slot still awaited (their futures are cancelled,
-        so the batch settles; its rows stay in the table for the sweep)."""
-        self.window.give_back([future for _, future in self.sent])
+        """Give back every slot still awaited (past the deadline, or given up): their futures
+        are cancelled, so the batch settles, and its rows stay in the table for the sweep."""
+        futures = [future for _, future in self.sent]
+        late = sum(not future.done() for future in futures)
+        if late:
+            log.warning(
+                "outbox relay: no ack in time for %d of %d rows; the sweep retries",
+                late,
+                len(futures),
+            )
+        self.window.give_back(futures)
 
     async def wait(self) -> None:
-        """Until the watched batch has settled; past its deadline, expire it first."""
-        if self.settled:
-            return
-        if self._waiter is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-        await asyncio.wait([self._waiter], timeout=max(0.0, self.deadline - time.monotonic()))
-        if not self.settled:
-            self.expire()
-            await self._waiter
+        """Until the watched batch has settled; past its deadline, expire it first. Its slots
+        are given back however the wait ends (a cancelled wait included)."""
+        try:
+            if self.settled:
+                return
+            if self._waiter is None:
+                self._waiter = asyncio.get_running_loop().create_future()
+            timeout = max(0.0, self.deadline - time.monotonic())
+            await asyncio.wait([self._waiter], timeout=timeout)
+            if not self.settled:
+                self.expire()
+                await self._waiter
+        finally:
+            self.expire()  # frees settled slots now, not in a later callback
 
 
 class OutboxRelay:
@@ -482,11 +496,6 @@ class OutboxRelay:
         while self._sending and (self._sending[0].settled or self._sending[0].deadline <= now):
             oldest = self._sending.popleft()
             if not oldest.settled:
-                log.warning(
-                    "outbox relay: no ack within %.1fs for some of %d rows; the sweep retries",
-                    self._publish_timeout_s,
-                    len(oldest.sent),
-                )
                 oldest.expire()
 
     def _on_settled(self, sending: Sending) -> None:
@@ -655,20 +664,8 @@ class OutboxRelay:
     async def _finish_send(self, sending: Sending) -> SendResult:
         """Wait for the acks of what ``_start_send`` sent, up to its deadline, and sort the
         rows by how their publish ended."""
-        futures = [future for _, future in sending.sent]
-        try:
-            if futures:
-                timeout = max(0.0, sending.deadline - time.monotonic())
-                _, late = await asyncio.wait(futures, timeout=timeout)
-                if late:
-                    log.warning(
-                        "outbox relay: no ack within %.1fs for %d of %d rows; the sweep retries",
-                        self._publish_timeout_s,
-                        len(late),
-                        len(futures),
-                    )
-        finally:
-            sending.window.give_back(futures)  # whatever happened above
+        sending.watch()
+        await sending.wait()
         result = self._sort(sending)
         await checkpoints.reached(checkpoints.AFTER_PUBLISH_BEFORE_MARK)
         return result

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -40,34 +41,59 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-# --- the measurement, run inside one build --------------------------------------------------
+# --- run inside one build: what both builds have -------------------------------------------
 
 
-async def measure(levels: list[int], seconds: float, rate: float) -> dict[str, Any]:
-    import grpc
-    import nats
-
+@contextlib.asynccontextmanager
+async def running_system(cluster: int = 1) -> AsyncIterator[tuple[Any, dict[str, int]]]:
+    """The whole system of this build (embedded broker or ``cluster`` nodes, five services,
+    SQLite, the default fsync, no /metrics), and the pid of each of its processes."""
     from services.system import System, SystemConfig
-    from services.workload import SagaPath, request_for
-    from shop.order.v1 import order_service_pb2_grpc as order_grpc
     from tools import bench
 
     workdir = Path(tempfile.mkdtemp(prefix="choreo-before-after-"))
     env = {"CHOREO_CATALOG": str(bench.BENCH_CATALOG), "CHOREO_METRICS_PORT": "0"}
-    system = System(SystemConfig(data_dir=workdir, grpc_base_port=None, env=env))
+    # (``cluster`` only when asked for: older builds have no such setting.)
+    nodes: dict[str, Any] = {"cluster": cluster} if cluster > 1 else {}
+    system = System(SystemConfig(data_dir=workdir, grpc_base_port=None, env=env, **nodes))
     await system.start()
     try:
-        assert system.supervisor is not None and system.broker is not None
+        assert system.supervisor is not None
         pids = {name: p.pid for name, p in system.supervisor.processes.items() if p.pid}
-        pids["nats-server"] = system.broker.pid or 0
-        nc = await nats.connect(system.broker.url)
+        cluster_nodes = getattr(system, "cluster", None)  # older builds have no clusters
+        if cluster_nodes is not None:
+            for index, node in enumerate(cluster_nodes.nodes):
+                pids[f"nats-server-{index + 1}"] = node.pid or 0
+        else:
+            assert system.broker is not None
+            pids["nats-server"] = system.broker.pid or 0
+        yield system, pids
+    finally:
+        system.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def saga_load(
+    nats_servers: list[str], order_address: str, **nats_options: Any
+) -> AsyncIterator[tuple[Any, Any]]:
+    """A starter that places happy-path orders over gRPC, and the completions it waits on."""
+    import grpc
+    import nats
+
+    from services.workload import SagaPath, request_for
+    from shop.order.v1 import order_service_pb2_grpc as order_grpc
+    from tools import bench
+
+    nc = await nats.connect(nats_servers, **nats_options)
+    try:
         completions = bench.Completions()
         try:  # the subject scheme with the order id as the last token (later builds)
             from choreo import subjects
@@ -78,13 +104,24 @@ async def measure(levels: list[int], seconds: float, rate: float) -> dict[str, A
         await nc.subscribe(done_subject, cb=completions.on_message)
         rng = random.Random(5)
         counter = iter(range(10**9))
-        async with grpc.aio.insecure_channel(system.addresses["order"]) as channel:
+        async with grpc.aio.insecure_channel(order_address) as channel:
             stub = order_grpc.OrderServiceStub(channel)
 
             async def start() -> str:
                 request = request_for(SagaPath.HAPPY, next(counter), rng)
                 return str((await stub.PlaceOrder(request, timeout=30)).order.order_id)
 
+            yield start, completions
+    finally:
+        await nc.close()
+
+
+async def measure(levels: list[int], seconds: float, rate: float) -> dict[str, Any]:
+    from tools import bench
+
+    async with running_system() as (system, pids):
+        servers = [system.broker.url]
+        async with saga_load(servers, system.addresses["order"]) as (start, completions):
             await bench.closed_loop(start, completions, max(levels), 3.0)  # warm-up
             closed: list[dict[str, Any]] = []
             for level in levels:
@@ -108,50 +145,29 @@ async def measure(levels: list[int], seconds: float, rate: float) -> dict[str, A
             cpu_before, _ = bench.process_stats(pids)
             opened = await bench.open_loop(start, completions, rate, seconds * 2)
             cpu_after, _ = bench.process_stats(pids)
-        await nc.close()
-        per_process = {
-            name: round((cpu_after[name] - cpu_before[name]) * 1000 / opened["sagas"], 2)
-            for name in pids
-        }
-        best = max(closed, key=lambda level: level["sagas_per_s"])
-        return {
-            "closed_loop": closed,
-            "best": best,
-            "open_loop": {
-                "rate_per_s": rate,
-                "seconds": seconds * 2,
-                "sagas": opened["sagas"],
-                "latency_ms": opened["latency_ms"],
-                "cpu_ms_per_saga": round(sum(per_process.values()), 2),
-                "cpu_ms_per_saga_by_process": per_process,
-            },
-        }
-    finally:
-        system.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-# --- one build's system, for --interleave: up until stdin closes ---------------------------------
+    per_process = {
+        name: round((cpu_after[name] - cpu_before[name]) * 1000 / opened["sagas"], 2)
+        for name in pids
+    }
+    best = max(closed, key=lambda level: level["sagas_per_s"])
+    return {
+        "closed_loop": closed,
+        "best": best,
+        "open_loop": {
+            "rate_per_s": rate,
+            "seconds": seconds * 2,
+            "sagas": opened["sagas"],
+            "latency_ms": opened["latency_ms"],
+            "cpu_ms_per_saga": round(sum(per_process.values()), 2),
+            "cpu_ms_per_saga_by_process": per_process,
+        },
+    }
 
 
 async def serve(cluster: int) -> None:
-    from services.system import System, SystemConfig
-    from tools import bench
-
-    workdir = Path(tempfile.mkdtemp(prefix="choreo-before-after-"))
-    env = {"CHOREO_CATALOG": str(bench.BENCH_CATALOG), "CHOREO_METRICS_PORT": "0"}
-    config = SystemConfig(data_dir=workdir, grpc_base_port=None, env=env, cluster=cluster)
-    system = System(config)
-    await system.start()
-    try:
-        assert system.supervisor is not None
-        pids = {name: p.pid for name, p in system.supervisor.processes.items() if p.pid}
-        if system.cluster is not None:
-            for index, node in enumerate(system.cluster.nodes):
-                pids[f"nats-server-{index + 1}"] = node.pid or 0
-        else:
-            assert system.broker is not None
-            pids["nats-server"] = system.broker.pid or 0
+    """For --interleave: this build's system, up until stdin closes; where to reach it is
+    printed first, as one JSON line."""
+    async with running_system(cluster) as (system, pids):
         credentials = getattr(system, "credentials_file", None)
         up = {
             "nats_url": system.nats_url,
@@ -161,9 +177,6 @@ async def serve(cluster: int) -> None:
         }
         print(json.dumps(up), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    finally:
-        system.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # --- the driver ------------------------------------------------------------------------------
@@ -219,21 +232,16 @@ class Served:
 
 
 async def interleave(before: Served, after: Served, args: argparse.Namespace) -> dict[str, Any]:
-    import contextlib
-    import random
-
-    import grpc
-    import nats
-
-    from choreo import permissions, subjects
-    from services.workload import SagaPath, request_for
-    from shop.order.v1 import order_service_pb2_grpc as order_grpc
+    """The two systems in turns (``tools.bench.take_turns``): every closed window at the
+    highest level, then every open window at ``--rate``, A B B A per pair."""
+    from choreo import permissions
     from tools import bench
 
     level = max(int(n) for n in args.levels.split(","))
     window_s = args.seconds / 2
+    rounds = 2 * args.pairs
     async with contextlib.AsyncExitStack() as stack:
-        loads = {}
+        lines = []
         for served in (before, after):
             options: dict[str, Any] = {}
             if served.up["credentials_file"]:
@@ -241,70 +249,49 @@ async def interleave(before: Served, after: Served, args: argparse.Namespace) ->
                     Path(served.up["credentials_file"]), permissions.OPERATOR
                 )
                 options = {"user": creds.user, "password": creds.password}
-            nc = await nats.connect(served.up["nats_url"].split(","), **options)
-            stack.push_async_callback(nc.close)
-            completions = bench.Completions()
-            await nc.subscribe(
-                subjects.event_type_filter(bench.DONE_SUBJECT), cb=completions.on_message
-            )
-            channel = grpc.aio.insecure_channel(served.up["order"])
-            stack.push_async_callback(channel.close)
-            stub = order_grpc.OrderServiceStub(channel)
-            rng = random.Random(5)
-            counter = iter(range(10**9))
-
-            async def start(stub: Any = stub, rng: Any = rng, counter: Any = counter) -> str:
-                request = request_for(SagaPath.HAPPY, next(counter), rng)
-                return str((await stub.PlaceOrder(request, timeout=30)).order.order_id)
-
-            loads[served.name] = (served, start, completions)
+            servers = served.up["nats_url"].split(",")
+            load = saga_load(servers, served.up["order"], **options)
+            start, completions = await stack.enter_async_context(load)
             await bench.closed_loop(start, completions, level, 3.0)  # warm-up
+            result = bench.RunResult(served.name, sync_always=False)
+            lines.append(bench.Line(result, start, completions, served.up["pids"]))
+        closed = await bench.take_turns(
+            lines, rounds, "closed", bench.closed_window, level, window_s
+        )
+        opened = await bench.take_turns(
+            lines, rounds, "open", bench.open_window, args.rate, window_s
+        )
 
-        async def window(name: str, kind: str) -> None:
-            served, start, completions = loads[name]
-            pids = served.up["pids"]
-            cpu_before, _ = bench.process_stats(pids)
-            began = time.monotonic()
-            if kind == "closed":
-                latencies, elapsed = await bench.closed_window(start, completions, level, window_s)
-            else:
-                latencies = await bench.open_window(start, completions, args.rate, window_s)
-                elapsed = time.monotonic() - began
-            cpu_after, _ = bench.process_stats(pids)
-            cpu_s = sum(cpu_after[n] - cpu_before[n] for n in pids)
-            served.windows.append(
-                {
-                    "kind": kind,
-                    "sagas": len(latencies),
-                    "seconds": elapsed,
-                    "cpu_s": cpu_s,
-                    "latencies_ms": latencies,
-                }
-            )
+    figures: dict[str, Any] = {}
+    for served, line, closed_runs, open_runs in zip(
+        (before, after), lines, closed, opened, strict=True
+    ):
+        served.windows = [
+            {"kind": "closed", "sagas": len(latencies), "seconds": seconds}
+            for latencies, seconds in closed_runs
+        ] + [{"kind": "open", "sagas": len(latencies)} for latencies in open_runs]
+        closed_ms = [ms for latencies, _ in closed_runs for ms in latencies]
+        open_ms = [ms for latencies in open_runs for ms in latencies]
 
-        for index in range(args.pairs):
-            order = ("before", "after") if index % 2 == 0 else ("after", "before")
-            for kind in ("closed", "open"):
-                for name in (*order, *reversed(order)):  # A B B A
-                    await window(name, kind)
+        def cpu_ms_per_saga(phase: str, sagas: int, line: Any = line) -> float:
+            return round(sum(line.cpu_s[phase].values()) * 1000 / max(1, sagas), 2)
 
-    def figures(served: Served) -> dict[str, Any]:
-        def of(kind: str) -> dict[str, Any]:
-            runs = [w for w in served.windows if w["kind"] == kind]
-            sagas = sum(w["sagas"] for w in runs)
-            return {
-                "sagas": sagas,
-                "sagas_per_s": round(sagas / sum(w["seconds"] for w in runs), 1),
-                "latency_ms": bench.percentiles([ms for w in runs for ms in w["latencies_ms"]]),
-                "cpu_ms_per_saga": round(sum(w["cpu_s"] for w in runs) * 1000 / max(1, sagas), 2),
-            }
-
-        return {
-            "closed_loop": {"clients": level, **of("closed")},
-            "open_loop": {"rate_per_s": args.rate, **of("open")},
+        figures[served.name] = {
+            "closed_loop": {
+                "clients": level,
+                "sagas": len(closed_ms),
+                "sagas_per_s": round(len(closed_ms) / sum(s for _, s in closed_runs), 1),
+                "latency_ms": bench.percentiles(closed_ms),
+                "cpu_ms_per_saga": cpu_ms_per_saga("closed", len(closed_ms)),
+            },
+            "open_loop": {
+                "rate_per_s": args.rate,
+                "sagas": len(open_ms),
+                "latency_ms": bench.percentiles(open_ms),
+                "cpu_ms_per_saga": cpu_ms_per_saga("open", len(open_ms)),
+            },
         }
-
-    return {"before": figures(before), "after": figures(after)}
+    return figures
 
 
 def run_interleaved(args: argparse.Namespace, before_tree: Path, after_rev: str) -> int:

@@ -463,14 +463,14 @@ class Bench:
         ) as progress:
             task = progress.add_task(label, total=len(self.levels) + 1)
             for level in self.levels:
-                turns = await _take_turns(lines, rounds, "closed", closed_window, level, window_s)
+                turns = await take_turns(lines, rounds, "closed", closed_window, level, window_s)
                 for line, windows in zip(lines, turns, strict=True):
                     latencies = [ms for window, _ in windows for ms in window]
                     elapsed = sum(seconds for _, seconds in windows)
                     line.result.closed.append(loop_result(level, latencies, elapsed))
                 progress.advance(task)
             target = rate if rate is not None else lines[0].result.best / 2
-            opened = await _take_turns(lines, rounds, "open", open_window, target, window_s)
+            opened = await take_turns(lines, rounds, "open", open_window, target, window_s)
             for line, runs in zip(lines, opened, strict=True):
                 result = line.result
                 result.open_loop = open_loop_result(target, [ms for run in runs for ms in run])
@@ -526,7 +526,7 @@ def _turns(lines: list[L], rounds: int) -> list[list[L]]:
     return [lines if index % 2 == 0 else lines[::-1] for index in range(rounds)]
 
 
-async def _take_turns(
+async def take_turns(
     lines: list[Line],
     rounds: int,
     phase: str,
