@@ -180,6 +180,16 @@ class RuntimeClient(Client):
         except Exception:  # the read loop must go on whatever one reply does to its handler
             log.exception("handler of %s failed on a message", subject.decode(errors="replace"))
 
+    def write_pending(self) -> None:
+        """Hand what is pending to the socket now, in this loop step, rather than in the
+        flusher's next turn: the flusher still runs (and still drains), finding nothing left
+        to write. While disconnected nothing is written: what is pending waits for the
+        reconnect, as in nats-py."""
+        if self._pending_data_size and self._transport is not None and self.is_connected:
+            self._transport.writelines(self._pending)
+            self._pending = []
+            self._pending_data_size = 0
+
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
         parsed = natsheaders.parse_lines(raw)
@@ -221,11 +231,14 @@ def _check_client_internals() -> None:
         )
         if not callable(getattr(Client, name, None))
     ]
+    state = Client()  # the attributes write_pending reads and resets
+    attributes = ("_pending", "_pending_data_size", "_transport")
+    missing += [name for name in attributes if not hasattr(state, name)]
     if missing or not callable(getattr(command, "hpub_cmd", None)):
         raise RuntimeError(
             f"nats-py's Client no longer has {missing or ['hpub_cmd']}: choreo's header fast"
-            " path and inline replies (choreo/natsconn.py) cannot be installed; check the"
-            " upgrade"
+            " path, inline replies and inline writes (choreo/natsconn.py) cannot be installed;"
+            " check the upgrade"
         )
 
 

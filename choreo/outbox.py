@@ -302,8 +302,13 @@ class Sending:
 class OutboxRelay:
     """Publishes committed outbox rows, pipelined, and deletes them once the broker has them.
 
-    The fast path: a committing handler hands its rows over in memory (``submit``), so the
-    relay publishes right after the commit without reading them back. The slow path: a sweep
+    The fast path: a committer hands its rows over in memory, so the relay publishes right
+    after the commit without reading them back. A handler's rows wait for the relay's next
+    turn (``submit``), where the rows of every handler that committed in the same loop step go
+    out as one batch. A command's rows go out from the command's own task (``send_now``), in
+    its commit's loop step and before it answers its client, unless the relay is busy: then
+    they queue behind what it is sending, so the order of sends stays the order of commits.
+    The slow path: a sweep
     of the table publishes rows left behind by a crash, a failed publish or a broker outage (at
     start-up, then every ``sweep_interval_s`` for rows older than that). Both can publish the
     same row; the broker drops the second copy by its ``Nats-Msg-Id``.
@@ -344,6 +349,9 @@ class OutboxRelay:
         self._published_ids: list[str] = []  # published, not yet deleted from the table
         self._delete_due = 0.0  # when the oldest of those must be deleted
         self._wake = asyncio.Event()
+        # Held by whoever sends: the run loop from its wake-up until it parks again, or a
+        # committer's ``send_now``. One sender at a time keeps the sends in commit order.
+        self._sender = asyncio.Lock()
         # Batches sent whose acks the run loop did not wait for, oldest first (settled ones
         # leave from the front), and the follow-ups some of them need (parking, checkpoints).
         self._sending: deque[Sending] = deque()
@@ -362,33 +370,54 @@ class OutboxRelay:
         return self._window.in_flight if self._window is not None else 0
 
     @property
+    def sending(self) -> bool:
+        """Someone is sending: the run loop in its turn, or a command's ``send_now``."""
+        return self._sender.locked()
+
+    @property
     def queued(self) -> int:
         """Rows handed over by committers and not yet taken by the relay."""
         return len(self._queue)
 
     def submit(self, rows: list[OutboxRow]) -> None:
-        """Rows just committed: publish them now, not at the next sweep."""
+        """Rows just committed: the run loop publishes them at its next turn, not at the next
+        sweep."""
         self._queue.extend(rows)
         self._wake.set()
 
+    async def send_now(self, rows: list[OutboxRow]) -> None:
+        """Rows the caller just committed: sent from the caller's task, now, when nothing is
+        being sent or waits to be and the window has room for them; otherwise queued behind
+        that (``submit``), so a command never waits for the broker. Whatever fails stays in
+        the table for the sweep, as in the run loop, and never reaches the caller: its commit
+        stands either way."""
+        if self._sender.locked() or self._queue or self.in_flight + len(rows) > self._max_in_flight:
+            self.submit(rows)
+            return
+        async with self._sender:
+            self._queue.extend(rows)
+            await self._guarded(self.send_queued())
+
     async def run(self, stopping: asyncio.Event) -> None:
-        await self._guarded(self.sweep(min_age_s=0.0))  # whatever a crash left behind
+        async with self._sender:  # whatever a crash left behind, before any newer row
+            await self._guarded(self.sweep(min_age_s=0.0))
         # One waiter for the whole run turns ``stopping`` into a wake-up.
         stop_waker = asyncio.create_task(self._wake_when(stopping))
         next_sweep = time.monotonic() + self._sweep_interval_s
         loop = asyncio.get_running_loop()
         try:
             while not stopping.is_set():
-                await self._guarded(self.send_queued())
-                now = time.monotonic()
-                self._expire_overdue(now)
-                if now >= next_sweep:
-                    await self._guarded(self.sweep(min_age_s=self._sweep_interval_s))
-                    next_sweep = time.monotonic() + self._sweep_interval_s
-                if self._published_ids and (
-                    now >= self._delete_due or len(self._published_ids) >= self._batch
-                ):
-                    await self._guarded(self.delete_published())
+                async with self._sender:
+                    await self._guarded(self.send_queued())
+                    now = time.monotonic()
+                    self._expire_overdue(now)
+                    if now >= next_sweep:
+                        await self._guarded(self.sweep(min_age_s=self._sweep_interval_s))
+                        next_sweep = time.monotonic() + self._sweep_interval_s
+                    if self._published_ids and (
+                        now >= self._delete_due or len(self._published_ids) >= self._batch
+                    ):
+                        await self._guarded(self.delete_published())
                 if self._queue:
                     continue
                 self._wake.clear()
@@ -413,6 +442,13 @@ class OutboxRelay:
     def _ring(self) -> None:
         self._alarm = None
         self._wake.set()
+
+    def write_now(self) -> None:
+        """What was sent (and any ack queued since) goes to the socket in this loop step, not
+        in the client's flusher's next turn: with the runtime's client only."""
+        write_pending = getattr(self._broker.nc, "write_pending", None)
+        if write_pending is not None:
+            write_pending()
 
     async def _wake_when(self, stopping: asyncio.Event) -> None:
         await stopping.wait()

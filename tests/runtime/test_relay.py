@@ -36,10 +36,10 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
     await database.close()
 
 
-async def commit_events(db: Database, count: int) -> list[outbox.OutboxRow]:
+async def commit_events(db: Database, count: int, first: int = 0) -> list[outbox.OutboxRow]:
     rows = []
     async with db.transaction() as tx:
-        for n in range(count):
+        for n in range(first, first + count):
             message = desk_events.TicketOpened(ticket_id=f"o{n}", customer_id="c1")
             envelope = envelope_for(message, aggregate_id=f"o{n}")
             rows.append(await outbox.enqueue(tx, envelope, message.SerializeToString()))
@@ -109,6 +109,97 @@ async def test_a_row_committed_while_a_batch_awaits_its_acks_is_sent_at_once(
     await relay.delete_published()
     assert await outbox_size(db) == 0
     assert await stream_count(js, STREAM, SUBJECT) == 2
+
+
+async def test_a_command_s_rows_are_on_the_wire_when_send_now_returns(
+    broker: Any, js: Any, db: Database
+) -> None:
+    """A command sends its rows itself, before it answers: when ``send_now`` and ``write_now``
+    return, the publish is in flight and written to the socket, not queued for the relay's
+    next turn or the client's flusher."""
+    await ensure_streams(js, RuntimeSettings())
+    client = await natsconn.connect([broker.url])
+    try:
+        relay = outbox.OutboxRelay(db, BrokerLink.of(client), delete_delay_s=60)
+        await relay.send_now(await commit_events(db, 1))
+        relay.write_now()
+        assert (relay.queued, relay.in_flight, client.pending_data_size) == (0, 1, 0)
+        assert await relay.settled() == 1
+        assert await stream_count(js, STREAM, SUBJECT) == 1
+    finally:
+        await client.close()
+
+
+async def test_a_command_never_waits_for_room_in_the_window(
+    broker: Any, js: Any, db: Database
+) -> None:
+    """With the window full (the broker stopped, so no ack comes back), a command's rows
+    queue for the run loop at once instead of holding the command until there is room."""
+    await ensure_streams(js, RuntimeSettings())
+    client = await natsconn.connect([broker.url])
+    assert broker.pid is not None
+    try:
+        relay = outbox.OutboxRelay(
+            db, BrokerLink.of(client), max_in_flight=1, publish_timeout_s=30, delete_delay_s=60
+        )
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            await relay.send_now(await commit_events(db, 1))
+            await asyncio.wait_for(relay.send_now(await commit_events(db, 1, first=1)), 1)
+            assert (relay.queued, relay.in_flight) == (1, 1)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        assert await relay.publish_queued() == 2
+        assert await stored_tickets(js, 2) == ["o0", "o1"]
+    finally:
+        await client.close()
+
+
+async def test_a_command_s_rows_queue_behind_the_run_loop_s_turn_in_commit_order(
+    broker: Any, js: Any, db: Database
+) -> None:
+    """While the run loop is sending (here its start-up sweep, waiting for acks from a
+    stopped broker), a command's rows queue behind its turn instead of overtaking, though the
+    window has room: the stream holds the events in commit order."""
+    await ensure_streams(js, RuntimeSettings())
+    client = await natsconn.connect([broker.url])
+    assert broker.pid is not None
+    stopping = asyncio.Event()
+    relay = outbox.OutboxRelay(
+        db, BrokerLink.of(client), publish_timeout_s=30, delete_delay_s=60, sweep_interval_s=60
+    )
+    running: asyncio.Task[None] | None = None
+    try:
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            await relay.send_now(await commit_events(db, 1))
+            running = asyncio.create_task(relay.run(stopping))  # sweeps o0 again, waits
+            await wait_for(_true_when(lambda: relay.in_flight == 2), what="the sweep's send")
+            assert relay.sending
+            await relay.send_now(await commit_events(db, 1, first=1))
+            assert (relay.queued, relay.in_flight) == (1, 2)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        assert await stored_tickets(js, 2) == ["o0", "o1"]
+    finally:
+        stopping.set()
+        if running is not None:
+            await running
+        await client.close()
+
+
+async def stored_tickets(js: Any, count: int) -> list[str]:
+    """The ticket ids of the stream's first ``count`` messages, in stream order."""
+    await wait_for(lambda: _has(js, count), what=f"{count} messages on the stream")
+    stored = [(await js.get_msg(STREAM, seq)).data for seq in range(1, count + 1)]
+    return [desk_events.TicketOpened.FromString(data).ticket_id for data in stored]
+
+
+def _true_when(check: Any) -> Any:
+    async def condition() -> bool:
+        return bool(check())
+
+    return condition
 
 
 async def test_a_sweep_of_a_backlog_larger_than_a_batch_sends_each_row_once(

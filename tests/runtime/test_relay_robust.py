@@ -27,7 +27,7 @@ from choreo.store.sqlite import SqliteDatabase
 from choreo.streams import ensure_streams
 from choreo.testing import envelope_for, publish_event, stream_count, wait_for
 from tests.runtime import probe
-from tests.testkit import desk_events
+from tests.testkit import desk_events, stock_events
 
 pytestmark = pytest.mark.usefixtures("testkit_contracts")
 
@@ -350,3 +350,33 @@ def _closed(client: Any) -> Any:
 
 async def _differs(runtime: ServiceRuntime, old: Any) -> bool:
     return runtime.nc is not old and bool(runtime.nc.is_connected)
+
+
+async def test_a_command_s_event_is_on_the_wire_before_the_command_returns(
+    broker: EmbeddedBroker, js: Any, tmp_path: Path
+) -> None:
+    """A unit of work (what a gRPC command runs in) sends its events before it hands back to
+    the command, so they leave before the command's answer: nothing waits in the relay's
+    queue or the client's buffer when it returns."""
+    settings = RuntimeSettings(
+        service="probe",
+        nats_url=broker.url,
+        database_url=f"sqlite:///{tmp_path / 'probe.db'}",
+        relay_sweep_interval_s=60,  # the run loop stays parked after its start-up sweep
+    )
+    runtime = ServiceRuntime(probe.definition(probe.Behaviour()), settings)
+    await runtime.start()
+    try:
+        await wait_for(lambda: _idle(runtime.relay), what="the relay to park")
+        async with runtime.unit_of_work(correlation_id="cmd-1") as uow:
+            uow.emit(stock_events.ItemsHeld(ticket_id="cmd-1", hold_id="h1"), aggregate_id="cmd-1")
+        relay = runtime.relay
+        assert (relay.queued, relay.in_flight + relay.published) == (0, 1)
+        assert runtime.nc.pending_data_size == 0
+        await wait_for(lambda: _count(js, "TESTKIT_STOCK", HELD, 1), what="the event stored")
+    finally:
+        await runtime.stop()
+
+
+async def _idle(relay: outbox.OutboxRelay) -> bool:
+    return not relay.sending and not relay.queued
