@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -217,9 +218,11 @@ class RuntimeClient(Client):
             await self._flush_pending()
 
 
+@functools.cache
 def _check_client_internals() -> None:
     """Refuse to start on a nats-py whose internals :class:`RuntimeClient` relies on moved,
-    rather than run with a publish that skips a step nats-py added."""
+    rather than run with a publish that skips a step nats-py added (once per process: the
+    nats-py in it does not change)."""
     missing = [
         name
         for name in (

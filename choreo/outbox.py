@@ -386,17 +386,21 @@ class OutboxRelay:
         self._wake.set()
 
     async def send_now(self, rows: list[OutboxRow]) -> None:
-        """Rows the caller just committed: sent from the caller's task, now, when nothing is
-        being sent or waits to be and the window has room for them; otherwise queued behind
-        that (``submit``), so a command never waits for the broker. Whatever fails stays in
-        the table for the sweep, as in the run loop, and never reaches the caller: its commit
-        stands either way."""
+        """Rows the caller just committed: sent from the caller's task and written to the
+        socket in this loop step (not in the client's flusher's next turn; with the runtime's
+        client), when nothing is being sent or waits to be and the window has room for them;
+        otherwise queued behind that (``submit``), so a command never waits for the broker.
+        Whatever fails stays in the table for the sweep, as in the run loop, and never reaches
+        the caller: its commit stands either way."""
         if self._sender.locked() or self._queue or self.in_flight + len(rows) > self._max_in_flight:
             self.submit(rows)
             return
         async with self._sender:
             self._queue.extend(rows)
             await self._guarded(self.send_queued())
+        write_pending = getattr(self._broker.nc, "write_pending", None)
+        if write_pending is not None:
+            write_pending()
 
     async def run(self, stopping: asyncio.Event) -> None:
         async with self._sender:  # whatever a crash left behind, before any newer row
@@ -442,13 +446,6 @@ class OutboxRelay:
     def _ring(self) -> None:
         self._alarm = None
         self._wake.set()
-
-    def write_now(self) -> None:
-        """What was sent (and any ack queued since) goes to the socket in this loop step, not
-        in the client's flusher's next turn: with the runtime's client only."""
-        write_pending = getattr(self._broker.nc, "write_pending", None)
-        if write_pending is not None:
-            write_pending()
 
     async def _wake_when(self, stopping: asyncio.Event) -> None:
         await stopping.wait()

@@ -431,7 +431,6 @@ class ServiceRuntime:
         if uow.outbox_rows:
             # On the wire before the command answers: the answer's own send would go first.
             await self.relay.send_now(uow.outbox_rows)
-            self.relay.write_now()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop fetching, finish in-flight handlers, flush the relay, then close everything."""

@@ -114,15 +114,14 @@ async def test_a_row_committed_while_a_batch_awaits_its_acks_is_sent_at_once(
 async def test_a_command_s_rows_are_on_the_wire_when_send_now_returns(
     broker: Any, js: Any, db: Database
 ) -> None:
-    """A command sends its rows itself, before it answers: when ``send_now`` and ``write_now``
-    return, the publish is in flight and written to the socket, not queued for the relay's
-    next turn or the client's flusher."""
+    """A command sends its rows itself, before it answers: when ``send_now`` returns, the
+    publish is in flight and written to the socket, not queued for the relay's next turn or
+    the client's flusher."""
     await ensure_streams(js, RuntimeSettings())
     client = await natsconn.connect([broker.url])
     try:
         relay = outbox.OutboxRelay(db, BrokerLink.of(client), delete_delay_s=60)
         await relay.send_now(await commit_events(db, 1))
-        relay.write_now()
         assert (relay.queued, relay.in_flight, client.pending_data_size) == (0, 1, 0)
         assert await relay.settled() == 1
         assert await stream_count(js, STREAM, SUBJECT) == 1
