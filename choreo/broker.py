@@ -216,9 +216,12 @@ class EmbeddedBroker:
             self._process.wait()
 
     def pause(self) -> None:
-        """Freeze the broker (SIGSTOP): connections stay open but nothing answers."""
+        """Freeze the broker (SIGSTOP): connections stay open but nothing answers. Returns once
+        every thread of it has stopped (a signal takes effect a little later on a busy core,
+        and a broker still running then could answer what the caller sends next)."""
         if self._process is not None:
             self._process.send_signal(signal.SIGSTOP)
+            _wait_until_stopped(self._process.pid)
 
     def resume(self) -> None:
         if self._process is not None:
@@ -326,3 +329,19 @@ async def _reconnect_like(nc: Any) -> Any:
     return await natsconn.connect(
         servers, max_reconnect_attempts=-1, reconnect_time_wait=0.25, connect_timeout=2
     )
+
+
+def _wait_until_stopped(pid: int, timeout_s: float = 2.0) -> None:
+    """Until every thread of ``pid`` is in the stopped state (Linux's /proc; elsewhere at once)."""
+    tasks = Path(f"/proc/{pid}/task")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            states = [
+                (task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks.iterdir()
+            ]
+        except (OSError, IndexError):
+            return  # no /proc, or the process is gone: nothing to wait for
+        if all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.001)

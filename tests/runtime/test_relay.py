@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -93,8 +91,7 @@ async def test_a_row_committed_while_a_batch_awaits_its_acks_is_sent_at_once(
     await ensure_streams(js, RuntimeSettings())
     relay = outbox.OutboxRelay(db, BrokerLink.of(nc), delete_delay_s=60)
     first, second = await commit_events(db, 1), await commit_events(db, 1)
-    assert broker.pid is not None
-    os.kill(broker.pid, signal.SIGSTOP)  # no ack can come back until SIGCONT
+    broker.pause()  # no ack can come back until it resumes
     try:
         relay.submit(first)
         assert await relay.send_queued() == 1
@@ -103,7 +100,7 @@ async def test_a_row_committed_while_a_batch_awaits_its_acks_is_sent_at_once(
         assert relay.in_flight == 2  # both sent, neither acked
         assert relay.published == 0
     finally:
-        os.kill(broker.pid, signal.SIGCONT)
+        broker.resume()
     assert await relay.settled() == 2
     assert (relay.published, relay.in_flight) == (2, 0)
     await relay.delete_published()
@@ -136,18 +133,17 @@ async def test_a_command_never_waits_for_room_in_the_window(
     queue for the run loop at once instead of holding the command until there is room."""
     await ensure_streams(js, RuntimeSettings())
     client = await natsconn.connect([broker.url])
-    assert broker.pid is not None
     try:
         relay = outbox.OutboxRelay(
             db, BrokerLink.of(client), max_in_flight=1, publish_timeout_s=30, delete_delay_s=60
         )
-        os.kill(broker.pid, signal.SIGSTOP)
+        broker.pause()
         try:
             await relay.send_now(await commit_events(db, 1))
             await asyncio.wait_for(relay.send_now(await commit_events(db, 1, first=1)), 1)
             assert (relay.queued, relay.in_flight) == (1, 1)
         finally:
-            os.kill(broker.pid, signal.SIGCONT)
+            broker.resume()
         assert await relay.publish_queued() == 2
         assert await stored_tickets(js, 2) == ["o0", "o1"]
     finally:
@@ -162,14 +158,13 @@ async def test_a_command_s_rows_queue_behind_the_run_loop_s_turn_in_commit_order
     window has room: the stream holds the events in commit order."""
     await ensure_streams(js, RuntimeSettings())
     client = await natsconn.connect([broker.url])
-    assert broker.pid is not None
     stopping = asyncio.Event()
     relay = outbox.OutboxRelay(
         db, BrokerLink.of(client), publish_timeout_s=30, delete_delay_s=60, sweep_interval_s=60
     )
     running: asyncio.Task[None] | None = None
     try:
-        os.kill(broker.pid, signal.SIGSTOP)
+        broker.pause()
         try:
             await relay.send_now(await commit_events(db, 1))
             running = asyncio.create_task(relay.run(stopping))  # sweeps o0 again, waits
@@ -178,7 +173,7 @@ async def test_a_command_s_rows_queue_behind_the_run_loop_s_turn_in_commit_order
             await relay.send_now(await commit_events(db, 1, first=1))
             assert (relay.queued, relay.in_flight) == (1, 2)
         finally:
-            os.kill(broker.pid, signal.SIGCONT)
+            broker.resume()
         assert await stored_tickets(js, 2) == ["o0", "o1"]
     finally:
         stopping.set()
